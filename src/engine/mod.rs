@@ -1,0 +1,48 @@
+//! The sans-IO sync core: `(state, input) -> decision`. No sockets, no files, no clocks.
+//!
+//! - [`plan`]: a full sync as a streaming merge of the sorted remote listing with the sorted
+//!   local state, one [`SyncAction`] per key. Memory does not depend on the object count.
+//! - [`events`]: what to do with one bucket event, and what to do once the key's current state
+//!   is known (HEAD). Events are hints: duplicates, late and reordered events converge because
+//!   every action is decided against the key's current state.
+//! - [`progress`]: SyncProgress 0..100.
+//!
+//! The I/O shell (`crate::share`) executes the decisions and feeds results back.
+
+pub mod events;
+pub mod plan;
+pub mod progress;
+
+use crate::model::{ConsistencyCheck, LocalRecord, ObjectMeta};
+
+/// What the full sync does about one key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SyncAction {
+    /// The local copy matches the object: nothing to do.
+    Keep(LocalRecord),
+    /// Fetch (or fetch again) this object.
+    Download(ObjectMeta),
+    /// The listing cannot settle it (crc64 mode): HEAD the key, then use
+    /// [`events::after_head`] with the result.
+    Verify(ObjectMeta, LocalRecord),
+    /// The agent published this file and the object is gone from the bucket: remove it.
+    Delete(LocalRecord),
+}
+
+/// Facts about a file found at a key's local path that the state store does not know.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FileFacts {
+    pub size: u64,
+    /// mtime, Unix seconds.
+    pub mtime: i64,
+}
+
+/// Result of comparing an object with the local record of it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Match {
+    Same,
+    Different,
+    /// Only a checksum can tell (crc64 mode with no CRC in hand yet).
+    NeedChecksum,
+}
+

@@ -1,0 +1,23 @@
+//! sgw-agent: an edge storage-gateway agent that mirrors cloud buckets into local shares.
+//!
+//! # Layout
+//!
+//! - [`model`]: plain data shared by every layer (object metadata, local records, events).
+//! - [`engine`]: the sans-IO sync core, `(state, input) -> decision`; unit- and property-tested.
+//! - [`cache`]: the cache disk: safe key -> path mapping, verified atomic publish, the state
+//!   journal.
+//! - [`cloud`]: wire protocols behind small traits (`ObjectStore`, `EventQueue`): S3, SQS,
+//!   event formats, SigV4, retries.
+//! - [`config`]: the TOML configuration and credentials, with errors that name file and key.
+//! - [`share`]: the I/O shell that drives one share: full sync, then the event loop.
+//! - [`status`]: per-share status files written by the agent and read by `sgw-agent status`.
+//! - [`service`]: signals and graceful shutdown; logging set-up for terminals and journald.
+//!
+//! The binaries in `src/bin/` only parse arguments and call into this library.
+
+#![forbid(unsafe_code)]
+
+pub mod cache;
+pub mod cloud;
+pub mod engine;
+pub mod model;
