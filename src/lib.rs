@@ -11,6 +11,7 @@
 //! - [`config`]: the TOML configuration and credentials, with errors that name file and key.
 //! - [`share`]: the I/O shell that drives one share: full sync, then the event loop.
 //! - [`status`]: per-share status files written by the agent and read by `sgw-agent status`.
+//! - [`runner`]: the `sync` and `run` commands: one thread per share, graceful stop.
 //! - [`service`]: signals and graceful shutdown; logging set-up for terminals and journald.
 //!
 //! The binaries in `src/bin/` only parse arguments and call into this library.
@@ -19,5 +20,10 @@
 
 pub mod cache;
 pub mod cloud;
+pub mod config;
 pub mod engine;
 pub mod model;
+pub mod runner;
+pub mod service;
+pub mod share;
+pub mod status;

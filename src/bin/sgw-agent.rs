@@ -1,1 +1,244 @@
-fn main() {}
+//! `sgw-agent`: parse the command line, load the configuration, set up logging, and call into
+//! the library. Nothing else lives here.
+
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use sgw_agent::config::{Config, DEFAULT_CONFIG_PATH, EXIT_CONFIG, EXIT_USAGE};
+use sgw_agent::runner;
+use sgw_agent::service::{Logger, Shutdown, utc_timestamp_of};
+use sgw_agent::share::{ProgressSink, Silent, StderrProgress, human_bytes};
+use sgw_agent::status::{ShareStatus, read_status};
+
+const HELP: &str = "\
+sgw-agent — keep local share directories in step with their cloud buckets
+
+USAGE:
+    sgw-agent [-c PATH] <COMMAND> [OPTIONS]
+
+COMMANDS:
+    run             Keep every share in step: a full sync, then follow each share's
+                    queue of bucket events. This is what the systemd service runs.
+                    Stops cleanly on SIGTERM or Ctrl-C.
+    sync            Run one full sync of every share and exit: 0 when every share
+                    matches its bucket, 1 when something could not be brought in
+                    line (the log says what). Keys that can never be a safe local
+                    path are skipped and reported, not failures.
+    status          Show each share's state, progress and counters (from the state
+                    directory; works whether or not the agent is running).
+        --json      Print the same as JSON.
+    check-config    Validate the configuration and credentials, then exit.
+
+OPTIONS:
+    -c, --config PATH   Configuration file [default: /etc/sgw-agent/agent.toml]
+    -q, --quiet         sync: no progress lines on stderr
+    -h, --help          Print this help
+    -V, --version       Print the version
+
+ENVIRONMENT:
+    AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN
+                        Credentials (else the credentials_file of the configuration,
+                        whose [AWS_PROFILE or default] section is used).
+    SGW_LOG             Log level override: error, warn, info, debug, trace.
+
+EXIT CODES:
+    0   success
+    1   sync finished but not every share converged
+    64  usage error (bad command line)
+    78  configuration or credentials error (systemd: RestartPreventExitStatus=78)
+
+A minimal configuration:
+
+    state_dir = \"/var/lib/sgw-agent\"
+
+    [[share]]
+    name = \"photos\"
+    path = \"/srv/shares/photos\"
+    bucket = \"acme-photos\"
+    endpoint = \"https://s3.eu-west-1.amazonaws.com\"
+    region = \"eu-west-1\"
+    queue_url = \"https://sqs.eu-west-1.amazonaws.com/123456789012/photos\"
+
+See the README for every key.
+";
+
+enum Command {
+    Run,
+    Sync,
+    Status { json: bool },
+    CheckConfig,
+}
+
+struct Args {
+    config: PathBuf,
+    command: Command,
+    quiet: bool,
+}
+
+fn parse_args() -> Result<Option<Args>, lexopt::Error> {
+    use lexopt::prelude::*;
+    let mut parser = lexopt::Parser::from_env();
+    let mut config = PathBuf::from(DEFAULT_CONFIG_PATH);
+    let mut command = None;
+    let mut json = false;
+    let mut quiet = false;
+    while let Some(arg) = parser.next()? {
+        match arg {
+            Short('c') | Long("config") => config = parser.value()?.into(),
+            Short('h') | Long("help") => {
+                print!("{HELP}");
+                return Ok(None);
+            }
+            Short('V') | Long("version") => {
+                println!("sgw-agent {}", env!("CARGO_PKG_VERSION"));
+                return Ok(None);
+            }
+            Short('q') | Long("quiet") => quiet = true,
+            Long("json") => json = true,
+            Value(v) if command.is_none() => {
+                let v = v.string()?;
+                command = Some(match v.as_str() {
+                    "run" => Command::Run,
+                    "sync" => Command::Sync,
+                    "status" => Command::Status { json: false },
+                    "check-config" => Command::CheckConfig,
+                    other => return Err(format!("unknown command {other:?} (expected run, sync, status or check-config)").into()),
+                });
+            }
+            _ => return Err(arg.unexpected()),
+        }
+    }
+    let command = match command {
+        Some(Command::Status { .. }) => Command::Status { json },
+        Some(c) if json => {
+            let _ = c;
+            return Err("--json goes with the status command".into());
+        }
+        Some(c) => c,
+        None => return Err("missing command (run, sync, status or check-config); see --help".into()),
+    };
+    Ok(Some(Args { config, command, quiet }))
+}
+
+fn main() {
+    let args = match parse_args() {
+        Ok(Some(a)) => a,
+        Ok(None) => return,
+        Err(e) => {
+            eprintln!("sgw-agent: {e}");
+            std::process::exit(EXIT_USAGE);
+        }
+    };
+    let cfg = match Config::load(&args.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("sgw-agent: configuration error: {e}");
+            std::process::exit(EXIT_CONFIG);
+        }
+    };
+    let level = std::env::var("SGW_LOG").ok().and_then(|l| l.parse().ok()).unwrap_or(cfg.log_level);
+    Logger::init(level);
+    let code = match args.command {
+        Command::Status { json } => status(&cfg, json),
+        Command::CheckConfig => match cfg.credentials() {
+            Ok(creds) => {
+                let shutdown = Shutdown::new();
+                for share in &cfg.shares {
+                    if let Err(e) = runner::share_context(&cfg, share, &creds, &shutdown, Arc::new(Silent)) {
+                        eprintln!("sgw-agent: configuration error: {e}");
+                        std::process::exit(EXIT_CONFIG);
+                    }
+                }
+                println!("{}: OK ({} share(s), credentials for key id {})", cfg.file.display(), cfg.shares.len(), creds.access_key_id);
+                0
+            }
+            Err(e) => {
+                eprintln!("sgw-agent: configuration error: {e}");
+                EXIT_CONFIG
+            }
+        },
+        Command::Run | Command::Sync => {
+            let creds = match cfg.credentials() {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("sgw-agent: configuration error: {e}");
+                    std::process::exit(EXIT_CONFIG);
+                }
+            };
+            let shutdown = Shutdown::new();
+            if let Err(e) = shutdown.on_signals() {
+                eprintln!("sgw-agent: cannot install signal handlers: {e}");
+                std::process::exit(1);
+            }
+            if matches!(args.command, Command::Run) {
+                runner::run_daemon(&cfg, &creds, &shutdown)
+            } else {
+                let progress: Arc<dyn ProgressSink> = if args.quiet { Arc::new(Silent) } else { Arc::new(StderrProgress) };
+                runner::sync_once(&cfg, &creds, &shutdown, progress)
+            }
+        }
+    };
+    std::process::exit(code);
+}
+
+fn status(cfg: &Config, json: bool) -> i32 {
+    let mut all = Vec::new();
+    for share in &cfg.shares {
+        let s = match read_status(&cfg.share_state_dir(share)) {
+            Ok(Some(s)) => s,
+            Ok(None) => ShareStatus::new(&share.name),
+            Err(e) => {
+                eprintln!("sgw-agent: share {}: unreadable status: {e}", share.name);
+                ShareStatus { last_error: Some(format!("unreadable status file: {e}")), ..ShareStatus::new(&share.name) }
+            }
+        };
+        all.push(s);
+    }
+    if json {
+        match serde_json::to_string_pretty(&all) {
+            Ok(t) => println!("{t}"),
+            Err(e) => {
+                eprintln!("sgw-agent: {e}");
+                return 1;
+            }
+        }
+        return 0;
+    }
+    for s in &all {
+        let progress = if s.sync_progress < 0 { "never synced".to_owned() } else { format!("{}%", s.sync_progress) };
+        println!("{}  {}  {}", s.share, s.state.as_str(), progress);
+        println!("  objects:        {} local / {} in bucket ({})", s.objects_local, s.objects_total, human_bytes(s.bytes_total));
+        println!(
+            "  this run:       {} downloaded ({}), {} deleted, {} events applied",
+            s.objects_downloaded,
+            human_bytes(s.bytes_downloaded),
+            s.objects_deleted,
+            s.events_applied
+        );
+        println!("  skipped keys:   {}{}", s.skipped_keys, examples(&s.skipped_examples));
+        println!("  unknown files:  {}{}", s.unknown_local_files, examples(&s.unknown_examples));
+        if s.verified_without_crc > 0 {
+            println!("  no CRC-64:      {} object(s) had no server CRC-64 and were checked by size only", s.verified_without_crc);
+        }
+        if s.failed_objects > 0 {
+            println!("  failed:         {} object(s) in the last full sync", s.failed_objects);
+        }
+        if s.messages_discarded > 0 {
+            println!("  discarded:      {} queue message(s) that could not be applied", s.messages_discarded);
+        }
+        println!("  last full sync: {}", s.last_full_sync.map(utc_timestamp_of).unwrap_or_else(|| "never".into()));
+        println!("  updated:        {}", if s.updated > 0 { utc_timestamp_of(s.updated) } else { "never".into() });
+        println!("  last error:     {}", s.last_error.as_deref().unwrap_or("-"));
+    }
+    0
+}
+
+fn examples(list: &[String]) -> String {
+    if list.is_empty() {
+        String::new()
+    } else {
+        format!("  e.g. {}", list.iter().take(3).map(|k| format!("{k:?}")).collect::<Vec<_>>().join(", "))
+    }
+}

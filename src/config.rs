@@ -1,0 +1,467 @@
+//! The agent's TOML configuration and credentials.
+//!
+//! Every error names the file, the key and what was expected, because the person reading it is
+//! an operator looking at `journalctl` on a box they cannot easily reach. A configuration error
+//! exits with [`EXIT_CONFIG`] so systemd does not restart-loop on it
+//! (`RestartPreventExitStatus=78`).
+
+use std::collections::HashSet;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::cloud::sigv4::Credentials;
+use crate::model::ConsistencyCheck;
+
+/// Exit code for a configuration or credentials error (sysexits `EX_CONFIG`).
+pub const EXIT_CONFIG: i32 = 78;
+/// Exit code for a command-line usage error (sysexits `EX_USAGE`).
+pub const EXIT_USAGE: i32 = 64;
+/// Exit code when a sync could not bring every share in line.
+pub const EXIT_NOT_CONVERGED: i32 = 1;
+
+/// Default place of the configuration file.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/sgw-agent/agent.toml";
+
+const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
+const MAX_SHARES: usize = 256;
+const MAX_DOWNLOAD_CONCURRENCY: usize = 64;
+
+/// A configuration problem: which file, which key, what was expected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    /// Dotted key path, e.g. `share[2].endpoint`; empty when the whole file is at fault.
+    pub key: String,
+    pub problem: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.key.is_empty() {
+            write!(f, "{}: {}", self.file.display(), self.problem)
+        } else {
+            write!(f, "{}: {}: {}", self.file.display(), self.key, self.problem)
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub file: PathBuf,
+    pub state_dir: PathBuf,
+    pub log_level: log::LevelFilter,
+    pub credentials_file: Option<PathBuf>,
+    pub shares: Vec<ShareConfig>,
+}
+
+/// One share: a local directory mirrored from `bucket/prefix`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShareConfig {
+    pub name: String,
+    pub path: PathBuf,
+    pub bucket: String,
+    pub prefix: String,
+    pub endpoint: String,
+    pub region: String,
+    pub queue_url: Option<String>,
+    pub consistency_check: ConsistencyCheck,
+    pub allow_http: bool,
+    pub download_concurrency: usize,
+    /// Seconds between full reconciles while running (0 = only at start and after outages).
+    pub full_sync_interval_secs: u64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    state_dir: Option<String>,
+    log_level: Option<String>,
+    credentials_file: Option<String>,
+    #[serde(default)]
+    share: Vec<RawShare>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawShare {
+    name: Option<String>,
+    path: Option<String>,
+    bucket: Option<String>,
+    prefix: Option<String>,
+    endpoint: Option<String>,
+    region: Option<String>,
+    queue_url: Option<String>,
+    consistency_check: Option<String>,
+    allow_http: Option<bool>,
+    download_concurrency: Option<i64>,
+    full_sync_interval_secs: Option<i64>,
+}
+
+impl Config {
+    /// Read and validate `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let err = |problem: String| ConfigError { file: path.to_owned(), key: String::new(), problem };
+        let meta = std::fs::metadata(path).map_err(|e| err(format!("cannot read the configuration file: {e}")))?;
+        if !meta.is_file() {
+            return Err(err("is not a regular file".into()));
+        }
+        if meta.len() > MAX_CONFIG_BYTES {
+            return Err(err(format!("is {} bytes; a configuration file is at most {MAX_CONFIG_BYTES}", meta.len())));
+        }
+        let text = std::fs::read_to_string(path).map_err(|e| err(format!("cannot read the configuration file: {e}")))?;
+        Config::parse(path, &text)
+    }
+
+    /// Validate configuration text (`file` is only used in messages).
+    pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigError> {
+        let at = |key: String, problem: String| ConfigError { file: file.to_owned(), key, problem };
+        let raw: RawConfig = toml::from_str(text).map_err(|e| toml_error(file, text, &e))?;
+
+        let state_dir = match raw.state_dir {
+            Some(s) => absolute_path(&s).map_err(|p| at("state_dir".into(), p))?,
+            None => return Err(at("state_dir".into(), "missing: expected an absolute directory path, e.g. \"/var/lib/sgw-agent\"".into())),
+        };
+        let log_level = match raw.log_level.as_deref() {
+            None => log::LevelFilter::Info,
+            Some(s) => s.parse().map_err(|_| {
+                at("log_level".into(), format!("expected one of off, error, warn, info, debug, trace; got {s:?}"))
+            })?,
+        };
+        let credentials_file = match raw.credentials_file {
+            Some(s) => Some(absolute_path(&s).map_err(|p| at("credentials_file".into(), p))?),
+            None => None,
+        };
+        if raw.share.is_empty() {
+            return Err(at("share".into(), "no [[share]] tables: expected at least one share".into()));
+        }
+        if raw.share.len() > MAX_SHARES {
+            return Err(at("share".into(), format!("{} shares; at most {MAX_SHARES} are supported", raw.share.len())));
+        }
+        let mut names = HashSet::new();
+        let mut paths = HashSet::new();
+        let mut shares = Vec::with_capacity(raw.share.len());
+        for (i, s) in raw.share.into_iter().enumerate() {
+            let key = |k: &str| format!("share[{}].{k}", i + 1);
+            let share = validate_share(s, &key).map_err(|(k, p)| at(k, p))?;
+            if !names.insert(share.name.clone()) {
+                return Err(at(key("name"), format!("duplicate share name {:?}: names must be unique", share.name)));
+            }
+            if !paths.insert(share.path.clone()) {
+                return Err(at(key("path"), format!("{} is already used by another share", share.path.display())));
+            }
+            if share.path.starts_with(&state_dir) || state_dir.starts_with(&share.path) {
+                return Err(at(key("path"), "must not contain or lie inside state_dir".into()));
+            }
+            shares.push(share);
+        }
+        Ok(Config { file: file.to_owned(), state_dir, log_level, credentials_file, shares })
+    }
+
+    /// The per-share state directory.
+    pub fn share_state_dir(&self, share: &ShareConfig) -> PathBuf {
+        self.state_dir.join("shares").join(&share.name)
+    }
+
+    /// Credentials from the environment (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
+    /// `AWS_SESSION_TOKEN`), else from `credentials_file`.
+    pub fn credentials(&self) -> Result<Credentials, ConfigError> {
+        let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        if let (Some(id), Some(secret)) = (env("AWS_ACCESS_KEY_ID"), env("AWS_SECRET_ACCESS_KEY")) {
+            return Ok(Credentials { access_key_id: id, secret_access_key: secret, session_token: env("AWS_SESSION_TOKEN") });
+        }
+        match &self.credentials_file {
+            Some(path) => read_credentials_file(path, env("AWS_PROFILE").as_deref().unwrap_or("default")),
+            None => Err(ConfigError {
+                file: self.file.clone(),
+                key: "credentials_file".into(),
+                problem: "no credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or credentials_file".into(),
+            }),
+        }
+    }
+}
+
+fn validate_share(s: RawShare, key: &dyn Fn(&str) -> String) -> Result<ShareConfig, (String, String)> {
+    let required = |v: Option<String>, k: &str, example: &str| -> Result<String, (String, String)> {
+        match v {
+            Some(v) if !v.trim().is_empty() => Ok(v),
+            _ => Err((key(k), format!("missing: expected {example}"))),
+        }
+    };
+    let name = required(s.name, "name", "a short share name, e.g. \"photos\"")?;
+    if name.len() > 64 || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.') || name.starts_with('.') {
+        return Err((key("name"), format!("expected 1-64 characters of A-Z a-z 0-9 - _ . not starting with '.'; got {name:?}")));
+    }
+    let path = required(s.path, "path", "the absolute path of the local share directory")?;
+    let path = absolute_path(&path).map_err(|p| (key("path"), p))?;
+    let bucket = required(s.bucket, "bucket", "the bucket name")?;
+    if !valid_bucket(&bucket) {
+        return Err((key("bucket"), format!("expected 3-63 characters of a-z 0-9 . - starting and ending with a letter or digit; got {bucket:?}")));
+    }
+    let prefix = s.prefix.unwrap_or_default();
+    if prefix.starts_with('/') || prefix.contains("//") || prefix.chars().any(char::is_control) || prefix.len() > 512 {
+        return Err((key("prefix"), format!("expected a key prefix such as \"branch-12/\" (no leading '/', no '//', no control characters); got {prefix:?}")));
+    }
+    let endpoint = required(s.endpoint, "endpoint", "the S3 endpoint URL, e.g. \"https://s3.eu-west-1.amazonaws.com\"")?;
+    let allow_http = s.allow_http.unwrap_or(false);
+    check_url(&endpoint, allow_http).map_err(|p| (key("endpoint"), p))?;
+    let region = required(s.region, "region", "the bucket's region, e.g. \"eu-west-1\"")?;
+    if region.len() > 64 || !region.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+        return Err((key("region"), format!("expected a region id such as \"eu-west-1\"; got {region:?}")));
+    }
+    let queue_url = match s.queue_url {
+        Some(u) if u.trim().is_empty() => None,
+        Some(u) => {
+            check_url(&u, allow_http).map_err(|p| (key("queue_url"), p))?;
+            Some(u)
+        }
+        None => None,
+    };
+    let consistency_check = match s.consistency_check.as_deref() {
+        None | Some("size_last_modified") => ConsistencyCheck::SizeLastModified,
+        Some("crc64") => ConsistencyCheck::Crc64,
+        Some("transmission") => ConsistencyCheck::Transmission,
+        Some(other) => {
+            return Err((key("consistency_check"), format!("expected one of size_last_modified, crc64, transmission; got {other:?}")));
+        }
+    };
+    let download_concurrency = match s.download_concurrency {
+        None => 4,
+        Some(n) if (1..=MAX_DOWNLOAD_CONCURRENCY as i64).contains(&n) => n as usize,
+        Some(n) => return Err((key("download_concurrency"), format!("expected 1 to {MAX_DOWNLOAD_CONCURRENCY}; got {n}"))),
+    };
+    let full_sync_interval_secs = match s.full_sync_interval_secs {
+        None => 6 * 3600,
+        Some(n) if n == 0 || (60..=30 * 86400).contains(&n) => n as u64,
+        Some(n) => return Err((key("full_sync_interval_secs"), format!("expected 0 (off) or 60 to 2592000 seconds; got {n}"))),
+    };
+    Ok(ShareConfig {
+        name,
+        path,
+        bucket,
+        prefix,
+        endpoint: endpoint.trim_end_matches('/').to_owned(),
+        region,
+        queue_url,
+        consistency_check,
+        allow_http,
+        download_concurrency,
+        full_sync_interval_secs,
+    })
+}
+
+fn absolute_path(s: &str) -> Result<PathBuf, String> {
+    let p = PathBuf::from(s);
+    if !p.is_absolute() || s.contains('\0') {
+        return Err(format!("expected an absolute path; got {s:?}"));
+    }
+    if p.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
+        return Err(format!("expected a path without '..'; got {s:?}"));
+    }
+    Ok(p)
+}
+
+fn check_url(url: &str, allow_http: bool) -> Result<(), String> {
+    let rest = if let Some(r) = url.strip_prefix("https://") {
+        r
+    } else if let Some(r) = url.strip_prefix("http://") {
+        if !allow_http {
+            return Err(format!("{url:?} is plain http: TLS is required unless the share sets allow_http = true"));
+        }
+        r
+    } else {
+        return Err(format!("expected an https:// URL; got {url:?}"));
+    };
+    let host = rest.split('/').next().unwrap_or("");
+    if host.is_empty() || host.contains('@') || url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!("expected a URL with a host and no user info or spaces; got {url:?}"));
+    }
+    Ok(())
+}
+
+fn valid_bucket(b: &str) -> bool {
+    (3..=63).contains(&b.len())
+        && b.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '.' || c == '-')
+        && b.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && b.ends_with(|c: char| c.is_ascii_alphanumeric())
+        && !b.contains("..")
+}
+
+/// Turn a TOML parse error into "file: key: problem (line N)".
+fn toml_error(file: &Path, text: &str, e: &toml::de::Error) -> ConfigError {
+    let line = e.span().map(|s| text[..s.start.min(text.len())].lines().count().max(1));
+    let mut problem = e.message().trim().to_owned();
+    if let Some(l) = line {
+        problem = format!("line {l}: {problem}");
+    }
+    ConfigError { file: file.to_owned(), key: String::new(), problem }
+}
+
+/// Read an AWS-style INI credentials file. Refuses files that others can read.
+pub fn read_credentials_file(path: &Path, profile: &str) -> Result<Credentials, ConfigError> {
+    use std::os::unix::fs::PermissionsExt;
+    let err = |problem: String| ConfigError { file: path.to_owned(), key: String::new(), problem };
+    let meta = std::fs::metadata(path).map_err(|e| err(format!("cannot read the credentials file: {e}")))?;
+    let mode = meta.permissions().mode();
+    if mode & 0o077 != 0 {
+        return Err(err(format!("permissions are {:o}: the credentials file must not be readable by group or others (chmod 600)", mode & 0o777)));
+    }
+    if meta.len() > 64 * 1024 {
+        return Err(err("is larger than 64 KiB; expected a small INI file".into()));
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| err(format!("cannot read the credentials file: {e}")))?;
+    let mut section = String::new();
+    let (mut id, mut secret, mut token) = (None, None, None);
+    for line in text.lines() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
+            continue;
+        }
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            section = name.trim().trim_start_matches("profile ").to_owned();
+            continue;
+        }
+        if section != profile {
+            continue;
+        }
+        if let Some((k, v)) = line.split_once('=') {
+            let v = v.trim().to_owned();
+            match k.trim() {
+                "aws_access_key_id" => id = Some(v),
+                "aws_secret_access_key" => secret = Some(v),
+                "aws_session_token" => token = Some(v),
+                _ => {}
+            }
+        }
+    }
+    match (id, secret) {
+        (Some(i), Some(s)) if !i.is_empty() && !s.is_empty() => Ok(Credentials { access_key_id: i, secret_access_key: s, session_token: token }),
+        _ => Err(ConfigError {
+            file: path.to_owned(),
+            key: format!("[{profile}]"),
+            problem: "expected aws_access_key_id and aws_secret_access_key in this profile".into(),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+state_dir = "/var/lib/sgw-agent"
+[[share]]
+name = "photos"
+path = "/srv/photos"
+bucket = "acme-photos"
+prefix = "branch-12/"
+endpoint = "https://s3.eu-west-1.amazonaws.com/"
+region = "eu-west-1"
+queue_url = "https://sqs.eu-west-1.amazonaws.com/1/photos"
+consistency_check = "crc64"
+download_concurrency = 8
+"#;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(Path::new("/etc/sgw-agent/agent.toml"), text)
+    }
+
+    fn err(text: &str) -> String {
+        parse(text).expect_err("must be refused").to_string()
+    }
+
+    #[test]
+    fn a_complete_config_parses_with_its_values() {
+        let c = parse(GOOD).unwrap();
+        let s = &c.shares[0];
+        assert_eq!(s.endpoint, "https://s3.eu-west-1.amazonaws.com");
+        assert_eq!(s.prefix, "branch-12/");
+        assert_eq!(s.consistency_check, ConsistencyCheck::Crc64);
+        assert_eq!(s.download_concurrency, 8);
+        assert!(!s.allow_http);
+        assert_eq!(c.share_state_dir(s), PathBuf::from("/var/lib/sgw-agent/shares/photos"));
+    }
+
+    #[test]
+    fn errors_name_file_key_and_expectation() {
+        let e = err(&GOOD.replace("https://s3.eu", "http://s3.eu"));
+        assert!(e.starts_with("/etc/sgw-agent/agent.toml: share[1].endpoint:"), "{e}");
+        assert!(e.contains("allow_http"), "{e}");
+        let e = err(&GOOD.replace("consistency_check = \"crc64\"", "consistency_check = \"md5\""));
+        assert!(e.contains("share[1].consistency_check") && e.contains("size_last_modified"), "{e}");
+        let e = err(&GOOD.replace("download_concurrency = 8", "download_concurrency = 0"));
+        assert!(e.contains("share[1].download_concurrency"), "{e}");
+        let e = err(&GOOD.replace("state_dir = \"/var/lib/sgw-agent\"", ""));
+        assert!(e.contains("state_dir: missing"), "{e}");
+        let e = err(&GOOD.replace("path = \"/srv/photos\"", "path = \"srv/photos\""));
+        assert!(e.contains("share[1].path") && e.contains("absolute"), "{e}");
+    }
+
+    #[test]
+    fn http_is_allowed_only_when_asked() {
+        let text = GOOD.replace("https://", "http://").replace("download_concurrency = 8", "allow_http = true");
+        assert!(parse(&text).unwrap().shares[0].allow_http);
+    }
+
+    #[test]
+    fn unknown_keys_and_wrong_types_are_refused_with_a_line() {
+        let e = err(&GOOD.replace("region =", "regoin ="));
+        assert!(e.contains("regoin") && e.contains("line"), "{e}");
+        let e = err(&GOOD.replace("download_concurrency = 8", "download_concurrency = \"eight\""));
+        assert!(e.contains("line"), "{e}");
+        let e = err("this is not toml [[[");
+        assert!(e.starts_with("/etc/sgw-agent/agent.toml:"), "{e}");
+    }
+
+    #[test]
+    fn hostile_values_are_refused() {
+        for (from, to) in [
+            ("name = \"photos\"", "name = \"../etc\""),
+            ("name = \"photos\"", "name = \".hidden\""),
+            ("bucket = \"acme-photos\"", "bucket = \"Acme_Photos\""),
+            ("bucket = \"acme-photos\"", "bucket = \"a\""),
+            ("prefix = \"branch-12/\"", "prefix = \"/abs\""),
+            ("prefix = \"branch-12/\"", "prefix = \"a//b\""),
+            ("region = \"eu-west-1\"", "region = \"eu west\""),
+            ("endpoint = \"https://s3.eu-west-1.amazonaws.com/\"", "endpoint = \"https://user:pw@host\""),
+            ("endpoint = \"https://s3.eu-west-1.amazonaws.com/\"", "endpoint = \"ftp://host\""),
+            ("path = \"/srv/photos\"", "path = \"/var/lib/sgw-agent/x\""),
+            ("path = \"/srv/photos\"", "path = \"/srv/../etc\""),
+        ] {
+            let text = GOOD.replace(from, to);
+            assert_ne!(text, GOOD, "fixture must change for {to}");
+            assert!(parse(&text).is_err(), "{to} must be refused");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let big = dir.path().join("agent.toml");
+        std::fs::write(&big, format!("{GOOD}\n# {}", "x".repeat(2_000_000))).unwrap();
+        let e = Config::load(&big).unwrap_err().to_string();
+        assert!(e.contains("at most"), "{e}");
+    }
+
+    #[test]
+    fn duplicate_shares_are_refused() {
+        let two = format!("{GOOD}\n[[share]]\nname = \"photos\"\npath = \"/srv/other\"\nbucket = \"b-2\"\nendpoint = \"https://e\"\nregion = \"r\"\n");
+        assert!(err(&two).contains("share[2].name"));
+    }
+
+    #[test]
+    fn credentials_file_must_be_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("credentials");
+        std::fs::write(&p, "[default]\naws_access_key_id = AKID\naws_secret_access_key = s3cr3t\n[other]\naws_access_key_id = X\naws_secret_access_key = Y\n").unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = read_credentials_file(&p, "default").unwrap_err().to_string();
+        assert!(e.contains("chmod 600") && !e.contains("s3cr3t"), "{e}");
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let c = read_credentials_file(&p, "default").unwrap();
+        assert_eq!((c.access_key_id.as_str(), c.secret_access_key.as_str()), ("AKID", "s3cr3t"));
+        assert_eq!(read_credentials_file(&p, "other").unwrap().access_key_id, "X");
+        assert!(read_credentials_file(&p, "missing").is_err());
+    }
+}

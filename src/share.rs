@@ -1,0 +1,1081 @@
+//! The I/O shell for one share: it runs the engine's decisions against the bucket, the queue
+//! and the cache disk.
+//!
+//! Threads: the share's own thread lists, plans, polls and owns the state store (single
+//! writer); a fixed pool of `download_concurrency` workers streams objects into staged files and
+//! publishes them. Jobs and results travel over bounded channels, so memory depends on the
+//! concurrency, never on the bucket size.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use log::{debug, error, info, warn};
+
+use crate::cache::crc64::Crc64Nvme;
+use crate::cache::paths::{KeyPath, key_to_relpath};
+use crate::cache::publish::{Expected, PublishError, ShareDir};
+use crate::cache::state::{StateError, StateStore};
+use crate::cloud::events::{ParsedMessage, parse_message};
+use crate::cloud::{CloudError, EventQueue, ObjectStore, QueueMessage};
+use crate::config::ShareConfig;
+use crate::engine::events::{EventDecision, HeadDecision, after_head, on_event, record_after_download};
+use crate::engine::plan::FullSyncMerge;
+use crate::engine::progress::{Progress, ProgressMeter};
+use crate::engine::{FileFacts, SyncAction};
+use crate::model::{ConsistencyCheck, LocalRecord, ObjectMeta};
+use crate::service::Shutdown;
+use crate::status::{ShareState, ShareStatus, unix_now, write_status};
+
+/// A message that keeps failing (unparseable, or its change cannot be applied) is removed
+/// after this many receives; the next full reconcile repairs whatever it was about.
+pub const MAX_RECEIVES: u32 = 5;
+/// A checksum mismatch is retried this many times before the object is reported as failing.
+const MAX_CRC_ATTEMPTS: u32 = 3;
+/// Body read failures are resumed (ranged GET) this many times.
+const MAX_BODY_ATTEMPTS: u32 = 5;
+const LONG_POLL_SECS: u32 = 20;
+/// Extend a batch's visibility when its work runs longer than this.
+const VISIBILITY_EXTEND_AFTER: Duration = Duration::from_secs(20);
+const VISIBILITY_EXTENSION_SECS: u32 = 120;
+/// Journal fsync cadence during a full sync: records are durable at least this often.
+const SYNC_EVERY_RECORDS: usize = 256;
+const SYNC_EVERY: Duration = Duration::from_secs(1);
+
+/// Why a share stopped working.
+#[derive(Debug)]
+pub enum ShareError {
+    Cloud(CloudError),
+    State(StateError),
+    Io(std::io::Error),
+    /// The listing or the engine found something that must stop the sync (e.g. keys out of
+    /// order): deleting on a wrong plan could destroy data.
+    Plan(String),
+    Stopped,
+}
+
+impl std::fmt::Display for ShareError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ShareError::Cloud(e) => write!(f, "{e}"),
+            ShareError::State(e) => write!(f, "state store: {e}"),
+            ShareError::Io(e) => write!(f, "local disk: {e}"),
+            ShareError::Plan(m) => write!(f, "{m}"),
+            ShareError::Stopped => write!(f, "stopped"),
+        }
+    }
+}
+
+impl From<CloudError> for ShareError {
+    fn from(e: CloudError) -> Self {
+        ShareError::Cloud(e)
+    }
+}
+impl From<StateError> for ShareError {
+    fn from(e: StateError) -> Self {
+        ShareError::State(e)
+    }
+}
+impl From<std::io::Error> for ShareError {
+    fn from(e: std::io::Error) -> Self {
+        ShareError::Io(e)
+    }
+}
+
+/// The outcome of one full sync.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct SyncReport {
+    pub listed: u64,
+    pub downloaded: u64,
+    pub bytes_downloaded: u64,
+    pub deleted: u64,
+    pub kept: u64,
+    pub adopted: u64,
+    pub skipped: u64,
+    pub failed: u64,
+}
+
+impl SyncReport {
+    pub fn converged(&self) -> bool {
+        self.failed == 0
+    }
+}
+
+/// How progress is shown while a full sync runs (rustic style: a trait with a silent impl).
+pub trait ProgressSink: Send + Sync {
+    fn update(&self, share: &str, percent: i32, progress: &Progress);
+}
+
+/// Shows nothing (the daemon: progress goes to the status file).
+pub struct Silent;
+impl ProgressSink for Silent {
+    fn update(&self, _: &str, _: i32, _: &Progress) {}
+}
+
+/// One line per update on stderr, for `sgw-agent sync` on a terminal or in a script.
+pub struct StderrProgress;
+impl ProgressSink for StderrProgress {
+    fn update(&self, share: &str, percent: i32, p: &Progress) {
+        eprintln!(
+            "{share}: {percent:>3}%  {}/{} objects  {}/{}",
+            p.done_objects,
+            p.total_objects,
+            human_bytes(p.done_bytes),
+            human_bytes(p.total_bytes)
+        );
+    }
+}
+
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[u]) }
+}
+
+/// Everything a share needs from outside.
+pub struct ShareContext {
+    pub cfg: ShareConfig,
+    pub state_dir: PathBuf,
+    pub store: Arc<dyn ObjectStore>,
+    pub queue: Option<Arc<dyn EventQueue>>,
+    pub shutdown: Shutdown,
+    pub progress: Arc<dyn ProgressSink>,
+}
+
+/// A download the worker pool performs.
+struct Job {
+    /// Index of the work item that asked for it (event batch bookkeeping).
+    ticket: usize,
+    meta: ObjectMeta,
+    rel: PathBuf,
+    sequencer: Option<String>,
+    old: Option<LocalRecord>,
+}
+
+enum JobOutcome {
+    Published { meta: ObjectMeta, crc64nvme: u64, had_crc: bool },
+    /// The object disappeared between the decision and the GET.
+    Gone,
+    Failed(String),
+}
+
+struct JobResult {
+    ticket: usize,
+    job: Job,
+    outcome: JobOutcome,
+}
+
+/// The fixed download pool of one share.
+struct Pool {
+    jobs: Option<SyncSender<Job>>,
+    results: Receiver<JobResult>,
+    workers: Vec<JoinHandle<()>>,
+    in_flight: usize,
+    max_in_flight: usize,
+}
+
+impl Pool {
+    fn start(n: usize, store: Arc<dyn ObjectStore>, dir: Arc<ShareDir>, shutdown: Shutdown) -> Pool {
+        let max_in_flight = n * 2;
+        // Capacities equal the in-flight bound, so neither side ever blocks on a full channel
+        // while the other waits for it.
+        let (job_tx, job_rx) = sync_channel::<Job>(max_in_flight);
+        let (res_tx, res_rx) = sync_channel::<JobResult>(max_in_flight);
+        let job_rx = Arc::new(std::sync::Mutex::new(job_rx));
+        let workers = (0..n)
+            .map(|i| {
+                let (job_rx, res_tx) = (Arc::clone(&job_rx), res_tx.clone());
+                let (store, dir, shutdown) = (Arc::clone(&store), Arc::clone(&dir), shutdown.clone());
+                std::thread::Builder::new()
+                    .name(format!("sgw-dl-{i}"))
+                    .spawn(move || {
+                        loop {
+                            let job = match job_rx.lock() {
+                                Ok(rx) => rx.recv(),
+                                Err(_) => return,
+                            };
+                            let Ok(job) = job else { return };
+                            let outcome = download(&*store, &dir, &job, &shutdown);
+                            if res_tx.send(JobResult { ticket: job.ticket, job, outcome }).is_err() {
+                                return;
+                            }
+                        }
+                    })
+                    .expect("spawning a download worker")
+            })
+            .collect();
+        Pool { jobs: Some(job_tx), results: res_rx, workers, in_flight: 0, max_in_flight }
+    }
+
+    fn is_full(&self) -> bool {
+        self.in_flight >= self.max_in_flight
+    }
+
+    fn submit(&mut self, job: Job) {
+        if let Some(tx) = &self.jobs {
+            // Never blocks: in_flight < capacity is checked by the caller.
+            if tx.send(job).is_ok() {
+                self.in_flight += 1;
+            }
+        }
+    }
+
+    fn recv(&mut self, timeout: Duration) -> Option<JobResult> {
+        if self.in_flight == 0 {
+            return None;
+        }
+        match self.results.recv_timeout(timeout) {
+            Ok(r) => {
+                self.in_flight -= 1;
+                Some(r)
+            }
+            Err(_) => None,
+        }
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        self.jobs = None;
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+    }
+}
+
+/// Stream one object into the share: staged, CRC-checked, published. Runs on a worker.
+fn download(store: &dyn ObjectStore, dir: &ShareDir, job: &Job, shutdown: &Shutdown) -> JobOutcome {
+    let key = &job.meta.key;
+    let mut crc_failures = 0;
+    let mut body_failures = 0;
+    let mut meta = job.meta.clone();
+    loop {
+        if shutdown.is_triggered() {
+            return JobOutcome::Failed("stopped before the download finished".into());
+        }
+        let mut staged = match dir.begin(key, meta.etag.as_deref(), meta.last_modified) {
+            Ok(s) => s,
+            Err(e) => return JobOutcome::Failed(format!("cannot stage {key:?}: {e}")),
+        };
+        let offset = staged.offset();
+        // A resumed download must not mix two versions: pin the ETag, and take the
+        // whole-object CRC from a HEAD (a ranged GET need not carry it).
+        let mut expected_crc = None;
+        if offset > 0 {
+            match store.head(key) {
+                Ok(Some(h)) if h.etag.is_some() && h.etag == meta.etag && h.size == meta.size => expected_crc = h.crc64nvme,
+                Ok(Some(h)) => {
+                    staged.discard();
+                    meta = h;
+                    continue;
+                }
+                Ok(None) => {
+                    staged.discard();
+                    return JobOutcome::Gone;
+                }
+                Err(e) => return JobOutcome::Failed(format!("HEAD {key:?}: {e}")),
+            }
+        }
+        let if_match = if offset > 0 { meta.etag.clone() } else { None };
+        let body = match store.get(key, offset, if_match.as_deref()) {
+            Ok(b) => b,
+            Err(CloudError::Service { status: 412, .. }) => {
+                staged.discard();
+                continue;
+            }
+            Err(e) if e.is_not_found() => {
+                staged.discard();
+                return JobOutcome::Gone;
+            }
+            Err(e) => return JobOutcome::Failed(format!("GET {key:?}: {e}")),
+        };
+        if body.offset != offset {
+            // The server ignored the range: start over from byte 0 with what it sent.
+            staged.discard();
+            if body.offset != 0 {
+                return JobOutcome::Failed(format!("GET {key:?}: unexpected range start {}", body.offset));
+            }
+            staged = match dir.begin(key, body.meta.etag.as_deref(), body.meta.last_modified) {
+                Ok(s) if s.offset() == 0 => s,
+                Ok(s) => {
+                    s.discard();
+                    return JobOutcome::Failed(format!("cannot restage {key:?}"));
+                }
+                Err(e) => return JobOutcome::Failed(format!("cannot stage {key:?}: {e}")),
+            };
+        }
+        let got = body.meta.clone();
+        if offset == 0 {
+            expected_crc = got.crc64nvme;
+        }
+        let mut reader = body.body;
+        let mut buf = vec![0u8; 256 * 1024];
+        let streamed: std::io::Result<()> = (|| {
+            loop {
+                let n = reader.read(&mut buf)?;
+                if n == 0 {
+                    return Ok(());
+                }
+                staged.write_all(&buf[..n])?;
+            }
+        })();
+        if let Err(e) = streamed {
+            body_failures += 1;
+            if body_failures >= MAX_BODY_ATTEMPTS {
+                return JobOutcome::Failed(format!("reading {key:?}: {e}"));
+            }
+            warn!("share download: {key:?}: body interrupted at {} bytes ({e}); resuming", staged.offset());
+            // Keep the staged bytes: the next round resumes with a ranged GET.
+            drop(staged);
+            shutdown.sleep(Duration::from_millis(200 * u64::from(body_failures)));
+            continue;
+        }
+        let expected = Expected { size: got.size, crc64nvme: expected_crc };
+        let meta_for_record = ObjectMeta { crc64nvme: expected_crc, ..got.clone() };
+        match staged.publish(&expected, &job.rel, got.last_modified) {
+            Ok(p) => {
+                return JobOutcome::Published { meta: meta_for_record, crc64nvme: p.crc64nvme, had_crc: expected_crc.is_some() };
+            }
+            Err(PublishError::ChecksumMismatch { expected, actual }) => {
+                crc_failures += 1;
+                warn!("share download: {key:?}: CRC-64 mismatch (server {expected:016x}, received {actual:016x}); not published");
+                if crc_failures >= MAX_CRC_ATTEMPTS {
+                    return JobOutcome::Failed(format!(
+                        "{key:?} failed its CRC-64 check {crc_failures} times (server says {expected:016x}, bytes give {actual:016x})"
+                    ));
+                }
+            }
+            Err(e) => return JobOutcome::Failed(format!("publishing {key:?}: {e}")),
+        }
+    }
+}
+
+/// One share at work.
+pub struct Share {
+    ctx: ShareContext,
+    dir: Arc<ShareDir>,
+    state: StateStore,
+    pub status: ShareStatus,
+    pool: Pool,
+    status_written: Instant,
+    unsynced_records: usize,
+    last_state_sync: Instant,
+    /// Set while the share thread waits in a long poll with nothing pending: the daemon may
+    /// exit then without waiting for the poll to return.
+    pub idle: Arc<AtomicBool>,
+    /// While a queue batch is applied: `batch_ok[i]` is false once any effect of message `i`
+    /// failed. Empty during a full sync.
+    batch_ok: Vec<bool>,
+}
+
+impl Share {
+    pub fn open(ctx: ShareContext) -> Result<Share, ShareError> {
+        let dir = Arc::new(ShareDir::open(&ctx.cfg.path).map_err(|e| {
+            ShareError::Io(std::io::Error::new(e.kind(), format!("share directory {}: {e}", ctx.cfg.path.display())))
+        })?);
+        let state = StateStore::open(&ctx.state_dir)?;
+        let mut status = match crate::status::read_status(&ctx.state_dir) {
+            Ok(Some(s)) => ShareStatus { share: ctx.cfg.name.clone(), ..s },
+            _ => ShareStatus::new(&ctx.cfg.name),
+        };
+        status.objects_local = state.len();
+        // Counters are per run; the progress/state history is kept.
+        status.objects_downloaded = 0;
+        status.bytes_downloaded = 0;
+        status.objects_deleted = 0;
+        status.events_applied = 0;
+        let pool = Pool::start(ctx.cfg.download_concurrency, Arc::clone(&ctx.store), Arc::clone(&dir), ctx.shutdown.clone());
+        Ok(Share {
+            ctx,
+            dir,
+            state,
+            status,
+            pool,
+            status_written: Instant::now() - Duration::from_secs(60),
+            unsynced_records: 0,
+            last_state_sync: Instant::now(),
+            idle: Arc::new(AtomicBool::new(false)),
+            batch_ok: Vec::new(),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.ctx.cfg.name
+    }
+
+    fn write_status(&mut self, force: bool) {
+        if !force && self.status_written.elapsed() < Duration::from_secs(1) {
+            return;
+        }
+        self.status.updated = unix_now();
+        self.status.objects_local = self.state.len();
+        if let Err(e) = write_status(&self.ctx.state_dir, &self.status) {
+            warn!("share {}: cannot write status: {e}", self.ctx.cfg.name);
+        }
+        self.status_written = Instant::now();
+    }
+
+    fn sync_state(&mut self, force: bool) -> Result<(), ShareError> {
+        if self.unsynced_records > 0 && (force || self.unsynced_records >= SYNC_EVERY_RECORDS || self.last_state_sync.elapsed() >= SYNC_EVERY) {
+            self.state.sync()?;
+            self.unsynced_records = 0;
+            self.last_state_sync = Instant::now();
+        }
+        Ok(())
+    }
+
+    /// Bring the share in line with the bucket: list, compare, download, delete.
+    pub fn full_sync(&mut self) -> Result<SyncReport, ShareError> {
+        let name = self.ctx.cfg.name.clone();
+        let started = Instant::now();
+        self.status.state = ShareState::FullSyncing;
+        self.status.last_error = None;
+        self.status.failed_objects = 0;
+        self.status.skipped_keys = 0;
+        self.status.skipped_examples.clear();
+        let mut meter = ProgressMeter::default();
+        self.status.sync_progress = meter.percent(&Progress::default(), false).max(0);
+        self.write_status(true);
+        info!("share {name}: full sync started (bucket {}, prefix {:?})", self.ctx.cfg.bucket, self.ctx.cfg.prefix);
+
+        // Pass 1: count, so SyncProgress can rise steadily to 100.
+        let mut progress = Progress::default();
+        for obj in Listing::new(&*self.ctx.store, &self.ctx.cfg.prefix, &self.ctx.shutdown) {
+            let obj = obj?;
+            progress.total_objects += 1;
+            progress.total_bytes += obj.size;
+        }
+        self.status.objects_total = progress.total_objects;
+        self.status.bytes_total = progress.total_bytes;
+
+        // Pass 2: the streaming merge.
+        let mut report = SyncReport::default();
+        let mode = self.ctx.cfg.consistency_check;
+        let remote = Listing::new(&*self.ctx.store, &self.ctx.cfg.prefix, &self.ctx.shutdown);
+        let local = self.state.iter_sorted()?.map(|r| r.map_err(ShareError::State));
+        let merge = FullSyncMerge::new(remote, local, mode);
+        let mut last_progress = Instant::now() - Duration::from_secs(60);
+        let mut outcome: Result<(), ShareError> = Ok(());
+        for action in merge {
+            if self.ctx.shutdown.is_triggered() {
+                outcome = Err(ShareError::Stopped);
+                break;
+            }
+            let action = match action {
+                Ok(a) => a,
+                Err(e) => {
+                    outcome = Err(e);
+                    break;
+                }
+            };
+            if let Err(e) = self.apply_sync_action(action, mode, &mut report, &mut progress) {
+                outcome = Err(e);
+                break;
+            }
+            self.collect_results(&mut report, &mut progress, Duration::ZERO)?;
+            self.sync_state(false)?;
+            if last_progress.elapsed() >= Duration::from_secs(1) {
+                self.show_progress(&mut meter, &progress, false);
+                last_progress = Instant::now();
+            }
+        }
+        // Drain what is in flight even when stopping: finished downloads are kept.
+        while self.pool.in_flight > 0 {
+            self.collect_results(&mut report, &mut progress, Duration::from_millis(200))?;
+            if last_progress.elapsed() >= Duration::from_secs(1) {
+                self.show_progress(&mut meter, &progress, false);
+                last_progress = Instant::now();
+            }
+        }
+        self.sync_state(true)?;
+        if let Err(e) = outcome {
+            self.status.state = if matches!(e, ShareError::Stopped) { ShareState::Stopped } else { ShareState::Error };
+            self.status.last_error = Some(e.to_string());
+            self.write_status(true);
+            return Err(e);
+        }
+        self.report_unknown_files();
+        let finished = report.converged();
+        self.show_progress(&mut meter, &progress, finished);
+        self.status.failed_objects = report.failed;
+        if finished {
+            self.status.state = ShareState::Healthy;
+            self.status.last_full_sync = Some(unix_now());
+        } else {
+            self.status.state = ShareState::Error;
+            self.status.last_error = Some(format!("{} object(s) could not be synced; see the log", report.failed));
+        }
+        self.write_status(true);
+        let secs = started.elapsed().as_secs_f64();
+        info!(
+            "share {name}: full sync {} in {secs:.1}s: {} listed, {} downloaded ({}), {} deleted, {} unchanged, {} adopted, {} skipped, {} failed",
+            if finished { "done" } else { "incomplete" },
+            report.listed,
+            report.downloaded,
+            human_bytes(report.bytes_downloaded),
+            report.deleted,
+            report.kept,
+            report.adopted,
+            report.skipped,
+            report.failed
+        );
+        Ok(report)
+    }
+
+    fn show_progress(&mut self, meter: &mut ProgressMeter, progress: &Progress, finished: bool) {
+        let pct = meter.percent(progress, finished);
+        self.status.sync_progress = pct;
+        self.ctx.progress.update(&self.ctx.cfg.name, pct, progress);
+        self.write_status(finished);
+    }
+
+    fn apply_sync_action(
+        &mut self,
+        action: SyncAction,
+        mode: ConsistencyCheck,
+        report: &mut SyncReport,
+        progress: &mut Progress,
+    ) -> Result<(), ShareError> {
+        match action {
+            SyncAction::Keep(rec) => {
+                report.listed += 1;
+                report.kept += 1;
+                progress.done_objects += 1;
+                progress.done_bytes += rec.size;
+            }
+            SyncAction::Download(meta) => {
+                report.listed += 1;
+                self.fetch(meta, None, None, 0, report, progress)?;
+            }
+            SyncAction::Verify(meta, rec) => {
+                report.listed += 1;
+                let head = self.ctx.store.head(&meta.key)?;
+                let file = self.facts_for_key(&meta.key);
+                match after_head(head.as_ref(), Some(&rec), file, mode) {
+                    HeadDecision::Download(m) => self.fetch(m, None, Some(rec), 0, report, progress)?,
+                    HeadDecision::Delete(r) => {
+                        progress.done_objects += 1;
+                        self.delete_local(&r, report);
+                    }
+                    HeadDecision::Nothing | HeadDecision::Adopt(_) => {
+                        report.kept += 1;
+                        progress.done_objects += 1;
+                        progress.done_bytes += meta.size;
+                    }
+                }
+            }
+            SyncAction::Delete(rec) => self.delete_local(&rec, report),
+        }
+        Ok(())
+    }
+
+    fn facts_for_key(&self, key: &str) -> Option<FileFacts> {
+        match key_to_relpath(key, &self.ctx.cfg.prefix) {
+            Ok(KeyPath::File(rel)) => self.dir.file_facts(&rel).ok().flatten(),
+            _ => None,
+        }
+    }
+
+    /// Download `meta` (or adopt/skip it). `ticket` ties the job to an event batch entry.
+    fn fetch(
+        &mut self,
+        meta: ObjectMeta,
+        sequencer: Option<String>,
+        old: Option<LocalRecord>,
+        ticket: usize,
+        report: &mut SyncReport,
+        progress: &mut Progress,
+    ) -> Result<(), ShareError> {
+        let name = &self.ctx.cfg.name;
+        let rel = match key_to_relpath(&meta.key, &self.ctx.cfg.prefix) {
+            Ok(KeyPath::File(rel)) => rel,
+            Ok(KeyPath::Dir(rel)) => {
+                match self.dir.make_dir(&rel) {
+                    Ok(()) => {
+                        let rec = record_after_download(&meta, Crc64Nvme::new().finish(), sequencer.as_deref(), old.as_ref());
+                        self.state.put(rec);
+                        self.unsynced_records += 1;
+                    }
+                    Err(e) => {
+                        warn!("share {name}: folder {:?}: {e}; skipped", meta.key);
+                        self.status.note_skipped(&meta.key);
+                        report.skipped += 1;
+                    }
+                }
+                progress.done_objects += 1;
+                return Ok(());
+            }
+            Err(why) => {
+                warn!("share {name}: key {:?} skipped: {why}", meta.key);
+                self.status.note_skipped(&meta.key);
+                report.skipped += 1;
+                progress.done_objects += 1;
+                progress.done_bytes += meta.size;
+                return Ok(());
+            }
+        };
+        // What is at the path now? Our own unchanged file may be replaced; anything else is
+        // either adopted (identical) or moved aside, never destroyed.
+        if let Ok(Some(facts)) = self.dir.file_facts(&rel) {
+            let ours_unchanged = old.as_ref().is_some_and(|r| r.size == facts.size && r.last_modified == facts.mtime);
+            if old.is_none() {
+                if let HeadDecision::Adopt(m) = after_head(Some(&meta), None, Some(facts), self.ctx.cfg.consistency_check) {
+                    match crc_of_file(&self.ctx.cfg.path.join(&rel)) {
+                        Ok(crc) if m.crc64nvme.is_none_or(|c| c == crc) => {
+                            let rec = record_after_download(&m, crc, sequencer.as_deref(), None);
+                            self.state.put(rec);
+                            self.unsynced_records += 1;
+                            report.adopted += 1;
+                            progress.done_objects += 1;
+                            progress.done_bytes += m.size;
+                            return Ok(());
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            if !ours_unchanged {
+                match self.dir.conflict_aside(&rel) {
+                    Ok(aside) => warn!("share {name}: local file {} differs from the bucket's {:?}; kept as {}", rel.display(), meta.key, aside.display()),
+                    Err(e) => {
+                        warn!("share {name}: cannot move local file {} aside ({e}); {:?} not synced", rel.display(), meta.key);
+                        report.failed += 1;
+                        return Ok(());
+                    }
+                }
+            }
+        }
+        while self.pool.is_full() {
+            self.collect_results(report, progress, Duration::from_millis(500))?;
+        }
+        self.pool.submit(Job { ticket, meta, rel, sequencer, old });
+        Ok(())
+    }
+
+    /// Take finished downloads off the pool and record them (and, while a queue batch is
+    /// applied, which messages' effects failed).
+    fn collect_results(&mut self, report: &mut SyncReport, progress: &mut Progress, wait: Duration) -> Result<(), ShareError> {
+        let mut first = true;
+        while let Some(r) = self.pool.recv(if first { wait } else { Duration::ZERO }) {
+            first = false;
+            let name = &self.ctx.cfg.name;
+            let ok = match r.outcome {
+                JobOutcome::Published { meta, crc64nvme, had_crc } => {
+                    debug!("share {name}: published {:?} ({} bytes)", meta.key, meta.size);
+                    if !had_crc {
+                        self.status.verified_without_crc += 1;
+                    }
+                    report.downloaded += 1;
+                    report.bytes_downloaded += meta.size;
+                    progress.done_objects += 1;
+                    progress.done_bytes += meta.size;
+                    self.status.objects_downloaded += 1;
+                    self.status.bytes_downloaded += meta.size;
+                    let rec = record_after_download(&meta, crc64nvme, r.job.sequencer.as_deref(), r.job.old.as_ref());
+                    self.state.put(rec);
+                    self.unsynced_records += 1;
+                    true
+                }
+                JobOutcome::Gone => {
+                    progress.done_objects += 1;
+                    // The object went away: if we had it, drop it like a delete.
+                    if let Some(old) = &r.job.old {
+                        self.delete_local(&old.clone(), report);
+                    }
+                    true
+                }
+                JobOutcome::Failed(why) => {
+                    error!("share {name}: {why}");
+                    self.status.last_error = Some(why);
+                    report.failed += 1;
+                    progress.done_objects += 1;
+                    false
+                }
+            };
+            if let Some(slot) = self.batch_ok.get_mut(r.ticket) {
+                *slot &= ok;
+            }
+        }
+        Ok(())
+    }
+
+    /// Remove a file the agent published, unless someone changed it since.
+    fn delete_local(&mut self, rec: &LocalRecord, report: &mut SyncReport) {
+        let name = &self.ctx.cfg.name;
+        match key_to_relpath(&rec.key, &self.ctx.cfg.prefix) {
+            Ok(KeyPath::File(rel)) => match self.dir.file_facts(&rel) {
+                Ok(Some(f)) if f.size != rec.size || f.mtime != rec.last_modified => {
+                    warn!("share {name}: {:?} was deleted from the bucket but changed locally; left in place", rec.key);
+                    self.status.note_unknown(&rel.to_string_lossy());
+                }
+                Ok(_) => match self.dir.remove_file(&rel) {
+                    Ok(_) => {
+                        report.deleted += 1;
+                        self.status.objects_deleted += 1;
+                    }
+                    Err(e) => {
+                        warn!("share {name}: cannot remove {}: {e}", rel.display());
+                        return;
+                    }
+                },
+                Err(e) => {
+                    warn!("share {name}: cannot inspect {}: {e}", rel.display());
+                    return;
+                }
+            },
+            Ok(KeyPath::Dir(rel)) => {
+                // A folder marker: remove the directory only if it is empty.
+                if !rel.as_os_str().is_empty() {
+                    let _ = std::fs::remove_dir(self.ctx.cfg.path.join(&rel));
+                }
+                report.deleted += 1;
+            }
+            Err(_) => {}
+        }
+        self.state.remove(&rec.key);
+        self.unsynced_records += 1;
+    }
+
+    /// Count files in the share that neither the agent nor the bucket knows (left alone).
+    fn report_unknown_files(&mut self) {
+        self.status.unknown_local_files = 0;
+        self.status.unknown_examples.clear();
+        let root = self.ctx.cfg.path.clone();
+        let mut stack = vec![PathBuf::new()];
+        while let Some(rel_dir) = stack.pop() {
+            let Ok(entries) = std::fs::read_dir(root.join(&rel_dir)) else { continue };
+            for entry in entries.flatten() {
+                let rel = rel_dir.join(entry.file_name());
+                if rel_dir.as_os_str().is_empty() && entry.file_name() == ".sgw" {
+                    continue;
+                }
+                let Ok(ft) = entry.file_type() else { continue };
+                if ft.is_dir() {
+                    stack.push(rel);
+                } else if ft.is_file() {
+                    let Some(rel_str) = rel.to_str() else {
+                        self.status.note_unknown(&rel.to_string_lossy());
+                        continue;
+                    };
+                    let key = format!("{}{rel_str}", self.ctx.cfg.prefix);
+                    if matches!(self.state.get(&key), Ok(None)) {
+                        self.status.note_unknown(rel_str);
+                    }
+                }
+            }
+        }
+        if self.status.unknown_local_files > 0 {
+            info!(
+                "share {}: {} local file(s) not in the bucket and not written by the agent (left alone), e.g. {:?}",
+                self.ctx.cfg.name,
+                self.status.unknown_local_files,
+                self.status.unknown_examples.first()
+            );
+        }
+    }
+
+    /// Full sync, then follow the queue until shutdown. Never returns an error for a
+    /// transient problem: those are retried, logged and shown in the status.
+    pub fn run(&mut self) {
+        let name = self.ctx.cfg.name.clone();
+        let mut need_full_sync = true;
+        let mut last_full = Instant::now();
+        let mut queue_failing = false;
+        let mut backoff = Duration::from_secs(1);
+        while !self.ctx.shutdown.is_triggered() {
+            let interval = self.ctx.cfg.full_sync_interval_secs;
+            if need_full_sync || (interval > 0 && last_full.elapsed() >= Duration::from_secs(interval)) {
+                match self.full_sync() {
+                    Ok(_) => {
+                        need_full_sync = false;
+                        backoff = Duration::from_secs(1);
+                    }
+                    Err(ShareError::Stopped) => break,
+                    Err(e) => {
+                        error!("share {name}: full sync failed: {e}; retrying in {}s", backoff.as_secs());
+                        self.ctx.shutdown.sleep(backoff);
+                        backoff = (backoff * 2).min(Duration::from_secs(300));
+                        continue;
+                    }
+                }
+                last_full = Instant::now();
+            }
+            let Some(queue) = self.ctx.queue.clone() else {
+                // No queue: sleep until the next periodic reconcile (or shutdown).
+                self.idle.store(true, Ordering::SeqCst);
+                let wait = if interval > 0 { Duration::from_secs(interval).saturating_sub(last_full.elapsed()) } else { Duration::from_secs(3600) };
+                self.ctx.shutdown.sleep(wait.max(Duration::from_secs(1)));
+                self.idle.store(false, Ordering::SeqCst);
+                continue;
+            };
+            self.idle.store(true, Ordering::SeqCst);
+            let received = queue.receive(10, LONG_POLL_SECS);
+            self.idle.store(false, Ordering::SeqCst);
+            match received {
+                Ok(msgs) => {
+                    if queue_failing {
+                        info!("share {name}: queue reachable again; reconciling what may have been missed");
+                        queue_failing = false;
+                        need_full_sync = true;
+                        self.status.state = ShareState::Healthy;
+                        self.write_status(true);
+                    }
+                    backoff = Duration::from_secs(1);
+                    if !msgs.is_empty() {
+                        if let Err(e) = self.apply_messages(&*queue, msgs) {
+                            error!("share {name}: applying events failed: {e}");
+                            self.status.last_error = Some(e.to_string());
+                            need_full_sync = true;
+                        }
+                    }
+                }
+                Err(e) => {
+                    if !queue_failing {
+                        error!("share {name}: cannot read the queue: {e}; retrying with backoff");
+                        queue_failing = true;
+                    }
+                    self.status.state = ShareState::QueueFailure;
+                    self.status.last_error = Some(format!("queue: {e}"));
+                    self.write_status(true);
+                    self.idle.store(true, Ordering::SeqCst);
+                    self.ctx.shutdown.sleep(backoff);
+                    self.idle.store(false, Ordering::SeqCst);
+                    backoff = (backoff * 2).min(Duration::from_secs(60));
+                }
+            }
+        }
+        while self.pool.in_flight > 0 {
+            let mut r = SyncReport::default();
+            let mut p = Progress::default();
+            if self.collect_results(&mut r, &mut p, Duration::from_millis(200)).is_err() {
+                break;
+            }
+        }
+        if let Err(e) = self.sync_state(true) {
+            error!("share {name}: cannot make the state durable at shutdown: {e}");
+        }
+        self.write_status(true);
+        info!("share {name}: stopped");
+    }
+
+    /// Apply one received batch; delete each message once its effects are durable.
+    pub fn apply_messages(&mut self, queue: &dyn EventQueue, msgs: Vec<QueueMessage>) -> Result<(), ShareError> {
+        let name = self.ctx.cfg.name.clone();
+        let started = Instant::now();
+        let mut extended = false;
+        // batch_ok[i]: every effect of message i is done (or it needs no effect).
+        self.batch_ok = vec![true; msgs.len()];
+        let mut discard = vec![false; msgs.len()];
+        // Events per key, in arrival order; the key's current state is checked once per batch.
+        let mut by_key: Vec<(String, Vec<(usize, crate::model::BucketEvent)>)> = Vec::new();
+        let mut key_index: HashMap<String, usize> = HashMap::new();
+        for (i, m) in msgs.iter().enumerate() {
+            match parse_message(&m.body) {
+                Ok(ParsedMessage::Events(events)) => {
+                    for ev in events {
+                        let slot = *key_index.entry(ev.key.clone()).or_insert_with(|| {
+                            by_key.push((ev.key.clone(), Vec::new()));
+                            by_key.len() - 1
+                        });
+                        by_key[slot].1.push((i, ev));
+                    }
+                }
+                Ok(ParsedMessage::TestEvent) => debug!("share {name}: s3:TestEvent received; removing it"),
+                Ok(ParsedMessage::Ignored(why)) => debug!("share {name}: message {} ignored: {why}", m.id),
+                Err(e) => {
+                    self.status.messages_discarded += u64::from(m.receive_count >= MAX_RECEIVES);
+                    if m.receive_count >= MAX_RECEIVES {
+                        warn!("share {name}: malformed message {} removed after {} receives: {e}", m.id, m.receive_count);
+                        discard[i] = true;
+                    } else {
+                        warn!("share {name}: malformed message {} (receive {}): {e}", m.id, m.receive_count);
+                        self.batch_ok[i] = false;
+                    }
+                }
+            }
+        }
+        let mut report = SyncReport::default();
+        let mut progress = Progress::default();
+        let mode = self.ctx.cfg.consistency_check;
+        for (key, events) in by_key {
+            let local = self.state.get(&key)?;
+            let mut need_head = false;
+            let mut sequencer: Option<String> = None;
+            for (_, ev) in &events {
+                if let EventDecision::Head = on_event(ev, &self.ctx.cfg.prefix, local.as_ref()) {
+                    need_head = true;
+                }
+                if let Some(s) = &ev.sequencer {
+                    if sequencer.as_ref().is_none_or(|cur| crate::cloud::events::sequencer_cmp(s, cur).is_gt()) {
+                        sequencer = Some(s.clone());
+                    }
+                }
+            }
+            if !need_head {
+                continue;
+            }
+            // Tickets: the first message carrying this key stands for all of them.
+            let tickets: Vec<usize> = events.iter().map(|(i, _)| *i).collect();
+            let head = match self.ctx.store.head(&key) {
+                Ok(h) => h,
+                Err(e) => {
+                    warn!("share {name}: HEAD {key:?} failed: {e}; will retry on redelivery");
+                    for t in tickets {
+                        self.batch_ok[t] = false;
+                    }
+                    continue;
+                }
+            };
+            let file = self.facts_for_key(&key);
+            self.status.events_applied += 1;
+            match after_head(head.as_ref(), local.as_ref(), file, mode) {
+                HeadDecision::Nothing => {}
+                HeadDecision::Delete(rec) => self.delete_local(&rec, &mut report),
+                HeadDecision::Download(meta) | HeadDecision::Adopt(meta) => {
+                    // Adopt goes through fetch too: it re-checks the file and records it.
+                    let before_failed = report.failed;
+                    self.fetch(meta, sequencer, local, tickets[0], &mut report, &mut progress)?;
+                    if report.failed > before_failed {
+                        for t in &tickets {
+                            self.batch_ok[*t] = false;
+                        }
+                    }
+                    // Every message with this key shares the outcome of the one job.
+                    if tickets.len() > 1 {
+                        self.drain_batch(&mut report, &mut progress, queue, &msgs, started, &mut extended)?;
+                        let all = tickets.iter().all(|t| self.batch_ok[*t]);
+                        for t in tickets {
+                            self.batch_ok[t] &= all;
+                        }
+                    }
+                }
+            }
+        }
+        self.drain_batch(&mut report, &mut progress, queue, &msgs, started, &mut extended)?;
+        self.sync_state(true)?;
+        let ok = std::mem::take(&mut self.batch_ok);
+        // Effects are durable: now the messages may go.
+        let mut handles = Vec::new();
+        for (i, m) in msgs.iter().enumerate() {
+            if ok[i] || discard[i] || m.receive_count >= MAX_RECEIVES {
+                if !ok[i] && !discard[i] {
+                    warn!("share {name}: message {} failed {} times; removed, the next full reconcile repairs its keys", m.id, m.receive_count);
+                    self.status.messages_discarded += 1;
+                }
+                handles.push(m.receipt_handle.clone());
+            }
+        }
+        if !handles.is_empty() {
+            match queue.delete_batch(&handles) {
+                Ok(failed) => {
+                    for (h, e) in failed {
+                        // Not fatal: the message comes back and is applied again (idempotent).
+                        warn!("share {name}: could not delete a message ({e}); it will be redelivered ({} chars handle)", h.len());
+                    }
+                }
+                Err(e) => warn!("share {name}: DeleteMessageBatch failed: {e}; messages will be redelivered"),
+            }
+        }
+        if report.failed == 0 && self.status.state != ShareState::Healthy && self.status.state != ShareState::FullSyncing {
+            self.status.state = ShareState::Healthy;
+        }
+        self.write_status(false);
+        Ok(())
+    }
+
+    fn drain_batch(
+        &mut self,
+        report: &mut SyncReport,
+        progress: &mut Progress,
+        queue: &dyn EventQueue,
+        msgs: &[QueueMessage],
+        started: Instant,
+        extended: &mut bool,
+    ) -> Result<(), ShareError> {
+        while self.pool.in_flight > 0 {
+            self.collect_results(report, progress, Duration::from_millis(200))?;
+            if !*extended && started.elapsed() >= VISIBILITY_EXTEND_AFTER {
+                *extended = true;
+                for m in msgs {
+                    if let Err(e) = queue.extend_visibility(&m.receipt_handle, VISIBILITY_EXTENSION_SECS) {
+                        warn!("share {}: cannot extend message visibility: {e}", self.ctx.cfg.name);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The remote listing as a key-ordered stream, page by page.
+pub struct Listing<'a> {
+    store: &'a dyn ObjectStore,
+    prefix: &'a str,
+    shutdown: &'a Shutdown,
+    page: std::vec::IntoIter<ObjectMeta>,
+    next: Option<String>,
+    done: bool,
+}
+
+impl<'a> Listing<'a> {
+    pub fn new(store: &'a dyn ObjectStore, prefix: &'a str, shutdown: &'a Shutdown) -> Listing<'a> {
+        Listing { store, prefix, shutdown, page: Vec::new().into_iter(), next: None, done: false }
+    }
+}
+
+impl Iterator for Listing<'_> {
+    type Item = Result<ObjectMeta, ShareError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if let Some(o) = self.page.next() {
+                if !o.key.starts_with(self.prefix) {
+                    // A server that ignores the prefix must not make us act outside it.
+                    continue;
+                }
+                return Some(Ok(o));
+            }
+            if self.done {
+                return None;
+            }
+            if self.shutdown.is_triggered() {
+                self.done = true;
+                return Some(Err(ShareError::Stopped));
+            }
+            match self.store.list_page(self.prefix, self.next.as_deref()) {
+                Ok(page) => {
+                    self.done = page.next.is_none();
+                    self.next = page.next;
+                    self.page = page.objects.into_iter();
+                }
+                Err(e) => {
+                    self.done = true;
+                    return Some(Err(ShareError::Cloud(e)));
+                }
+            }
+        }
+    }
+}
+
+fn crc_of_file(path: &Path) -> std::io::Result<u64> {
+    let mut f = std::fs::File::open(path)?;
+    let mut crc = Crc64Nvme::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            return Ok(crc.finish());
+        }
+        crc.update(&buf[..n]);
+    }
+}
