@@ -157,3 +157,43 @@ fn peers_are_isolated_and_stop_on_drop() {
     .is_err();
     assert!(refused, "moto on port {port} still answers after drop");
 }
+
+#[test]
+fn compare_dir_reports_missing_changed_extra_and_skips_unsafe_keys() {
+    let peer = Peer::start();
+    peer.make_bucket("cmp-bucket");
+    peer.put("cmp-bucket", "p/a.txt", "alpha");
+    peer.put("cmp-bucket", "p/sub dir/ü.txt", "unicode");
+    peer.put("cmp-bucket", "p/folder/", "");
+    peer.put("cmp-bucket", "p/../escape.txt", "hostile");
+    peer.put("cmp-bucket", "other/not-in-share.txt", "outside the prefix");
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let share = tmp.path();
+
+    let empty = peer.compare_dir("cmp-bucket", "p/", share);
+    assert_eq!(empty["match"], false);
+    assert_eq!(empty["missing_count"], 3, "{empty}");
+    assert_eq!(empty["skipped"][0]["key"], "p/../escape.txt", "{empty}");
+
+    std::fs::create_dir_all(share.join("sub dir")).expect("mkdir");
+    std::fs::create_dir_all(share.join("folder")).expect("mkdir");
+    std::fs::create_dir_all(share.join(".sgw/staging")).expect("mkdir");
+    std::fs::write(share.join(".sgw/staging/partial"), "ignored").expect("write");
+    std::fs::write(share.join("a.txt"), "alpha").expect("write");
+    std::fs::write(share.join("sub dir/ü.txt"), "unicode").expect("write");
+    let mirrored = peer.compare_dir("cmp-bucket", "p/", share);
+    assert_eq!(mirrored["match"], true, "{mirrored}");
+    assert_eq!(mirrored["files"], 2, "{mirrored}");
+
+    // Same size, other bytes: only the content check can see it.
+    std::fs::write(share.join("a.txt"), "alphA").expect("write");
+    std::fs::write(share.join("stray.txt"), "not in the bucket").expect("write");
+    let drifted = peer.compare_dir("cmp-bucket", "p/", share);
+    assert_eq!(drifted["match"], false);
+    assert_eq!(drifted["different"][0]["key"], "p/a.txt", "{drifted}");
+    assert_eq!(
+        drifted["extra"],
+        serde_json::json!(["stray.txt"]),
+        "{drifted}"
+    );
+}

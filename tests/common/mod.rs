@@ -366,6 +366,14 @@ impl Peer {
             .collect()
     }
 
+    /// Compares `dir` with `bucket`/`prefix` (see `compare-dir` in peerctl.py). JSON with
+    /// `match` (bool), counts, and up to 20 `missing`/`different`/`extra` entries. The share's
+    /// top-level `.sgw` is ignored.
+    pub fn compare_dir(&self, bucket: &str, prefix: &str, dir: &Path) -> Value {
+        let dir = dir.to_string_lossy();
+        self.ctl(&["compare-dir", bucket, &dir, "--prefix", prefix])
+    }
+
     /// Wipes all buckets, topics and queues (`POST /moto-api/reset`).
     pub fn reset(&self) {
         self.ctl(&["reset"]);

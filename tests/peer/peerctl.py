@@ -2,7 +2,8 @@
 """Drive the real test peer (moto_server: S3 + SNS + SQS) for sgw-agent's integration tests.
 
 Every subcommand prints one JSON object on stdout. Errors go to stderr as one clear line and
-exit non-zero (1 for peer/request failures, 2 for bad arguments).
+exit non-zero (1 for peer/request failures, 2 for bad arguments; `compare-dir --exit-code`
+exits 3 when the directory does not match).
 
 Content written by `put-many` is a pure function of the key (see `content_for_key`), so a test
 can verify a downloaded file without keeping a copy. tests/common/mod.rs mirrors it.
@@ -176,6 +177,8 @@ def cmd_head(args):
         "etag": head.get("ETag", "").strip('"'),
         "crc64nvme": head.get("ChecksumCRC64NVME"),
         "checksum_type": head.get("ChecksumType"),
+        # Whole seconds since the epoch: what a file's mtime should equal after a download.
+        "last_modified": int(head["LastModified"].timestamp()),
     }
 
 
@@ -202,6 +205,104 @@ def cmd_list(args):
                 {"key": obj["Key"], "size": obj["Size"], "etag": obj["ETag"].strip('"')}
             )
     return {"count": len(objects), "objects": objects}
+
+
+RESERVED_TOP_LEVEL = ".sgw"  # the agent's own staging area inside a share
+
+
+def unsafe_reason(rel: str):
+    """Why the agent must skip a key (rel = key without the share prefix), or None.
+    Mirrors key_to_relpath in src/cache/paths.rs, so compare-dir expects such keys absent."""
+    if len(rel.encode("utf-8")) > 4096:
+        return "path too long"
+    if rel.startswith("/"):
+        return "absolute"
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in rel):
+        return "control character"
+    if "\\" in rel:
+        return "backslash"
+    body = rel[:-1] if rel.endswith("/") else rel
+    for index, segment in enumerate(body.split("/")):
+        if segment == "":
+            return "empty segment"
+        if segment in (".", ".."):
+            return "dot segment"
+        if len(segment.encode("utf-8")) > 255:
+            return "segment too long"
+        if index == 0 and segment.lower() == RESERVED_TOP_LEVEL:
+            return "reserved"
+    return None
+
+
+def file_md5(path: str) -> str:
+    digest = hashlib.md5()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def cmd_compare_dir(args):
+    """Does DIR mirror BUCKET/PREFIX? Keys map to DIR/<key without prefix>; folder keys
+    ("x/") to directories. Single-part objects are compared by MD5 (= ETag), others by size."""
+    import os
+
+    root = os.path.abspath(args.dir)
+    if not os.path.isdir(root):
+        raise PeerError(f"{args.dir} is not a directory")
+    s3 = client(args.endpoint, "s3")
+    missing, different, skipped, expected_files = [], [], [], set()
+    objects = 0
+    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=args.bucket, Prefix=args.prefix)
+    for page in pages:
+        for obj in page.get("Contents", []):
+            objects += 1
+            rel = obj["Key"][len(args.prefix):]
+            if rel == "":
+                continue  # the prefix's own folder marker is the share root
+            reason = unsafe_reason(rel)
+            if reason is not None:
+                skipped.append({"key": obj["Key"], "why": reason})
+                continue
+            path = os.path.join(root, rel)
+            if rel.endswith("/"):
+                if not os.path.isdir(path):
+                    missing.append(obj["Key"])
+                continue
+            expected_files.add(os.path.normpath(rel))
+            if not os.path.isfile(path):
+                missing.append(obj["Key"])
+                continue
+            etag = obj["ETag"].strip('"')
+            size = os.path.getsize(path)
+            if size != obj["Size"]:
+                different.append({"key": obj["Key"], "why": f"size {size} != {obj['Size']}"})
+            elif "-" not in etag and file_md5(path) != etag:
+                different.append({"key": obj["Key"], "why": "content (MD5 != ETag)"})
+    extra, files = [], 0
+    for dirpath, dirnames, filenames in os.walk(root):
+        if dirpath == root:
+            dirnames[:] = [d for d in dirnames if d.lower() != RESERVED_TOP_LEVEL]
+        for name in filenames:
+            rel = os.path.relpath(os.path.join(dirpath, name), root)
+            files += 1
+            if rel not in expected_files:
+                extra.append(rel)
+    limit = 20
+    result = {
+        "match": not (missing or different or extra),
+        "objects": objects,
+        "files": files,
+        "missing_count": len(missing),
+        "different_count": len(different),
+        "extra_count": len(extra),
+        "skipped_count": len(skipped),
+        "missing": sorted(missing)[:limit],
+        "different": different[:limit],
+        "extra": sorted(extra)[:limit],
+        "skipped": skipped[:limit],
+    }
+    return result
 
 
 def cmd_wire_events(args):
@@ -346,6 +447,13 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--prefix", default="")
     s.set_defaults(func=cmd_list)
 
+    s = sub.add_parser("compare-dir")
+    s.add_argument("bucket")
+    s.add_argument("dir")
+    s.add_argument("--prefix", default="")
+    s.add_argument("--exit-code", action="store_true", help="exit 3 when DIR does not match")
+    s.set_defaults(func=cmd_compare_dir)
+
     s = sub.add_parser("wire-events")
     s.add_argument("bucket")
     s.add_argument("--prefix", default="")
@@ -398,6 +506,8 @@ def main(argv=None) -> int:
         return 1
     json.dump(result, sys.stdout, ensure_ascii=False)
     sys.stdout.write("\n")
+    if getattr(args, "exit_code", False) and not result.get("match", True):
+        return 3
     return 0
 
 
