@@ -26,7 +26,10 @@ impl fmt::Debug for Credentials {
         f.debug_struct("Credentials")
             .field("access_key_id", &self.access_key_id)
             .field("secret_access_key", &"<redacted>")
-            .field("session_token", &self.session_token.as_ref().map(|_| "<redacted>"))
+            .field(
+                "session_token",
+                &self.session_token.as_ref().map(|_| "<redacted>"),
+            )
             .finish()
     }
 }
@@ -177,11 +180,19 @@ fn canonical_request(req: &RequestToSign<'_>, amz_headers: &[(&str, String)]) ->
             _ => merged.push((name, value)),
         }
     }
-    let signed_headers = merged.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(";");
+    let signed_headers = merged
+        .iter()
+        .map(|(n, _)| n.as_str())
+        .collect::<Vec<_>>()
+        .join(";");
 
     // S3 signs the path as sent; every other service signs it encoded once more.
     let canonical_uri = if req.service == "s3" {
-        if req.path.is_empty() { "/".to_string() } else { req.path.to_string() }
+        if req.path.is_empty() {
+            "/".to_string()
+        } else {
+            req.path.to_string()
+        }
     } else {
         encode_path(req.path)
     };
@@ -220,8 +231,10 @@ pub fn sign(credentials: &Credentials, req: &RequestToSign<'_>) -> AddedHeaders 
 
     let (canonical, signed_headers) = canonical_request(req, &amz_headers);
     let scope = format!("{date}/{}/{}/aws4_request", req.region, req.service);
-    let string_to_sign =
-        format!("AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{}", sha256_hex(canonical.as_bytes()));
+    let string_to_sign = format!(
+        "AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{}",
+        sha256_hex(canonical.as_bytes())
+    );
 
     let secret = format!("AWS4{}", credentials.secret_access_key);
     let k_date = hmac_sha256(secret.as_bytes(), date.as_bytes());
@@ -337,7 +350,11 @@ mod tests {
         );
 
         let added = sign(&example_credentials(), &req);
-        let auth = &added.iter().find(|(n, _)| *n == "authorization").expect("auth").1;
+        let auth = &added
+            .iter()
+            .find(|(n, _)| *n == "authorization")
+            .expect("auth")
+            .1;
         assert_eq!(
             auth,
             "AWS4-HMAC-SHA256 Credential=AKIAIOSFODNN7EXAMPLE/20130524/us-east-1/s3/aws4_request, \
@@ -357,7 +374,11 @@ mod tests {
         let added = sign(&creds, &req);
         assert!(added.contains(&("x-amz-security-token", "TOKEN/+=".to_string())));
         let auth = &added[0].1;
-        assert!(auth.contains("SignedHeaders=host;x-amz-content-sha256;x-amz-date;x-amz-security-token,"));
+        assert!(
+            auth.contains(
+                "SignedHeaders=host;x-amz-content-sha256;x-amz-date;x-amz-security-token,"
+            )
+        );
         // A different token must change the signature.
         creds.session_token = Some("OTHER".into());
         assert_ne!(sign(&creds, &req)[0].1, *auth);
@@ -365,7 +386,10 @@ mod tests {
 
     #[test]
     fn sqs_has_no_content_sha256_header_and_signs_given_headers() {
-        let headers = [("Content-Type", "application/x-amz-json-1.0"), ("X-Amz-Target", "AmazonSQS.ReceiveMessage")];
+        let headers = [
+            ("Content-Type", "application/x-amz-json-1.0"),
+            ("X-Amz-Target", "AmazonSQS.ReceiveMessage"),
+        ];
         let req = RequestToSign {
             method: "POST",
             host: "127.0.0.1:5000",
@@ -380,7 +404,11 @@ mod tests {
         let added = sign(&example_credentials(), &req);
         assert!(!added.iter().any(|(n, _)| *n == "x-amz-content-sha256"));
         assert!(added[0].1.contains("/us-east-1/sqs/aws4_request"));
-        assert!(added[0].1.contains("SignedHeaders=content-type;host;x-amz-date;x-amz-target,"));
+        assert!(
+            added[0]
+                .1
+                .contains("SignedHeaders=content-type;host;x-amz-date;x-amz-target,")
+        );
     }
 
     #[test]
@@ -424,7 +452,10 @@ mod tests {
         let q = canonical_query(&[
             ("prefix", "a b+c/é"),
             ("list-type", "2"),
-            ("continuation-token", "1ueGcxLPRx1Tr/XYExHnhbYLgveDs2J/wm36Hy4vbOwM="),
+            (
+                "continuation-token",
+                "1ueGcxLPRx1Tr/XYExHnhbYLgveDs2J/wm36Hy4vbOwM=",
+            ),
             ("encoding-type", "url"),
         ]);
         assert_eq!(
@@ -452,22 +483,43 @@ mod tests {
         assert_eq!(host_header("https", "s3.example", Some(443)), "s3.example");
         assert_eq!(host_header("https", "s3.example", None), "s3.example");
         assert_eq!(host_header("http", "127.0.0.1", Some(80)), "127.0.0.1");
-        assert_eq!(host_header("http", "127.0.0.1", Some(5000)), "127.0.0.1:5000");
-        assert_eq!(host_header("https", "s3.example", Some(80)), "s3.example:80");
+        assert_eq!(
+            host_header("http", "127.0.0.1", Some(5000)),
+            "127.0.0.1:5000"
+        );
+        assert_eq!(
+            host_header("https", "s3.example", Some(80)),
+            "s3.example:80"
+        );
     }
 
     #[test]
     fn amz_date_formats() {
-        assert_eq!(amz_date(at(VECTOR_TIME)), ("20130524T000000Z".into(), "20130524".into()));
-        assert_eq!(amz_date(at(0)), ("19700101T000000Z".into(), "19700101".into()));
+        assert_eq!(
+            amz_date(at(VECTOR_TIME)),
+            ("20130524T000000Z".into(), "20130524".into())
+        );
+        assert_eq!(
+            amz_date(at(0)),
+            ("19700101T000000Z".into(), "19700101".into())
+        );
         // Leap day, end of day.
         assert_eq!(amz_date(at(951_868_799)).0, "20000229T235959Z");
         assert_eq!(amz_date(at(951_868_800)).0, "20000301T000000Z");
         // Subsecond part is dropped, not rounded.
-        assert_eq!(amz_date(at(VECTOR_TIME) + Duration::from_millis(999)).0, "20130524T000000Z");
+        assert_eq!(
+            amz_date(at(VECTOR_TIME) + Duration::from_millis(999)).0,
+            "20130524T000000Z"
+        );
         // Before the epoch.
-        assert_eq!(amz_date(UNIX_EPOCH - Duration::from_secs(1)).0, "19691231T235959Z");
-        assert_eq!(amz_date(UNIX_EPOCH - Duration::from_millis(1)).0, "19691231T235959Z");
+        assert_eq!(
+            amz_date(UNIX_EPOCH - Duration::from_secs(1)).0,
+            "19691231T235959Z"
+        );
+        assert_eq!(
+            amz_date(UNIX_EPOCH - Duration::from_millis(1)).0,
+            "19691231T235959Z"
+        );
     }
 
     #[test]
