@@ -13,7 +13,7 @@ pub mod events;
 pub mod plan;
 pub mod progress;
 
-use crate::model::{ConsistencyCheck, LocalRecord, ObjectMeta};
+use crate::model::{LocalRecord, ObjectMeta};
 
 /// What the full sync does about one key.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -45,4 +45,3 @@ pub enum Match {
     /// Only a checksum can tell (crc64 mode with no CRC in hand yet).
     NeedChecksum,
 }
-
