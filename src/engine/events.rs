@@ -85,15 +85,27 @@ pub fn after_head(
             }
         }
         (Some(head), None) => {
-            let already_published =
-                file.is_some_and(|file| file.size == head.size && file.mtime == head.last_modified);
-            if already_published && mode != ConsistencyCheck::Transmission {
+            if publish_completed(head, file) && mode != ConsistencyCheck::Transmission {
                 HeadDecision::Adopt(head.clone())
             } else {
                 HeadDecision::Download(head.clone())
             }
         }
     }
+}
+
+/// After a restart: did the publish of `intent` reach the key's final path?
+///
+/// A crash between the rename and the journal write leaves a published file with no record.
+/// If the bucket then deletes the key, nothing would ever remove that file (without a record
+/// it looks like a user's file). So the shell journals the object's metadata durably as a
+/// publish intent *before* the rename, and on restart calls this for each intent left over:
+/// `true` (the file has the intent's size and its mtime is the intent's Last-Modified, which
+/// the agent sets) means the file is the agent's, and the shell writes its record with
+/// [`record_after_download`] (hashing the file); `false` means the rename never happened and
+/// the intent is dropped.
+pub fn publish_completed(intent: &ObjectMeta, file: Option<FileFacts>) -> bool {
+    file.is_some_and(|file| file.size == intent.size && file.mtime == intent.last_modified)
 }
 
 /// The state-store record for a file just published (downloaded or adopted) from `meta`.
@@ -354,6 +366,30 @@ mod tests {
             after_head(Some(&meta), None, None, SizeLastModified),
             HeadDecision::Download(meta)
         );
+    }
+
+    #[test]
+    fn publish_completed_needs_size_and_mtime_of_the_intent() {
+        let intent = head("k", "e1", 5, 100, None);
+        assert!(publish_completed(
+            &intent,
+            Some(FileFacts {
+                size: 5,
+                mtime: 100
+            })
+        ));
+        assert!(!publish_completed(
+            &intent,
+            Some(FileFacts { size: 5, mtime: 99 })
+        ));
+        assert!(!publish_completed(
+            &intent,
+            Some(FileFacts {
+                size: 4,
+                mtime: 100
+            })
+        ));
+        assert!(!publish_completed(&intent, None));
     }
 
     #[test]
