@@ -785,6 +785,40 @@ mod tests {
         }
     }
 
+    /// What S3 does to a key in an event: `application/x-www-form-urlencoded`.
+    fn form_encode(key: &str) -> String {
+        percent_encoding::utf8_percent_encode(key, percent_encoding::NON_ALPHANUMERIC)
+            .to_string()
+            .replace("%20", "+")
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_key_survives_form_encoding(key in "[ -~\u{80}-\u{10FFFF}]{1,200}") {
+            let body = serde_json::json!({"Records": [{
+                "eventVersion": "2.1", "eventName": "ObjectCreated:Put",
+                "s3": {"bucket": {"name": "b"}, "object": {"key": form_encode(&key)}}
+            }]})
+            .to_string();
+            proptest::prop_assert_eq!(single_event(&body).key, key);
+        }
+
+        #[test]
+        fn arbitrary_bodies_never_panic(body in "\\PC{0,400}") {
+            let _ = parse_message(&body);
+        }
+
+        #[test]
+        fn corrupted_valid_bodies_never_panic(cut in 0usize..2000, byte in 0u8..128) {
+            let mut body = sns_wrap(AWS_DOC_EXAMPLE).into_bytes();
+            let at = cut % body.len();
+            body[at] = byte;
+            if let Ok(text) = String::from_utf8(body) {
+                let _ = parse_message(&text);
+            }
+        }
+    }
+
     #[test]
     fn sequencer_ordering_pads_and_ignores_case() {
         assert_eq!(

@@ -22,7 +22,7 @@ impl Progress {
         if finished {
             return 100;
         }
-        let fractions: Vec<f64> = [
+        let (sum, count) = [
             (self.done_objects, self.total_objects),
             (self.done_bytes, self.total_bytes),
         ]
@@ -30,11 +30,13 @@ impl Progress {
         // An empty dimension (no bytes: all files empty) says nothing; leave it out.
         .filter(|&(_, total)| total > 0)
         .map(|(done, total)| (done.min(total) as f64) / (total as f64))
-        .collect();
-        if fractions.is_empty() {
+        .fold((0.0, 0u32), |(sum, count), fraction| {
+            (sum + fraction, count + 1)
+        });
+        if count == 0 {
             return 0;
         }
-        let mean = fractions.iter().sum::<f64>() / fractions.len() as f64;
+        let mean = sum / f64::from(count);
         // Truncate: 99.9% is still 99 and only `finished` says 100.
         ((mean * 100.0) as i32).clamp(0, 99)
     }
