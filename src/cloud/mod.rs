@@ -21,7 +21,11 @@ use crate::model::ObjectMeta;
 pub enum CloudError {
     /// The service answered with an error status. `code` is the service's error code
     /// (`NoSuchKey`, `AWS.SimpleQueueService.NonExistentQueue`, …) or empty if it sent none.
-    Service { status: u16, code: String, message: String },
+    Service {
+        status: u16,
+        code: String,
+        message: String,
+    },
     /// No usable answer: connect/read/TLS failure, timeout, truncated or unparseable body.
     Transport(String),
 }
@@ -55,10 +59,18 @@ impl CloudError {
 impl fmt::Display for CloudError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            CloudError::Service { status, code, message } if code.is_empty() => {
+            CloudError::Service {
+                status,
+                code,
+                message,
+            } if code.is_empty() => {
                 write!(f, "service error: HTTP {status}: {message}")
             }
-            CloudError::Service { status, code, message } => {
+            CloudError::Service {
+                status,
+                code,
+                message,
+            } => {
                 write!(f, "service error: HTTP {status} {code}: {message}")
             }
             CloudError::Transport(m) => write!(f, "transport error: {m}"),
@@ -92,7 +104,8 @@ pub trait ObjectStore: Send + Sync {
     fn head(&self, key: &str) -> Result<Option<ObjectMeta>, CloudError>;
     /// Stream the object from byte `offset`. With `if_match`, the server must refuse (412)
     /// if the object's ETag changed: a resumed download never mixes two versions.
-    fn get(&self, key: &str, offset: u64, if_match: Option<&str>) -> Result<ObjectBody, CloudError>;
+    fn get(&self, key: &str, offset: u64, if_match: Option<&str>)
+    -> Result<ObjectBody, CloudError>;
 }
 
 /// One received queue message.
@@ -110,7 +123,10 @@ pub trait EventQueue: Send + Sync {
     /// Long-poll for up to `max` (≤ 10) messages, waiting up to `wait_secs` (≤ 20).
     fn receive(&self, max: u32, wait_secs: u32) -> Result<Vec<QueueMessage>, CloudError>;
     /// Delete messages by receipt handle (≤ 10). Returns the handles that failed, with why.
-    fn delete_batch(&self, receipt_handles: &[String]) -> Result<Vec<(String, CloudError)>, CloudError>;
+    fn delete_batch(
+        &self,
+        receipt_handles: &[String],
+    ) -> Result<Vec<(String, CloudError)>, CloudError>;
     /// Keep a message invisible for `secs` more seconds (long downloads).
     fn extend_visibility(&self, receipt_handle: &str, secs: u32) -> Result<(), CloudError>;
 }

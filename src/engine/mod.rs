@@ -13,12 +13,15 @@ pub mod events;
 pub mod plan;
 pub mod progress;
 
-use crate::model::{ConsistencyCheck, LocalRecord, ObjectMeta};
+use crate::model::{LocalRecord, ObjectMeta};
 
 /// What the full sync does about one key.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SyncAction {
-    /// The local copy matches the object: nothing to do.
+    /// The local copy matches the object: nothing to do. The record is trusted, not the disk:
+    /// the shell should check that the file is still there with the record's size (a crash
+    /// between removing a file and removing its record leaves a record without a file) and
+    /// HEAD + download if not.
     Keep(LocalRecord),
     /// Fetch (or fetch again) this object.
     Download(ObjectMeta),
@@ -45,4 +48,3 @@ pub enum Match {
     /// Only a checksum can tell (crc64 mode with no CRC in hand yet).
     NeedChecksum,
 }
-
