@@ -36,7 +36,8 @@ pub fn share_context(
             allow_http: share.allow_http,
             max_attempts: 6,
         })
-        .map_err(|e| at("endpoint", e))?,
+        .map_err(|e| at("endpoint", e))?
+        .with_stop_flag(shutdown.flag()),
     );
     let queue: Option<Arc<dyn EventQueue>> = match &share.queue_url {
         Some(url) => Some(Arc::new(
@@ -46,7 +47,8 @@ pub fn share_context(
                 credentials: creds.clone(),
                 allow_http: share.allow_http,
             })
-            .map_err(|e| at("queue_url", e))?,
+            .map_err(|e| at("queue_url", e))?
+            .with_stop_flag(shutdown.flag()),
         )),
         None => None,
     };

@@ -19,6 +19,11 @@ impl Shutdown {
         self.0.store(true, Ordering::SeqCst);
     }
 
+    /// The underlying flag, for clients that check it between retries.
+    pub fn flag(&self) -> Arc<AtomicBool> {
+        Arc::clone(&self.0)
+    }
+
     pub fn is_triggered(&self) -> bool {
         self.0.load(Ordering::SeqCst)
     }

@@ -25,7 +25,7 @@ use crate::cloud::events::{ParsedMessage, parse_message};
 use crate::cloud::{CloudError, EventQueue, ObjectStore, QueueMessage};
 use crate::config::ShareConfig;
 use crate::engine::events::{EventDecision, HeadDecision, after_head, on_event, record_after_download};
-use crate::engine::plan::FullSyncMerge;
+use crate::engine::plan::{FullSyncMerge, MergeError};
 use crate::engine::progress::{Progress, ProgressMeter};
 use crate::engine::{FileFacts, SyncAction};
 use crate::model::{ConsistencyCheck, LocalRecord, ObjectMeta};
@@ -443,14 +443,14 @@ impl Share {
         self.status.failed_objects = 0;
         self.status.skipped_keys = 0;
         self.status.skipped_examples.clear();
-        let mut meter = ProgressMeter::default();
-        self.status.sync_progress = meter.percent(&Progress::default(), false).max(0);
+        let mut meter = ProgressMeter::new();
+        self.status.sync_progress = 0;
         self.write_status(true);
         info!("share {name}: full sync started (bucket {}, prefix {:?})", self.ctx.cfg.bucket, self.ctx.cfg.prefix);
 
         // Pass 1: count, so SyncProgress can rise steadily to 100.
         let mut progress = Progress::default();
-        for obj in Listing::new(&*self.ctx.store, &self.ctx.cfg.prefix, &self.ctx.shutdown) {
+        for obj in Listing::new(Arc::clone(&self.ctx.store), &self.ctx.cfg.prefix, &self.ctx.shutdown) {
             let obj = obj?;
             progress.total_objects += 1;
             progress.total_bytes += obj.size;
@@ -461,7 +461,7 @@ impl Share {
         // Pass 2: the streaming merge.
         let mut report = SyncReport::default();
         let mode = self.ctx.cfg.consistency_check;
-        let remote = Listing::new(&*self.ctx.store, &self.ctx.cfg.prefix, &self.ctx.shutdown);
+        let remote = Listing::new(Arc::clone(&self.ctx.store), &self.ctx.cfg.prefix, &self.ctx.shutdown);
         let local = self.state.iter_sorted()?.map(|r| r.map_err(ShareError::State));
         let merge = FullSyncMerge::new(remote, local, mode);
         let mut last_progress = Instant::now() - Duration::from_secs(60);
@@ -474,7 +474,10 @@ impl Share {
             let action = match action {
                 Ok(a) => a,
                 Err(e) => {
-                    outcome = Err(e);
+                    outcome = Err(match e {
+                        MergeError::Remote(e) | MergeError::Local(e) => e,
+                        other => ShareError::Plan(format!("full sync stopped: {other}")),
+                    });
                     break;
                 }
             };
@@ -533,7 +536,7 @@ impl Share {
     }
 
     fn show_progress(&mut self, meter: &mut ProgressMeter, progress: &Progress, finished: bool) {
-        let pct = meter.percent(progress, finished);
+        let pct = meter.report(progress, finished);
         self.status.sync_progress = pct;
         self.ctx.progress.update(&self.ctx.cfg.name, pct, progress);
         self.write_status(finished);
@@ -549,9 +552,27 @@ impl Share {
         match action {
             SyncAction::Keep(rec) => {
                 report.listed += 1;
-                report.kept += 1;
-                progress.done_objects += 1;
-                progress.done_bytes += rec.size;
+                // The record says we have it; make sure the file is still there (a crash
+                // between removing a file and its record, or someone deleted it locally).
+                let missing = matches!(key_to_relpath(&rec.key, &self.ctx.cfg.prefix), Ok(KeyPath::File(_)))
+                    && self.facts_for_key(&rec.key).is_none();
+                if missing {
+                    match self.ctx.store.head(&rec.key)? {
+                        Some(meta) => {
+                            info!("share {}: {:?} is missing locally; fetching it again", self.ctx.cfg.name, rec.key);
+                            self.fetch(meta, None, Some(rec), 0, report, progress)?;
+                        }
+                        None => {
+                            progress.done_objects += 1;
+                            self.state.remove(&rec.key)?;
+                            self.unsynced_records += 1;
+                        }
+                    }
+                } else {
+                    report.kept += 1;
+                    progress.done_objects += 1;
+                    progress.done_bytes += rec.size;
+                }
             }
             SyncAction::Download(meta) => {
                 report.listed += 1;
@@ -565,7 +586,7 @@ impl Share {
                     HeadDecision::Download(m) => self.fetch(m, None, Some(rec), 0, report, progress)?,
                     HeadDecision::Delete(r) => {
                         progress.done_objects += 1;
-                        self.delete_local(&r, report);
+                        self.delete_local(&r, report)?;
                     }
                     HeadDecision::Nothing | HeadDecision::Adopt(_) => {
                         report.kept += 1;
@@ -574,7 +595,7 @@ impl Share {
                     }
                 }
             }
-            SyncAction::Delete(rec) => self.delete_local(&rec, report),
+            SyncAction::Delete(rec) => self.delete_local(&rec, report)?,
         }
         Ok(())
     }
@@ -603,7 +624,7 @@ impl Share {
                 match self.dir.make_dir(&rel) {
                     Ok(()) => {
                         let rec = record_after_download(&meta, Crc64Nvme::new().finish(), sequencer.as_deref(), old.as_ref());
-                        self.state.put(rec);
+                        self.state.put(rec)?;
                         self.unsynced_records += 1;
                     }
                     Err(e) => {
@@ -633,7 +654,7 @@ impl Share {
                     match crc_of_file(&self.ctx.cfg.path.join(&rel)) {
                         Ok(crc) if m.crc64nvme.is_none_or(|c| c == crc) => {
                             let rec = record_after_download(&m, crc, sequencer.as_deref(), None);
-                            self.state.put(rec);
+                            self.state.put(rec)?;
                             self.unsynced_records += 1;
                             report.adopted += 1;
                             progress.done_objects += 1;
@@ -682,7 +703,7 @@ impl Share {
                     self.status.objects_downloaded += 1;
                     self.status.bytes_downloaded += meta.size;
                     let rec = record_after_download(&meta, crc64nvme, r.job.sequencer.as_deref(), r.job.old.as_ref());
-                    self.state.put(rec);
+                    self.state.put(rec)?;
                     self.unsynced_records += 1;
                     true
                 }
@@ -690,7 +711,7 @@ impl Share {
                     progress.done_objects += 1;
                     // The object went away: if we had it, drop it like a delete.
                     if let Some(old) = &r.job.old {
-                        self.delete_local(&old.clone(), report);
+                        self.delete_local(&old.clone(), report)?;
                     }
                     true
                 }
@@ -710,7 +731,7 @@ impl Share {
     }
 
     /// Remove a file the agent published, unless someone changed it since.
-    fn delete_local(&mut self, rec: &LocalRecord, report: &mut SyncReport) {
+    fn delete_local(&mut self, rec: &LocalRecord, report: &mut SyncReport) -> Result<(), ShareError> {
         let name = &self.ctx.cfg.name;
         match key_to_relpath(&rec.key, &self.ctx.cfg.prefix) {
             Ok(KeyPath::File(rel)) => match self.dir.file_facts(&rel) {
@@ -725,12 +746,12 @@ impl Share {
                     }
                     Err(e) => {
                         warn!("share {name}: cannot remove {}: {e}", rel.display());
-                        return;
+                        return Ok(());
                     }
                 },
                 Err(e) => {
                     warn!("share {name}: cannot inspect {}: {e}", rel.display());
-                    return;
+                    return Ok(());
                 }
             },
             Ok(KeyPath::Dir(rel)) => {
@@ -742,8 +763,9 @@ impl Share {
             }
             Err(_) => {}
         }
-        self.state.remove(&rec.key);
+        self.state.remove(&rec.key)?;
         self.unsynced_records += 1;
+        Ok(())
     }
 
     /// Count files in the share that neither the agent nor the bucket knows (left alone).
@@ -940,7 +962,7 @@ impl Share {
             self.status.events_applied += 1;
             match after_head(head.as_ref(), local.as_ref(), file, mode) {
                 HeadDecision::Nothing => {}
-                HeadDecision::Delete(rec) => self.delete_local(&rec, &mut report),
+                HeadDecision::Delete(rec) => self.delete_local(&rec, &mut report)?,
                 HeadDecision::Download(meta) | HeadDecision::Adopt(meta) => {
                     // Adopt goes through fetch too: it re-checks the file and records it.
                     let before_failed = report.failed;
@@ -1017,29 +1039,30 @@ impl Share {
     }
 }
 
-/// The remote listing as a key-ordered stream, page by page.
-pub struct Listing<'a> {
-    store: &'a dyn ObjectStore,
-    prefix: &'a str,
-    shutdown: &'a Shutdown,
+/// The remote listing as a key-ordered stream, page by page. Owns its handles so the share
+/// can keep working (and writing its state) while it iterates.
+pub struct Listing {
+    store: Arc<dyn ObjectStore>,
+    prefix: String,
+    shutdown: Shutdown,
     page: std::vec::IntoIter<ObjectMeta>,
     next: Option<String>,
     done: bool,
 }
 
-impl<'a> Listing<'a> {
-    pub fn new(store: &'a dyn ObjectStore, prefix: &'a str, shutdown: &'a Shutdown) -> Listing<'a> {
-        Listing { store, prefix, shutdown, page: Vec::new().into_iter(), next: None, done: false }
+impl Listing {
+    pub fn new(store: Arc<dyn ObjectStore>, prefix: &str, shutdown: &Shutdown) -> Listing {
+        Listing { store, prefix: prefix.to_owned(), shutdown: shutdown.clone(), page: Vec::new().into_iter(), next: None, done: false }
     }
 }
 
-impl Iterator for Listing<'_> {
+impl Iterator for Listing {
     type Item = Result<ObjectMeta, ShareError>;
 
     fn next(&mut self) -> Option<Self::Item> {
         loop {
             if let Some(o) = self.page.next() {
-                if !o.key.starts_with(self.prefix) {
+                if !o.key.starts_with(&self.prefix) {
                     // A server that ignores the prefix must not make us act outside it.
                     continue;
                 }
@@ -1052,7 +1075,7 @@ impl Iterator for Listing<'_> {
                 self.done = true;
                 return Some(Err(ShareError::Stopped));
             }
-            match self.store.list_page(self.prefix, self.next.as_deref()) {
+            match self.store.list_page(&self.prefix, self.next.as_deref()) {
                 Ok(page) => {
                     self.done = page.next.is_none();
                     self.next = page.next;
