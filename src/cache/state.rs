@@ -769,7 +769,7 @@ mod tests {
             etag: Some(format!("etag-{version}")),
             last_modified: 1_700_000_000 + version as i64,
             crc64nvme: version.wrapping_mul(0x9E37_79B9_7F4A_7C15),
-            sequencer: (version % 2 == 0).then(|| format!("{version:016X}")),
+            sequencer: version.is_multiple_of(2).then(|| format!("{version:016X}")),
         }
     }
 
