@@ -105,31 +105,53 @@ struct RawShare {
 impl Config {
     /// Read and validate `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let err = |problem: String| ConfigError { file: path.to_owned(), key: String::new(), problem };
-        let meta = std::fs::metadata(path).map_err(|e| err(format!("cannot read the configuration file: {e}")))?;
+        let err = |problem: String| ConfigError {
+            file: path.to_owned(),
+            key: String::new(),
+            problem,
+        };
+        let meta = std::fs::metadata(path)
+            .map_err(|e| err(format!("cannot read the configuration file: {e}")))?;
         if !meta.is_file() {
             return Err(err("is not a regular file".into()));
         }
         if meta.len() > MAX_CONFIG_BYTES {
-            return Err(err(format!("is {} bytes; a configuration file is at most {MAX_CONFIG_BYTES}", meta.len())));
+            return Err(err(format!(
+                "is {} bytes; a configuration file is at most {MAX_CONFIG_BYTES}",
+                meta.len()
+            )));
         }
-        let text = std::fs::read_to_string(path).map_err(|e| err(format!("cannot read the configuration file: {e}")))?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| err(format!("cannot read the configuration file: {e}")))?;
         Config::parse(path, &text)
     }
 
     /// Validate configuration text (`file` is only used in messages).
     pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigError> {
-        let at = |key: String, problem: String| ConfigError { file: file.to_owned(), key, problem };
+        let at = |key: String, problem: String| ConfigError {
+            file: file.to_owned(),
+            key,
+            problem,
+        };
         let raw: RawConfig = toml::from_str(text).map_err(|e| toml_error(file, text, &e))?;
 
         let state_dir = match raw.state_dir {
             Some(s) => absolute_path(&s).map_err(|p| at("state_dir".into(), p))?,
-            None => return Err(at("state_dir".into(), "missing: expected an absolute directory path, e.g. \"/var/lib/sgw-agent\"".into())),
+            None => {
+                return Err(at(
+                    "state_dir".into(),
+                    "missing: expected an absolute directory path, e.g. \"/var/lib/sgw-agent\""
+                        .into(),
+                ));
+            }
         };
         let log_level = match raw.log_level.as_deref() {
             None => log::LevelFilter::Info,
             Some(s) => s.parse().map_err(|_| {
-                at("log_level".into(), format!("expected one of off, error, warn, info, debug, trace; got {s:?}"))
+                at(
+                    "log_level".into(),
+                    format!("expected one of off, error, warn, info, debug, trace; got {s:?}"),
+                )
             })?,
         };
         let credentials_file = match raw.credentials_file {
@@ -137,10 +159,19 @@ impl Config {
             None => None,
         };
         if raw.share.is_empty() {
-            return Err(at("share".into(), "no [[share]] tables: expected at least one share".into()));
+            return Err(at(
+                "share".into(),
+                "no [[share]] tables: expected at least one share".into(),
+            ));
         }
         if raw.share.len() > MAX_SHARES {
-            return Err(at("share".into(), format!("{} shares; at most {MAX_SHARES} are supported", raw.share.len())));
+            return Err(at(
+                "share".into(),
+                format!(
+                    "{} shares; at most {MAX_SHARES} are supported",
+                    raw.share.len()
+                ),
+            ));
         }
         let mut names = HashSet::new();
         let mut paths = HashSet::new();
@@ -149,17 +180,35 @@ impl Config {
             let key = |k: &str| format!("share[{}].{k}", i + 1);
             let share = validate_share(s, &key).map_err(|(k, p)| at(k, p))?;
             if !names.insert(share.name.clone()) {
-                return Err(at(key("name"), format!("duplicate share name {:?}: names must be unique", share.name)));
+                return Err(at(
+                    key("name"),
+                    format!(
+                        "duplicate share name {:?}: names must be unique",
+                        share.name
+                    ),
+                ));
             }
             if !paths.insert(share.path.clone()) {
-                return Err(at(key("path"), format!("{} is already used by another share", share.path.display())));
+                return Err(at(
+                    key("path"),
+                    format!("{} is already used by another share", share.path.display()),
+                ));
             }
             if share.path.starts_with(&state_dir) || state_dir.starts_with(&share.path) {
-                return Err(at(key("path"), "must not contain or lie inside state_dir".into()));
+                return Err(at(
+                    key("path"),
+                    "must not contain or lie inside state_dir".into(),
+                ));
             }
             shares.push(share);
         }
-        Ok(Config { file: file.to_owned(), state_dir, log_level, credentials_file, shares })
+        Ok(Config {
+            file: file.to_owned(),
+            state_dir,
+            log_level,
+            credentials_file,
+            shares,
+        })
     }
 
     /// The per-share state directory.
@@ -172,7 +221,11 @@ impl Config {
     pub fn credentials(&self) -> Result<Credentials, ConfigError> {
         let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
         if let (Some(id), Some(secret)) = (env("AWS_ACCESS_KEY_ID"), env("AWS_SECRET_ACCESS_KEY")) {
-            return Ok(Credentials { access_key_id: id, secret_access_key: secret, session_token: env("AWS_SESSION_TOKEN") });
+            return Ok(Credentials {
+                access_key_id: id,
+                secret_access_key: secret,
+                session_token: env("AWS_SESSION_TOKEN"),
+            });
         }
         match &self.credentials_file {
             Some(path) => read_credentials_file(path, env("AWS_PROFILE").as_deref().unwrap_or("default")),
@@ -185,33 +238,80 @@ impl Config {
     }
 }
 
-fn validate_share(s: RawShare, key: &dyn Fn(&str) -> String) -> Result<ShareConfig, (String, String)> {
-    let required = |v: Option<String>, k: &str, example: &str| -> Result<String, (String, String)> {
-        match v {
-            Some(v) if !v.trim().is_empty() => Ok(v),
-            _ => Err((key(k), format!("missing: expected {example}"))),
-        }
-    };
+fn validate_share(
+    s: RawShare,
+    key: &dyn Fn(&str) -> String,
+) -> Result<ShareConfig, (String, String)> {
+    let required =
+        |v: Option<String>, k: &str, example: &str| -> Result<String, (String, String)> {
+            match v {
+                Some(v) if !v.trim().is_empty() => Ok(v),
+                _ => Err((key(k), format!("missing: expected {example}"))),
+            }
+        };
     let name = required(s.name, "name", "a short share name, e.g. \"photos\"")?;
-    if name.len() > 64 || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.') || name.starts_with('.') {
-        return Err((key("name"), format!("expected 1-64 characters of A-Z a-z 0-9 - _ . not starting with '.'; got {name:?}")));
+    if name.len() > 64
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+        || name.starts_with('.')
+    {
+        return Err((
+            key("name"),
+            format!(
+                "expected 1-64 characters of A-Z a-z 0-9 - _ . not starting with '.'; got {name:?}"
+            ),
+        ));
     }
-    let path = required(s.path, "path", "the absolute path of the local share directory")?;
+    let path = required(
+        s.path,
+        "path",
+        "the absolute path of the local share directory",
+    )?;
     let path = absolute_path(&path).map_err(|p| (key("path"), p))?;
     let bucket = required(s.bucket, "bucket", "the bucket name")?;
     if !valid_bucket(&bucket) {
-        return Err((key("bucket"), format!("expected 3-63 characters of a-z 0-9 . - starting and ending with a letter or digit; got {bucket:?}")));
+        return Err((
+            key("bucket"),
+            format!(
+                "expected 3-63 characters of a-z 0-9 . - starting and ending with a letter or digit; got {bucket:?}"
+            ),
+        ));
     }
     let prefix = s.prefix.unwrap_or_default();
-    if prefix.starts_with('/') || prefix.contains("//") || prefix.chars().any(char::is_control) || prefix.len() > 512 {
-        return Err((key("prefix"), format!("expected a key prefix such as \"branch-12/\" (no leading '/', no '//', no control characters); got {prefix:?}")));
+    if prefix.starts_with('/')
+        || prefix.contains("//")
+        || prefix.chars().any(char::is_control)
+        || prefix.len() > 512
+    {
+        return Err((
+            key("prefix"),
+            format!(
+                "expected a key prefix such as \"branch-12/\" (no leading '/', no '//', no control characters); got {prefix:?}"
+            ),
+        ));
     }
-    let endpoint = required(s.endpoint, "endpoint", "the S3 endpoint URL, e.g. \"https://s3.eu-west-1.amazonaws.com\"")?;
+    let endpoint = required(
+        s.endpoint,
+        "endpoint",
+        "the S3 endpoint URL, e.g. \"https://s3.eu-west-1.amazonaws.com\"",
+    )?;
     let allow_http = s.allow_http.unwrap_or(false);
     check_url(&endpoint, allow_http).map_err(|p| (key("endpoint"), p))?;
-    let region = required(s.region, "region", "the bucket's region, e.g. \"eu-west-1\"")?;
-    if region.len() > 64 || !region.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
-        return Err((key("region"), format!("expected a region id such as \"eu-west-1\"; got {region:?}")));
+    let region = required(
+        s.region,
+        "region",
+        "the bucket's region, e.g. \"eu-west-1\"",
+    )?;
+    if region.len() > 64
+        || !region
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-')
+    {
+        return Err((
+            key("region"),
+            format!("expected a region id such as \"eu-west-1\"; got {region:?}"),
+        ));
     }
     let queue_url = match s.queue_url {
         Some(u) if u.trim().is_empty() => None,
@@ -226,18 +326,31 @@ fn validate_share(s: RawShare, key: &dyn Fn(&str) -> String) -> Result<ShareConf
         Some("crc64") => ConsistencyCheck::Crc64,
         Some("transmission") => ConsistencyCheck::Transmission,
         Some(other) => {
-            return Err((key("consistency_check"), format!("expected one of size_last_modified, crc64, transmission; got {other:?}")));
+            return Err((
+                key("consistency_check"),
+                format!("expected one of size_last_modified, crc64, transmission; got {other:?}"),
+            ));
         }
     };
     let download_concurrency = match s.download_concurrency {
         None => 4,
         Some(n) if (1..=MAX_DOWNLOAD_CONCURRENCY as i64).contains(&n) => n as usize,
-        Some(n) => return Err((key("download_concurrency"), format!("expected 1 to {MAX_DOWNLOAD_CONCURRENCY}; got {n}"))),
+        Some(n) => {
+            return Err((
+                key("download_concurrency"),
+                format!("expected 1 to {MAX_DOWNLOAD_CONCURRENCY}; got {n}"),
+            ));
+        }
     };
     let full_sync_interval_secs = match s.full_sync_interval_secs {
         None => 6 * 3600,
         Some(n) if n == 0 || (60..=30 * 86400).contains(&n) => n as u64,
-        Some(n) => return Err((key("full_sync_interval_secs"), format!("expected 0 (off) or 60 to 2592000 seconds; got {n}"))),
+        Some(n) => {
+            return Err((
+                key("full_sync_interval_secs"),
+                format!("expected 0 (off) or 60 to 2592000 seconds; got {n}"),
+            ));
+        }
     };
     Ok(ShareConfig {
         name,
@@ -259,7 +372,9 @@ fn absolute_path(s: &str) -> Result<PathBuf, String> {
     if !p.is_absolute() || s.contains('\0') {
         return Err(format!("expected an absolute path; got {s:?}"));
     }
-    if p.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
+    if p.components()
+        .any(|c| matches!(c, std::path::Component::ParentDir))
+    {
         return Err(format!("expected a path without '..'; got {s:?}"));
     }
     Ok(p)
@@ -270,22 +385,30 @@ fn check_url(url: &str, allow_http: bool) -> Result<(), String> {
         r
     } else if let Some(r) = url.strip_prefix("http://") {
         if !allow_http {
-            return Err(format!("{url:?} is plain http: TLS is required unless the share sets allow_http = true"));
+            return Err(format!(
+                "{url:?} is plain http: TLS is required unless the share sets allow_http = true"
+            ));
         }
         r
     } else {
         return Err(format!("expected an https:// URL; got {url:?}"));
     };
     let host = rest.split('/').next().unwrap_or("");
-    if host.is_empty() || host.contains('@') || url.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(format!("expected a URL with a host and no user info or spaces; got {url:?}"));
+    if host.is_empty()
+        || host.contains('@')
+        || url.chars().any(|c| c.is_whitespace() || c.is_control())
+    {
+        return Err(format!(
+            "expected a URL with a host and no user info or spaces; got {url:?}"
+        ));
     }
     Ok(())
 }
 
 fn valid_bucket(b: &str) -> bool {
     (3..=63).contains(&b.len())
-        && b.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '.' || c == '-')
+        && b.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '.' || c == '-')
         && b.starts_with(|c: char| c.is_ascii_alphanumeric())
         && b.ends_with(|c: char| c.is_ascii_alphanumeric())
         && !b.contains("..")
@@ -293,27 +416,44 @@ fn valid_bucket(b: &str) -> bool {
 
 /// Turn a TOML parse error into "file: key: problem (line N)".
 fn toml_error(file: &Path, text: &str, e: &toml::de::Error) -> ConfigError {
-    let line = e.span().map(|s| text[..s.start.min(text.len())].lines().count().max(1));
+    let line = e
+        .span()
+        .map(|s| text[..s.start.min(text.len())].lines().count().max(1));
     let mut problem = e.message().trim().to_owned();
     if let Some(l) = line {
         problem = format!("line {l}: {problem}");
     }
-    ConfigError { file: file.to_owned(), key: String::new(), problem }
+    ConfigError {
+        file: file.to_owned(),
+        key: String::new(),
+        problem,
+    }
 }
 
 /// Read an AWS-style INI credentials file. Refuses files that others can read.
 pub fn read_credentials_file(path: &Path, profile: &str) -> Result<Credentials, ConfigError> {
     use std::os::unix::fs::PermissionsExt;
-    let err = |problem: String| ConfigError { file: path.to_owned(), key: String::new(), problem };
-    let meta = std::fs::metadata(path).map_err(|e| err(format!("cannot read the credentials file: {e}")))?;
+    let err = |problem: String| ConfigError {
+        file: path.to_owned(),
+        key: String::new(),
+        problem,
+    };
+    let meta = std::fs::metadata(path)
+        .map_err(|e| err(format!("cannot read the credentials file: {e}")))?;
     let mode = meta.permissions().mode();
     if mode & 0o077 != 0 {
-        return Err(err(format!("permissions are {:o}: the credentials file must not be readable by group or others (chmod 600)", mode & 0o777)));
+        return Err(err(format!(
+            "permissions are {:o}: the credentials file must not be readable by group or others (chmod 600)",
+            mode & 0o777
+        )));
     }
     if meta.len() > 64 * 1024 {
-        return Err(err("is larger than 64 KiB; expected a small INI file".into()));
+        return Err(err(
+            "is larger than 64 KiB; expected a small INI file".into()
+        ));
     }
-    let text = std::fs::read_to_string(path).map_err(|e| err(format!("cannot read the credentials file: {e}")))?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| err(format!("cannot read the credentials file: {e}")))?;
     let mut section = String::new();
     let (mut id, mut secret, mut token) = (None, None, None);
     for line in text.lines() {
@@ -339,7 +479,11 @@ pub fn read_credentials_file(path: &Path, profile: &str) -> Result<Credentials, 
         }
     }
     match (id, secret) {
-        (Some(i), Some(s)) if !i.is_empty() && !s.is_empty() => Ok(Credentials { access_key_id: i, secret_access_key: s, session_token: token }),
+        (Some(i), Some(s)) if !i.is_empty() && !s.is_empty() => Ok(Credentials {
+            access_key_id: i,
+            secret_access_key: s,
+            session_token: token,
+        }),
         _ => Err(ConfigError {
             file: path.to_owned(),
             key: format!("[{profile}]"),
@@ -383,16 +527,28 @@ download_concurrency = 8
         assert_eq!(s.consistency_check, ConsistencyCheck::Crc64);
         assert_eq!(s.download_concurrency, 8);
         assert!(!s.allow_http);
-        assert_eq!(c.share_state_dir(s), PathBuf::from("/var/lib/sgw-agent/shares/photos"));
+        assert_eq!(
+            c.share_state_dir(s),
+            PathBuf::from("/var/lib/sgw-agent/shares/photos")
+        );
     }
 
     #[test]
     fn errors_name_file_key_and_expectation() {
         let e = err(&GOOD.replace("https://s3.eu", "http://s3.eu"));
-        assert!(e.starts_with("/etc/sgw-agent/agent.toml: share[1].endpoint:"), "{e}");
+        assert!(
+            e.starts_with("/etc/sgw-agent/agent.toml: share[1].endpoint:"),
+            "{e}"
+        );
         assert!(e.contains("allow_http"), "{e}");
-        let e = err(&GOOD.replace("consistency_check = \"crc64\"", "consistency_check = \"md5\""));
-        assert!(e.contains("share[1].consistency_check") && e.contains("size_last_modified"), "{e}");
+        let e = err(&GOOD.replace(
+            "consistency_check = \"crc64\"",
+            "consistency_check = \"md5\"",
+        ));
+        assert!(
+            e.contains("share[1].consistency_check") && e.contains("size_last_modified"),
+            "{e}"
+        );
         let e = err(&GOOD.replace("download_concurrency = 8", "download_concurrency = 0"));
         assert!(e.contains("share[1].download_concurrency"), "{e}");
         let e = err(&GOOD.replace("state_dir = \"/var/lib/sgw-agent\"", ""));
@@ -403,7 +559,9 @@ download_concurrency = 8
 
     #[test]
     fn http_is_allowed_only_when_asked() {
-        let text = GOOD.replace("https://", "http://").replace("download_concurrency = 8", "allow_http = true");
+        let text = GOOD
+            .replace("https://", "http://")
+            .replace("download_concurrency = 8", "allow_http = true");
         assert!(parse(&text).unwrap().shares[0].allow_http);
     }
 
@@ -411,7 +569,10 @@ download_concurrency = 8
     fn unknown_keys_and_wrong_types_are_refused_with_a_line() {
         let e = err(&GOOD.replace("region =", "regoin ="));
         assert!(e.contains("regoin") && e.contains("line"), "{e}");
-        let e = err(&GOOD.replace("download_concurrency = 8", "download_concurrency = \"eight\""));
+        let e = err(&GOOD.replace(
+            "download_concurrency = 8",
+            "download_concurrency = \"eight\"",
+        ));
         assert!(e.contains("line"), "{e}");
         let e = err("this is not toml [[[");
         assert!(e.starts_with("/etc/sgw-agent/agent.toml:"), "{e}");
@@ -427,8 +588,14 @@ download_concurrency = 8
             ("prefix = \"branch-12/\"", "prefix = \"/abs\""),
             ("prefix = \"branch-12/\"", "prefix = \"a//b\""),
             ("region = \"eu-west-1\"", "region = \"eu west\""),
-            ("endpoint = \"https://s3.eu-west-1.amazonaws.com/\"", "endpoint = \"https://user:pw@host\""),
-            ("endpoint = \"https://s3.eu-west-1.amazonaws.com/\"", "endpoint = \"ftp://host\""),
+            (
+                "endpoint = \"https://s3.eu-west-1.amazonaws.com/\"",
+                "endpoint = \"https://user:pw@host\"",
+            ),
+            (
+                "endpoint = \"https://s3.eu-west-1.amazonaws.com/\"",
+                "endpoint = \"ftp://host\"",
+            ),
             ("path = \"/srv/photos\"", "path = \"/var/lib/sgw-agent/x\""),
             ("path = \"/srv/photos\"", "path = \"/srv/../etc\""),
         ] {
@@ -445,7 +612,9 @@ download_concurrency = 8
 
     #[test]
     fn duplicate_shares_are_refused() {
-        let two = format!("{GOOD}\n[[share]]\nname = \"photos\"\npath = \"/srv/other\"\nbucket = \"b-2\"\nendpoint = \"https://e\"\nregion = \"r\"\n");
+        let two = format!(
+            "{GOOD}\n[[share]]\nname = \"photos\"\npath = \"/srv/other\"\nbucket = \"b-2\"\nendpoint = \"https://e\"\nregion = \"r\"\n"
+        );
         assert!(err(&two).contains("share[2].name"));
     }
 
@@ -456,12 +625,20 @@ download_concurrency = 8
         let p = dir.path().join("credentials");
         std::fs::write(&p, "[default]\naws_access_key_id = AKID\naws_secret_access_key = s3cr3t\n[other]\naws_access_key_id = X\naws_secret_access_key = Y\n").unwrap();
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
-        let e = read_credentials_file(&p, "default").unwrap_err().to_string();
+        let e = read_credentials_file(&p, "default")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("chmod 600") && !e.contains("s3cr3t"), "{e}");
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
         let c = read_credentials_file(&p, "default").unwrap();
-        assert_eq!((c.access_key_id.as_str(), c.secret_access_key.as_str()), ("AKID", "s3cr3t"));
-        assert_eq!(read_credentials_file(&p, "other").unwrap().access_key_id, "X");
+        assert_eq!(
+            (c.access_key_id.as_str(), c.secret_access_key.as_str()),
+            ("AKID", "s3cr3t")
+        );
+        assert_eq!(
+            read_credentials_file(&p, "other").unwrap().access_key_id,
+            "X"
+        );
         assert!(read_credentials_file(&p, "missing").is_err());
     }
 }

@@ -26,7 +26,11 @@ pub fn share_context(
     shutdown: &Shutdown,
     progress: Arc<dyn ProgressSink>,
 ) -> Result<ShareContext, ConfigError> {
-    let at = |key: &str, problem: String| ConfigError { file: cfg.file.clone(), key: format!("share {:?}: {key}", share.name), problem };
+    let at = |key: &str, problem: String| ConfigError {
+        file: cfg.file.clone(),
+        key: format!("share {:?}: {key}", share.name),
+        problem,
+    };
     let store: Arc<dyn ObjectStore> = Arc::new(
         S3Client::new(S3Config {
             endpoint: share.endpoint.clone(),
@@ -53,7 +57,10 @@ pub fn share_context(
         None => None,
     };
     if !share.path.is_dir() {
-        return Err(at("path", format!("{} is not an existing directory", share.path.display())));
+        return Err(at(
+            "path",
+            format!("{} is not an existing directory", share.path.display()),
+        ));
     }
     Ok(ShareContext {
         cfg: share.clone(),
@@ -67,7 +74,12 @@ pub fn share_context(
 
 /// `sgw-agent sync`: one full sync of every share, in parallel. Exit 0 when every share
 /// converged.
-pub fn sync_once(cfg: &Config, creds: &Credentials, shutdown: &Shutdown, progress: Arc<dyn ProgressSink>) -> i32 {
+pub fn sync_once(
+    cfg: &Config,
+    creds: &Credentials,
+    shutdown: &Shutdown,
+    progress: Arc<dyn ProgressSink>,
+) -> i32 {
     let mut contexts = Vec::new();
     for share in &cfg.shares {
         match share_context(cfg, share, creds, shutdown, Arc::clone(&progress)) {
@@ -130,7 +142,11 @@ pub fn run_daemon(cfg: &Config, creds: &Credentials, shutdown: &Shutdown) -> i32
             }
         }
     }
-    info!("sgw-agent {} running with {} share(s)", env!("CARGO_PKG_VERSION"), shares.len());
+    info!(
+        "sgw-agent {} running with {} share(s)",
+        env!("CARGO_PKG_VERSION"),
+        shares.len()
+    );
     let mut running = Vec::new();
     for mut share in shares {
         let idle = Arc::clone(&share.idle);
@@ -144,7 +160,10 @@ pub fn run_daemon(cfg: &Config, creds: &Credentials, shutdown: &Shutdown) -> i32
     while !shutdown.is_triggered() && running.iter().any(|(_, _, h)| !h.is_finished()) {
         std::thread::sleep(Duration::from_millis(200));
     }
-    info!("stopping: finishing in-flight work (at most {}s)", DRAIN_DEADLINE.as_secs());
+    info!(
+        "stopping: finishing in-flight work (at most {}s)",
+        DRAIN_DEADLINE.as_secs()
+    );
     let deadline = Instant::now() + DRAIN_DEADLINE;
     loop {
         let busy: Vec<&str> = running

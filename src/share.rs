@@ -24,7 +24,9 @@ use crate::cache::state::{StateError, StateStore};
 use crate::cloud::events::{ParsedMessage, parse_message};
 use crate::cloud::{CloudError, EventQueue, ObjectStore, QueueMessage};
 use crate::config::ShareConfig;
-use crate::engine::events::{EventDecision, HeadDecision, after_head, on_event, record_after_download};
+use crate::engine::events::{
+    EventDecision, HeadDecision, after_head, on_event, record_after_download,
+};
 use crate::engine::plan::{FullSyncMerge, MergeError};
 use crate::engine::progress::{Progress, ProgressMeter};
 use crate::engine::{FileFacts, SyncAction};
@@ -139,7 +141,11 @@ pub fn human_bytes(n: u64) -> String {
         v /= 1024.0;
         u += 1;
     }
-    if u == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[u]) }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
 }
 
 /// Everything a share needs from outside.
@@ -163,7 +169,11 @@ struct Job {
 }
 
 enum JobOutcome {
-    Published { meta: ObjectMeta, crc64nvme: u64, had_crc: bool },
+    Published {
+        meta: ObjectMeta,
+        crc64nvme: u64,
+        had_crc: bool,
+    },
     /// The object disappeared between the decision and the GET.
     Gone,
     Failed(String),
@@ -185,7 +195,12 @@ struct Pool {
 }
 
 impl Pool {
-    fn start(n: usize, store: Arc<dyn ObjectStore>, dir: Arc<ShareDir>, shutdown: Shutdown) -> Pool {
+    fn start(
+        n: usize,
+        store: Arc<dyn ObjectStore>,
+        dir: Arc<ShareDir>,
+        shutdown: Shutdown,
+    ) -> Pool {
         let max_in_flight = n * 2;
         // Capacities equal the in-flight bound, so neither side ever blocks on a full channel
         // while the other waits for it.
@@ -195,7 +210,8 @@ impl Pool {
         let workers = (0..n)
             .map(|i| {
                 let (job_rx, res_tx) = (Arc::clone(&job_rx), res_tx.clone());
-                let (store, dir, shutdown) = (Arc::clone(&store), Arc::clone(&dir), shutdown.clone());
+                let (store, dir, shutdown) =
+                    (Arc::clone(&store), Arc::clone(&dir), shutdown.clone());
                 std::thread::Builder::new()
                     .name(format!("sgw-dl-{i}"))
                     .spawn(move || {
@@ -206,7 +222,14 @@ impl Pool {
                             };
                             let Ok(job) = job else { return };
                             let outcome = download(&*store, &dir, &job, &shutdown);
-                            if res_tx.send(JobResult { ticket: job.ticket, job, outcome }).is_err() {
+                            if res_tx
+                                .send(JobResult {
+                                    ticket: job.ticket,
+                                    job,
+                                    outcome,
+                                })
+                                .is_err()
+                            {
                                 return;
                             }
                         }
@@ -214,7 +237,13 @@ impl Pool {
                     .expect("spawning a download worker")
             })
             .collect();
-        Pool { jobs: Some(job_tx), results: res_rx, workers, in_flight: 0, max_in_flight }
+        Pool {
+            jobs: Some(job_tx),
+            results: res_rx,
+            workers,
+            in_flight: 0,
+            max_in_flight,
+        }
     }
 
     fn is_full(&self) -> bool {
@@ -273,7 +302,9 @@ fn download(store: &dyn ObjectStore, dir: &ShareDir, job: &Job, shutdown: &Shutd
         let mut expected_crc = None;
         if offset > 0 {
             match store.head(key) {
-                Ok(Some(h)) if h.etag.is_some() && h.etag == meta.etag && h.size == meta.size => expected_crc = h.crc64nvme,
+                Ok(Some(h)) if h.etag.is_some() && h.etag == meta.etag && h.size == meta.size => {
+                    expected_crc = h.crc64nvme
+                }
                 Ok(Some(h)) => {
                     staged.discard();
                     meta = h;
@@ -303,7 +334,10 @@ fn download(store: &dyn ObjectStore, dir: &ShareDir, job: &Job, shutdown: &Shutd
             // The server ignored the range: start over from byte 0 with what it sent.
             staged.discard();
             if body.offset != 0 {
-                return JobOutcome::Failed(format!("GET {key:?}: unexpected range start {}", body.offset));
+                return JobOutcome::Failed(format!(
+                    "GET {key:?}: unexpected range start {}",
+                    body.offset
+                ));
             }
             staged = match dir.begin(key, body.meta.etag.as_deref(), body.meta.last_modified) {
                 Ok(s) if s.offset() == 0 => s,
@@ -334,21 +368,36 @@ fn download(store: &dyn ObjectStore, dir: &ShareDir, job: &Job, shutdown: &Shutd
             if body_failures >= MAX_BODY_ATTEMPTS {
                 return JobOutcome::Failed(format!("reading {key:?}: {e}"));
             }
-            warn!("share download: {key:?}: body interrupted at {} bytes ({e}); resuming", staged.offset());
+            warn!(
+                "share download: {key:?}: body interrupted at {} bytes ({e}); resuming",
+                staged.offset()
+            );
             // Keep the staged bytes: the next round resumes with a ranged GET.
             drop(staged);
             shutdown.sleep(Duration::from_millis(200 * u64::from(body_failures)));
             continue;
         }
-        let expected = Expected { size: got.size, crc64nvme: expected_crc };
-        let meta_for_record = ObjectMeta { crc64nvme: expected_crc, ..got.clone() };
+        let expected = Expected {
+            size: got.size,
+            crc64nvme: expected_crc,
+        };
+        let meta_for_record = ObjectMeta {
+            crc64nvme: expected_crc,
+            ..got.clone()
+        };
         match staged.publish(&expected, &job.rel, got.last_modified) {
             Ok(p) => {
-                return JobOutcome::Published { meta: meta_for_record, crc64nvme: p.crc64nvme, had_crc: expected_crc.is_some() };
+                return JobOutcome::Published {
+                    meta: meta_for_record,
+                    crc64nvme: p.crc64nvme,
+                    had_crc: expected_crc.is_some(),
+                };
             }
             Err(PublishError::ChecksumMismatch { expected, actual }) => {
                 crc_failures += 1;
-                warn!("share download: {key:?}: CRC-64 mismatch (server {expected:016x}, received {actual:016x}); not published");
+                warn!(
+                    "share download: {key:?}: CRC-64 mismatch (server {expected:016x}, received {actual:016x}); not published"
+                );
                 if crc_failures >= MAX_CRC_ATTEMPTS {
                     return JobOutcome::Failed(format!(
                         "{key:?} failed its CRC-64 check {crc_failures} times (server says {expected:016x}, bytes give {actual:016x})"
@@ -381,11 +430,17 @@ pub struct Share {
 impl Share {
     pub fn open(ctx: ShareContext) -> Result<Share, ShareError> {
         let dir = Arc::new(ShareDir::open(&ctx.cfg.path).map_err(|e| {
-            ShareError::Io(std::io::Error::new(e.kind(), format!("share directory {}: {e}", ctx.cfg.path.display())))
+            ShareError::Io(std::io::Error::new(
+                e.kind(),
+                format!("share directory {}: {e}", ctx.cfg.path.display()),
+            ))
         })?);
         let state = StateStore::open(&ctx.state_dir)?;
         let mut status = match crate::status::read_status(&ctx.state_dir) {
-            Ok(Some(s)) => ShareStatus { share: ctx.cfg.name.clone(), ..s },
+            Ok(Some(s)) => ShareStatus {
+                share: ctx.cfg.name.clone(),
+                ..s
+            },
             _ => ShareStatus::new(&ctx.cfg.name),
         };
         status.objects_local = state.len();
@@ -394,7 +449,12 @@ impl Share {
         status.bytes_downloaded = 0;
         status.objects_deleted = 0;
         status.events_applied = 0;
-        let pool = Pool::start(ctx.cfg.download_concurrency, Arc::clone(&ctx.store), Arc::clone(&dir), ctx.shutdown.clone());
+        let pool = Pool::start(
+            ctx.cfg.download_concurrency,
+            Arc::clone(&ctx.store),
+            Arc::clone(&dir),
+            ctx.shutdown.clone(),
+        );
         Ok(Share {
             ctx,
             dir,
@@ -426,7 +486,11 @@ impl Share {
     }
 
     fn sync_state(&mut self, force: bool) -> Result<(), ShareError> {
-        if self.unsynced_records > 0 && (force || self.unsynced_records >= SYNC_EVERY_RECORDS || self.last_state_sync.elapsed() >= SYNC_EVERY) {
+        if self.unsynced_records > 0
+            && (force
+                || self.unsynced_records >= SYNC_EVERY_RECORDS
+                || self.last_state_sync.elapsed() >= SYNC_EVERY)
+        {
             self.state.sync()?;
             self.unsynced_records = 0;
             self.last_state_sync = Instant::now();
@@ -446,11 +510,18 @@ impl Share {
         let mut meter = ProgressMeter::new();
         self.status.sync_progress = 0;
         self.write_status(true);
-        info!("share {name}: full sync started (bucket {}, prefix {:?})", self.ctx.cfg.bucket, self.ctx.cfg.prefix);
+        info!(
+            "share {name}: full sync started (bucket {}, prefix {:?})",
+            self.ctx.cfg.bucket, self.ctx.cfg.prefix
+        );
 
         // Pass 1: count, so SyncProgress can rise steadily to 100.
         let mut progress = Progress::default();
-        for obj in Listing::new(Arc::clone(&self.ctx.store), &self.ctx.cfg.prefix, &self.ctx.shutdown) {
+        for obj in Listing::new(
+            Arc::clone(&self.ctx.store),
+            &self.ctx.cfg.prefix,
+            &self.ctx.shutdown,
+        ) {
             let obj = obj?;
             progress.total_objects += 1;
             progress.total_bytes += obj.size;
@@ -461,8 +532,15 @@ impl Share {
         // Pass 2: the streaming merge.
         let mut report = SyncReport::default();
         let mode = self.ctx.cfg.consistency_check;
-        let remote = Listing::new(Arc::clone(&self.ctx.store), &self.ctx.cfg.prefix, &self.ctx.shutdown);
-        let local = self.state.iter_sorted()?.map(|r| r.map_err(ShareError::State));
+        let remote = Listing::new(
+            Arc::clone(&self.ctx.store),
+            &self.ctx.cfg.prefix,
+            &self.ctx.shutdown,
+        );
+        let local = self
+            .state
+            .iter_sorted()?
+            .map(|r| r.map_err(ShareError::State));
         let merge = FullSyncMerge::new(remote, local, mode);
         let mut last_progress = Instant::now() - Duration::from_secs(60);
         let mut outcome: Result<(), ShareError> = Ok(());
@@ -502,7 +580,11 @@ impl Share {
         }
         self.sync_state(true)?;
         if let Err(e) = outcome {
-            self.status.state = if matches!(e, ShareError::Stopped) { ShareState::Stopped } else { ShareState::Error };
+            self.status.state = if matches!(e, ShareError::Stopped) {
+                ShareState::Stopped
+            } else {
+                ShareState::Error
+            };
             self.status.last_error = Some(e.to_string());
             self.write_status(true);
             return Err(e);
@@ -516,7 +598,10 @@ impl Share {
             self.status.last_full_sync = Some(unix_now());
         } else {
             self.status.state = ShareState::Error;
-            self.status.last_error = Some(format!("{} object(s) could not be synced; see the log", report.failed));
+            self.status.last_error = Some(format!(
+                "{} object(s) could not be synced; see the log",
+                report.failed
+            ));
         }
         self.write_status(true);
         let secs = started.elapsed().as_secs_f64();
@@ -554,12 +639,17 @@ impl Share {
                 report.listed += 1;
                 // The record says we have it; make sure the file is still there (a crash
                 // between removing a file and its record, or someone deleted it locally).
-                let missing = matches!(key_to_relpath(&rec.key, &self.ctx.cfg.prefix), Ok(KeyPath::File(_)))
-                    && self.facts_for_key(&rec.key).is_none();
+                let missing = matches!(
+                    key_to_relpath(&rec.key, &self.ctx.cfg.prefix),
+                    Ok(KeyPath::File(_))
+                ) && self.facts_for_key(&rec.key).is_none();
                 if missing {
                     match self.ctx.store.head(&rec.key)? {
                         Some(meta) => {
-                            info!("share {}: {:?} is missing locally; fetching it again", self.ctx.cfg.name, rec.key);
+                            info!(
+                                "share {}: {:?} is missing locally; fetching it again",
+                                self.ctx.cfg.name, rec.key
+                            );
                             self.fetch(meta, None, Some(rec), 0, report, progress)?;
                         }
                         None => {
@@ -583,7 +673,9 @@ impl Share {
                 let head = self.ctx.store.head(&meta.key)?;
                 let file = self.facts_for_key(&meta.key);
                 match after_head(head.as_ref(), Some(&rec), file, mode) {
-                    HeadDecision::Download(m) => self.fetch(m, None, Some(rec), 0, report, progress)?,
+                    HeadDecision::Download(m) => {
+                        self.fetch(m, None, Some(rec), 0, report, progress)?
+                    }
                     HeadDecision::Delete(r) => {
                         progress.done_objects += 1;
                         self.delete_local(&r, report)?;
@@ -623,7 +715,12 @@ impl Share {
             Ok(KeyPath::Dir(rel)) => {
                 match self.dir.make_dir(&rel) {
                     Ok(()) => {
-                        let rec = record_after_download(&meta, Crc64Nvme::new().finish(), sequencer.as_deref(), old.as_ref());
+                        let rec = record_after_download(
+                            &meta,
+                            Crc64Nvme::new().finish(),
+                            sequencer.as_deref(),
+                            old.as_ref(),
+                        );
                         self.state.put(rec)?;
                         self.unsynced_records += 1;
                     }
@@ -648,9 +745,16 @@ impl Share {
         // What is at the path now? Our own unchanged file may be replaced; anything else is
         // either adopted (identical) or moved aside, never destroyed.
         if let Ok(Some(facts)) = self.dir.file_facts(&rel) {
-            let ours_unchanged = old.as_ref().is_some_and(|r| r.size == facts.size && r.last_modified == facts.mtime);
+            let ours_unchanged = old
+                .as_ref()
+                .is_some_and(|r| r.size == facts.size && r.last_modified == facts.mtime);
             if old.is_none() {
-                if let HeadDecision::Adopt(m) = after_head(Some(&meta), None, Some(facts), self.ctx.cfg.consistency_check) {
+                if let HeadDecision::Adopt(m) = after_head(
+                    Some(&meta),
+                    None,
+                    Some(facts),
+                    self.ctx.cfg.consistency_check,
+                ) {
                     match crc_of_file(&self.ctx.cfg.path.join(&rel)) {
                         Ok(crc) if m.crc64nvme.is_none_or(|c| c == crc) => {
                             let rec = record_after_download(&m, crc, sequencer.as_deref(), None);
@@ -667,9 +771,18 @@ impl Share {
             }
             if !ours_unchanged {
                 match self.dir.conflict_aside(&rel) {
-                    Ok(aside) => warn!("share {name}: local file {} differs from the bucket's {:?}; kept as {}", rel.display(), meta.key, aside.display()),
+                    Ok(aside) => warn!(
+                        "share {name}: local file {} differs from the bucket's {:?}; kept as {}",
+                        rel.display(),
+                        meta.key,
+                        aside.display()
+                    ),
                     Err(e) => {
-                        warn!("share {name}: cannot move local file {} aside ({e}); {:?} not synced", rel.display(), meta.key);
+                        warn!(
+                            "share {name}: cannot move local file {} aside ({e}); {:?} not synced",
+                            rel.display(),
+                            meta.key
+                        );
                         report.failed += 1;
                         return Ok(());
                     }
@@ -679,20 +792,38 @@ impl Share {
         while self.pool.is_full() {
             self.collect_results(report, progress, Duration::from_millis(500))?;
         }
-        self.pool.submit(Job { ticket, meta, rel, sequencer, old });
+        self.pool.submit(Job {
+            ticket,
+            meta,
+            rel,
+            sequencer,
+            old,
+        });
         Ok(())
     }
 
     /// Take finished downloads off the pool and record them (and, while a queue batch is
     /// applied, which messages' effects failed).
-    fn collect_results(&mut self, report: &mut SyncReport, progress: &mut Progress, wait: Duration) -> Result<(), ShareError> {
+    fn collect_results(
+        &mut self,
+        report: &mut SyncReport,
+        progress: &mut Progress,
+        wait: Duration,
+    ) -> Result<(), ShareError> {
         let mut first = true;
         while let Some(r) = self.pool.recv(if first { wait } else { Duration::ZERO }) {
             first = false;
             let name = &self.ctx.cfg.name;
             let ok = match r.outcome {
-                JobOutcome::Published { meta, crc64nvme, had_crc } => {
-                    debug!("share {name}: published {:?} ({} bytes)", meta.key, meta.size);
+                JobOutcome::Published {
+                    meta,
+                    crc64nvme,
+                    had_crc,
+                } => {
+                    debug!(
+                        "share {name}: published {:?} ({} bytes)",
+                        meta.key, meta.size
+                    );
                     if !had_crc {
                         self.status.verified_without_crc += 1;
                     }
@@ -702,7 +833,12 @@ impl Share {
                     progress.done_bytes += meta.size;
                     self.status.objects_downloaded += 1;
                     self.status.bytes_downloaded += meta.size;
-                    let rec = record_after_download(&meta, crc64nvme, r.job.sequencer.as_deref(), r.job.old.as_ref());
+                    let rec = record_after_download(
+                        &meta,
+                        crc64nvme,
+                        r.job.sequencer.as_deref(),
+                        r.job.old.as_ref(),
+                    );
                     self.state.put(rec)?;
                     self.unsynced_records += 1;
                     true
@@ -731,12 +867,19 @@ impl Share {
     }
 
     /// Remove a file the agent published, unless someone changed it since.
-    fn delete_local(&mut self, rec: &LocalRecord, report: &mut SyncReport) -> Result<(), ShareError> {
+    fn delete_local(
+        &mut self,
+        rec: &LocalRecord,
+        report: &mut SyncReport,
+    ) -> Result<(), ShareError> {
         let name = &self.ctx.cfg.name;
         match key_to_relpath(&rec.key, &self.ctx.cfg.prefix) {
             Ok(KeyPath::File(rel)) => match self.dir.file_facts(&rel) {
                 Ok(Some(f)) if f.size != rec.size || f.mtime != rec.last_modified => {
-                    warn!("share {name}: {:?} was deleted from the bucket but changed locally; left in place", rec.key);
+                    warn!(
+                        "share {name}: {:?} was deleted from the bucket but changed locally; left in place",
+                        rec.key
+                    );
                     self.status.note_unknown(&rel.to_string_lossy());
                 }
                 Ok(_) => match self.dir.remove_file(&rel) {
@@ -775,7 +918,9 @@ impl Share {
         let root = self.ctx.cfg.path.clone();
         let mut stack = vec![PathBuf::new()];
         while let Some(rel_dir) = stack.pop() {
-            let Ok(entries) = std::fs::read_dir(root.join(&rel_dir)) else { continue };
+            let Ok(entries) = std::fs::read_dir(root.join(&rel_dir)) else {
+                continue;
+            };
             for entry in entries.flatten() {
                 let rel = rel_dir.join(entry.file_name());
                 if rel_dir.as_os_str().is_empty() && entry.file_name() == ".sgw" {
@@ -816,7 +961,9 @@ impl Share {
         let mut backoff = Duration::from_secs(1);
         while !self.ctx.shutdown.is_triggered() {
             let interval = self.ctx.cfg.full_sync_interval_secs;
-            if need_full_sync || (interval > 0 && last_full.elapsed() >= Duration::from_secs(interval)) {
+            if need_full_sync
+                || (interval > 0 && last_full.elapsed() >= Duration::from_secs(interval))
+            {
                 match self.full_sync() {
                     Ok(_) => {
                         need_full_sync = false;
@@ -824,7 +971,10 @@ impl Share {
                     }
                     Err(ShareError::Stopped) => break,
                     Err(e) => {
-                        error!("share {name}: full sync failed: {e}; retrying in {}s", backoff.as_secs());
+                        error!(
+                            "share {name}: full sync failed: {e}; retrying in {}s",
+                            backoff.as_secs()
+                        );
                         self.ctx.shutdown.sleep(backoff);
                         backoff = (backoff * 2).min(Duration::from_secs(300));
                         continue;
@@ -835,7 +985,11 @@ impl Share {
             let Some(queue) = self.ctx.queue.clone() else {
                 // No queue: sleep until the next periodic reconcile (or shutdown).
                 self.idle.store(true, Ordering::SeqCst);
-                let wait = if interval > 0 { Duration::from_secs(interval).saturating_sub(last_full.elapsed()) } else { Duration::from_secs(3600) };
+                let wait = if interval > 0 {
+                    Duration::from_secs(interval).saturating_sub(last_full.elapsed())
+                } else {
+                    Duration::from_secs(3600)
+                };
                 self.ctx.shutdown.sleep(wait.max(Duration::from_secs(1)));
                 self.idle.store(false, Ordering::SeqCst);
                 continue;
@@ -846,7 +1000,9 @@ impl Share {
             match received {
                 Ok(msgs) => {
                     if queue_failing {
-                        info!("share {name}: queue reachable again; reconciling what may have been missed");
+                        info!(
+                            "share {name}: queue reachable again; reconciling what may have been missed"
+                        );
                         queue_failing = false;
                         need_full_sync = true;
                         self.status.state = ShareState::Healthy;
@@ -879,7 +1035,10 @@ impl Share {
         while self.pool.in_flight > 0 {
             let mut r = SyncReport::default();
             let mut p = Progress::default();
-            if self.collect_results(&mut r, &mut p, Duration::from_millis(200)).is_err() {
+            if self
+                .collect_results(&mut r, &mut p, Duration::from_millis(200))
+                .is_err()
+            {
                 break;
             }
         }
@@ -891,7 +1050,11 @@ impl Share {
     }
 
     /// Apply one received batch; delete each message once its effects are durable.
-    pub fn apply_messages(&mut self, queue: &dyn EventQueue, msgs: Vec<QueueMessage>) -> Result<(), ShareError> {
+    pub fn apply_messages(
+        &mut self,
+        queue: &dyn EventQueue,
+        msgs: Vec<QueueMessage>,
+    ) -> Result<(), ShareError> {
         let name = self.ctx.cfg.name.clone();
         let started = Instant::now();
         let mut extended = false;
@@ -912,15 +1075,25 @@ impl Share {
                         by_key[slot].1.push((i, ev));
                     }
                 }
-                Ok(ParsedMessage::TestEvent) => debug!("share {name}: s3:TestEvent received; removing it"),
-                Ok(ParsedMessage::Ignored(why)) => debug!("share {name}: message {} ignored: {why}", m.id),
+                Ok(ParsedMessage::TestEvent) => {
+                    debug!("share {name}: s3:TestEvent received; removing it")
+                }
+                Ok(ParsedMessage::Ignored(why)) => {
+                    debug!("share {name}: message {} ignored: {why}", m.id)
+                }
                 Err(e) => {
                     self.status.messages_discarded += u64::from(m.receive_count >= MAX_RECEIVES);
                     if m.receive_count >= MAX_RECEIVES {
-                        warn!("share {name}: malformed message {} removed after {} receives: {e}", m.id, m.receive_count);
+                        warn!(
+                            "share {name}: malformed message {} removed after {} receives: {e}",
+                            m.id, m.receive_count
+                        );
                         discard[i] = true;
                     } else {
-                        warn!("share {name}: malformed message {} (receive {}): {e}", m.id, m.receive_count);
+                        warn!(
+                            "share {name}: malformed message {} (receive {}): {e}",
+                            m.id, m.receive_count
+                        );
                         self.batch_ok[i] = false;
                     }
                 }
@@ -938,7 +1111,10 @@ impl Share {
                     need_head = true;
                 }
                 if let Some(s) = &ev.sequencer {
-                    if sequencer.as_ref().is_none_or(|cur| crate::cloud::events::sequencer_cmp(s, cur).is_gt()) {
+                    if sequencer
+                        .as_ref()
+                        .is_none_or(|cur| crate::cloud::events::sequencer_cmp(s, cur).is_gt())
+                    {
                         sequencer = Some(s.clone());
                     }
                 }
@@ -966,7 +1142,14 @@ impl Share {
                 HeadDecision::Download(meta) | HeadDecision::Adopt(meta) => {
                     // Adopt goes through fetch too: it re-checks the file and records it.
                     let before_failed = report.failed;
-                    self.fetch(meta, sequencer, local, tickets[0], &mut report, &mut progress)?;
+                    self.fetch(
+                        meta,
+                        sequencer,
+                        local,
+                        tickets[0],
+                        &mut report,
+                        &mut progress,
+                    )?;
                     if report.failed > before_failed {
                         for t in &tickets {
                             self.batch_ok[*t] = false;
@@ -974,7 +1157,14 @@ impl Share {
                     }
                     // Every message with this key shares the outcome of the one job.
                     if tickets.len() > 1 {
-                        self.drain_batch(&mut report, &mut progress, queue, &msgs, started, &mut extended)?;
+                        self.drain_batch(
+                            &mut report,
+                            &mut progress,
+                            queue,
+                            &msgs,
+                            started,
+                            &mut extended,
+                        )?;
                         let all = tickets.iter().all(|t| self.batch_ok[*t]);
                         for t in tickets {
                             self.batch_ok[t] &= all;
@@ -983,7 +1173,14 @@ impl Share {
                 }
             }
         }
-        self.drain_batch(&mut report, &mut progress, queue, &msgs, started, &mut extended)?;
+        self.drain_batch(
+            &mut report,
+            &mut progress,
+            queue,
+            &msgs,
+            started,
+            &mut extended,
+        )?;
         self.sync_state(true)?;
         let ok = std::mem::take(&mut self.batch_ok);
         // Effects are durable: now the messages may go.
@@ -991,7 +1188,10 @@ impl Share {
         for (i, m) in msgs.iter().enumerate() {
             if ok[i] || discard[i] || m.receive_count >= MAX_RECEIVES {
                 if !ok[i] && !discard[i] {
-                    warn!("share {name}: message {} failed {} times; removed, the next full reconcile repairs its keys", m.id, m.receive_count);
+                    warn!(
+                        "share {name}: message {} failed {} times; removed, the next full reconcile repairs its keys",
+                        m.id, m.receive_count
+                    );
                     self.status.messages_discarded += 1;
                 }
                 handles.push(m.receipt_handle.clone());
@@ -1002,13 +1202,21 @@ impl Share {
                 Ok(failed) => {
                     for (h, e) in failed {
                         // Not fatal: the message comes back and is applied again (idempotent).
-                        warn!("share {name}: could not delete a message ({e}); it will be redelivered ({} chars handle)", h.len());
+                        warn!(
+                            "share {name}: could not delete a message ({e}); it will be redelivered ({} chars handle)",
+                            h.len()
+                        );
                     }
                 }
-                Err(e) => warn!("share {name}: DeleteMessageBatch failed: {e}; messages will be redelivered"),
+                Err(e) => warn!(
+                    "share {name}: DeleteMessageBatch failed: {e}; messages will be redelivered"
+                ),
             }
         }
-        if report.failed == 0 && self.status.state != ShareState::Healthy && self.status.state != ShareState::FullSyncing {
+        if report.failed == 0
+            && self.status.state != ShareState::Healthy
+            && self.status.state != ShareState::FullSyncing
+        {
             self.status.state = ShareState::Healthy;
         }
         self.write_status(false);
@@ -1029,8 +1237,13 @@ impl Share {
             if !*extended && started.elapsed() >= VISIBILITY_EXTEND_AFTER {
                 *extended = true;
                 for m in msgs {
-                    if let Err(e) = queue.extend_visibility(&m.receipt_handle, VISIBILITY_EXTENSION_SECS) {
-                        warn!("share {}: cannot extend message visibility: {e}", self.ctx.cfg.name);
+                    if let Err(e) =
+                        queue.extend_visibility(&m.receipt_handle, VISIBILITY_EXTENSION_SECS)
+                    {
+                        warn!(
+                            "share {}: cannot extend message visibility: {e}",
+                            self.ctx.cfg.name
+                        );
                     }
                 }
             }
@@ -1052,7 +1265,14 @@ pub struct Listing {
 
 impl Listing {
     pub fn new(store: Arc<dyn ObjectStore>, prefix: &str, shutdown: &Shutdown) -> Listing {
-        Listing { store, prefix: prefix.to_owned(), shutdown: shutdown.clone(), page: Vec::new().into_iter(), next: None, done: false }
+        Listing {
+            store,
+            prefix: prefix.to_owned(),
+            shutdown: shutdown.clone(),
+            page: Vec::new().into_iter(),
+            next: None,
+            done: false,
+        }
     }
 }
 

@@ -81,7 +81,11 @@ pub struct ShareStatus {
 
 impl ShareStatus {
     pub fn new(share: &str) -> ShareStatus {
-        ShareStatus { share: share.to_owned(), sync_progress: -1, ..Default::default() }
+        ShareStatus {
+            share: share.to_owned(),
+            sync_progress: -1,
+            ..Default::default()
+        }
     }
 
     /// Remember an example key (bounded), counting every occurrence.
@@ -99,7 +103,11 @@ impl ShareStatus {
 fn push_example(list: &mut Vec<String>, item: &str) {
     if list.len() < MAX_EXAMPLES && !list.iter().any(|k| k == item) {
         // Keys can be hostile: keep them short and printable in the report.
-        let shown: String = item.chars().take(200).map(|c| if c.is_control() { '\u{FFFD}' } else { c }).collect();
+        let shown: String = item
+            .chars()
+            .take(200)
+            .map(|c| if c.is_control() { '\u{FFFD}' } else { c })
+            .collect();
         list.push(shown);
     }
 }
@@ -123,7 +131,9 @@ pub fn write_status(share_state_dir: &Path, status: &ShareStatus) -> std::io::Re
 /// Read a share's status; `Ok(None)` when the agent never wrote one.
 pub fn read_status(share_state_dir: &Path) -> std::io::Result<Option<ShareStatus>> {
     match std::fs::read(status_path(share_state_dir)) {
-        Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(std::io::Error::other),
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(std::io::Error::other),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e),
     }

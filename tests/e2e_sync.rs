@@ -26,19 +26,38 @@ fn setup(peer: &Peer, bucket: &str, prefix: &str, queue_url: Option<&str>) -> Se
     std::fs::create_dir_all(&share).unwrap();
     let state = root.join("state");
     let config = root.join("agent.toml");
-    std::fs::write(&config, agent_config_toml(&state, &share, bucket, prefix, &peer.endpoint, queue_url)).unwrap();
-    Setup { _tmp: tmp, root, share, config }
+    std::fs::write(
+        &config,
+        agent_config_toml(&state, &share, bucket, prefix, &peer.endpoint, queue_url),
+    )
+    .unwrap();
+    Setup {
+        _tmp: tmp,
+        root,
+        share,
+        config,
+    }
 }
 
 fn sync(s: &Setup) -> (ExitStatus, String) {
-    let out = agent_command(&s.config).args(["sync", "--quiet"]).output().unwrap();
+    let out = agent_command(&s.config)
+        .args(["sync", "--quiet"])
+        .output()
+        .unwrap();
     let log = String::from_utf8_lossy(&out.stderr).into_owned();
     (out.status, log)
 }
 
 fn status(s: &Setup) -> Value {
-    let out = agent_command(&s.config).args(["status", "--json"]).output().unwrap();
-    assert!(out.status.success(), "status failed: {}", String::from_utf8_lossy(&out.stderr));
+    let out = agent_command(&s.config)
+        .args(["status", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "status failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     v[0].clone()
 }
@@ -101,16 +120,39 @@ fn full_sync_mirrors_the_bucket_then_resync_downloads_nothing() {
         assert_eq!(files.get(&k), Some(&content_for_key(&k, 3000)), "{k}");
     }
     for (i, k) in AWKWARD.iter().enumerate() {
-        assert_eq!(files.get(*k).map(|b| String::from_utf8_lossy(b).into_owned()), Some(format!("body of {k} #{i}")), "{k}");
+        assert_eq!(
+            files
+                .get(*k)
+                .map(|b| String::from_utf8_lossy(b).into_owned()),
+            Some(format!("body of {k} #{i}")),
+            "{k}"
+        );
     }
-    assert!(s.share.join("empty-dir").is_dir(), "folder key becomes a directory");
-    assert_eq!(files.len(), n_a + n_b + AWKWARD.len() + 1, "nothing more, nothing less (plus the user's file)");
-    assert_eq!(files.get("notes-of-a-user.txt").map(Vec::as_slice), Some(&b"mine"[..]), "a user's file is left alone");
+    assert!(
+        s.share.join("empty-dir").is_dir(),
+        "folder key becomes a directory"
+    );
+    assert_eq!(
+        files.len(),
+        n_a + n_b + AWKWARD.len() + 1,
+        "nothing more, nothing less (plus the user's file)"
+    );
+    assert_eq!(
+        files.get("notes-of-a-user.txt").map(Vec::as_slice),
+        Some(&b"mine"[..]),
+        "a user's file is left alone"
+    );
 
     // The file's mtime is the object's Last-Modified, not the time of the download.
     let head = peer.head("mirror", AWKWARD[0]);
-    let mtime = std::fs::metadata(s.share.join(AWKWARD[0])).unwrap().modified().unwrap();
-    let mtime = mtime.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    let mtime = std::fs::metadata(s.share.join(AWKWARD[0]))
+        .unwrap()
+        .modified()
+        .unwrap();
+    let mtime = mtime
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
     if let Some(lm) = head["last_modified"].as_i64() {
         assert_eq!(mtime, lm);
     }
@@ -118,14 +160,21 @@ fn full_sync_mirrors_the_bucket_then_resync_downloads_nothing() {
     let st = status(&s);
     assert_eq!(st["state"], "healthy", "{st}");
     assert_eq!(st["sync_progress"], 100, "{st}");
-    assert_eq!(st["objects_local"].as_u64(), Some((n_a + n_b + AWKWARD.len() + 1) as u64), "{st}");
+    assert_eq!(
+        st["objects_local"].as_u64(),
+        Some((n_a + n_b + AWKWARD.len() + 1) as u64),
+        "{st}"
+    );
     assert_eq!(st["unknown_local_files"], 1, "{st}");
 
     // Nothing changed: a second sync must not download anything.
     let (code, log) = sync(&s);
     assert!(code.success(), "{log}");
     let st = status(&s);
-    assert_eq!(st["objects_downloaded"], 0, "re-sync downloaded again: {st}");
+    assert_eq!(
+        st["objects_downloaded"], 0,
+        "re-sync downloaded again: {st}"
+    );
 
     // Changes in the bucket: deletes, an overwrite, a new object.
     peer.delete("mirror", &many_key("bulk/a/", 3));
@@ -137,8 +186,14 @@ fn full_sync_mirrors_the_bucket_then_resync_downloads_nothing() {
     let files = files_under(&s.share);
     assert!(!files.contains_key(&many_key("bulk/a/", 3)));
     assert!(!files.contains_key(AWKWARD[1]));
-    assert_eq!(files.get(&many_key("bulk/a/", 4)).map(Vec::as_slice), Some(&b"overwritten"[..]));
-    assert_eq!(files.get("late arrival.txt").map(Vec::as_slice), Some(&b"late"[..]));
+    assert_eq!(
+        files.get(&many_key("bulk/a/", 4)).map(Vec::as_slice),
+        Some(&b"overwritten"[..])
+    );
+    assert_eq!(
+        files.get("late arrival.txt").map(Vec::as_slice),
+        Some(&b"late"[..])
+    );
     assert!(files.contains_key("notes-of-a-user.txt"));
     let st = status(&s);
     assert_eq!(st["objects_downloaded"], 2, "{st}");
@@ -156,7 +211,11 @@ fn a_prefix_share_mirrors_only_its_prefix() {
     assert!(code.success(), "{log}");
     let files = files_under(&s.share);
     assert_eq!(files.len(), 20);
-    assert!(files.contains_key("000000.bin"), "keys are relative to the prefix: {:?}", files.keys().next());
+    assert!(
+        files.contains_key("000000.bin"),
+        "keys are relative to the prefix: {:?}",
+        files.keys().next()
+    );
 }
 
 #[test]
@@ -165,15 +224,35 @@ fn an_object_failing_its_crc_is_never_published() {
     peer.make_bucket("crc");
     peer.put("crc", "good.txt", "good bytes");
     let corrupt = peer.put_corrupt("crc", "bad.txt", "these bytes do not match the stored CRC");
-    assert_ne!(corrupt["stored_crc64nvme"], corrupt["true_crc64nvme"], "fixture must be corrupt: {corrupt}");
+    assert_ne!(
+        corrupt["stored_crc64nvme"], corrupt["true_crc64nvme"],
+        "fixture must be corrupt: {corrupt}"
+    );
     let s = setup(&peer, "crc", "", None);
     let (code, log) = sync(&s);
-    assert_eq!(code.code(), Some(1), "a CRC failure must fail the sync:\n{log}");
-    assert!(log.contains("bad.txt") && log.contains("CRC"), "the log names the key and the reason:\n{log}");
+    assert_eq!(
+        code.code(),
+        Some(1),
+        "a CRC failure must fail the sync:\n{log}"
+    );
+    assert!(
+        log.contains("bad.txt") && log.contains("CRC"),
+        "the log names the key and the reason:\n{log}"
+    );
     let files = files_under(&s.share);
-    assert_eq!(files.keys().collect::<Vec<_>>(), vec!["good.txt"], "only verified bytes are visible");
-    let staged: Vec<_> = std::fs::read_dir(s.share.join(".sgw/staging")).map(|d| d.flatten().count()).into_iter().collect();
-    assert!(staged.iter().all(|n| *n == 0), "a failed download leaves no staged bytes: {staged:?}");
+    assert_eq!(
+        files.keys().collect::<Vec<_>>(),
+        vec!["good.txt"],
+        "only verified bytes are visible"
+    );
+    let staged: Vec<_> = std::fs::read_dir(s.share.join(".sgw/staging"))
+        .map(|d| d.flatten().count())
+        .into_iter()
+        .collect();
+    assert!(
+        staged.iter().all(|n| *n == 0),
+        "a failed download leaves no staged bytes: {staged:?}"
+    );
     let st = status(&s);
     assert_eq!(st["state"], "error", "{st}");
     assert_eq!(st["failed_objects"], 1, "{st}");
@@ -184,7 +263,16 @@ fn hostile_keys_are_skipped_and_nothing_lands_outside_the_share() {
     let peer = Peer::start();
     peer.make_bucket("hostile");
     let long = format!("long/{}", "x".repeat(300));
-    let hostile = ["../escape.txt", "a/../../escape2.txt", "a//b.txt", "/abs.txt", long.as_str(), ".sgw/staging/evil", "back\\slash.txt", "ctl\u{1}char.txt"];
+    let hostile = [
+        "../escape.txt",
+        "a/../../escape2.txt",
+        "a//b.txt",
+        "/abs.txt",
+        long.as_str(),
+        ".sgw/staging/evil",
+        "back\\slash.txt",
+        "ctl\u{1}char.txt",
+    ];
     for k in hostile {
         peer.put("hostile", k, "nope");
     }
@@ -195,32 +283,58 @@ fn hostile_keys_are_skipped_and_nothing_lands_outside_the_share() {
     let files = files_under(&s.share);
     assert_eq!(files.keys().collect::<Vec<_>>(), vec!["fine.txt"]);
     // Nothing beside the share, nothing in the tmp root but what the test made.
-    let outer: Vec<_> = std::fs::read_dir(s.root.join("outer")).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let outer: Vec<_> = std::fs::read_dir(s.root.join("outer"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
     assert_eq!(outer, vec![std::ffi::OsString::from("share")]);
-    let mut top: Vec<_> = std::fs::read_dir(&s.root).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    let mut top: Vec<_> = std::fs::read_dir(&s.root)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
     top.sort();
     assert_eq!(top, vec!["agent.toml", "outer", "state"]);
     let st = status(&s);
-    assert_eq!(st["skipped_keys"].as_u64(), Some(hostile.len() as u64), "{st}");
+    assert_eq!(
+        st["skipped_keys"].as_u64(),
+        Some(hostile.len() as u64),
+        "{st}"
+    );
     assert_eq!(st["state"], "healthy", "{st}");
 }
 
 fn spawn_run(s: &Setup) -> Child {
-    agent_command(&s.config).arg("run").stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap()
+    agent_command(&s.config)
+        .arg("run")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
 }
 
 fn stop(mut child: Child) -> (ExitStatus, String) {
     let pid = child.id().to_string();
-    std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
     let deadline = Instant::now() + Duration::from_secs(40);
     loop {
         if let Some(code) = child.try_wait().unwrap() {
             let mut log = String::new();
             use std::io::Read;
-            child.stderr.take().unwrap().read_to_string(&mut log).unwrap();
+            child
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut log)
+                .unwrap();
             return (code, log);
         }
-        assert!(Instant::now() < deadline, "agent did not stop within 40 s of SIGTERM");
+        assert!(
+            Instant::now() < deadline,
+            "agent did not stop within 40 s of SIGTERM"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -237,7 +351,9 @@ fn bucket_events_reach_the_share_through_sns_and_sqs() {
     let (_topic, queue) = peer.wire_events("live", "", "live-share");
     let s = setup(&peer, "live", "", Some(&queue));
     let agent = spawn_run(&s);
-    wait_for(Duration::from_secs(30), "initial full sync", || read(&s.share.join("before.txt")).is_some());
+    wait_for(Duration::from_secs(30), "initial full sync", || {
+        read(&s.share.join("before.txt")).is_some()
+    });
 
     peer.put("live", "new/file one+two.txt", "created");
     wait_for(Duration::from_secs(10), "created object to appear", || {
@@ -248,25 +364,38 @@ fn bucket_events_reach_the_share_through_sns_and_sqs() {
         read(&s.share.join("new/file one+two.txt")).as_deref() == Some(b"overwritten, longer")
     });
     peer.delete("live", "new/file one+two.txt");
-    wait_for(Duration::from_secs(10), "delete to apply", || !s.share.join("new/file one+two.txt").exists());
+    wait_for(Duration::from_secs(10), "delete to apply", || {
+        !s.share.join("new/file one+two.txt").exists()
+    });
     peer.delete("live", "before.txt");
-    wait_for(Duration::from_secs(10), "second delete to apply", || !s.share.join("before.txt").exists());
+    wait_for(Duration::from_secs(10), "second delete to apply", || {
+        !s.share.join("before.txt").exists()
+    });
     // Every message is removed once applied (the test event included).
-    wait_for(Duration::from_secs(10), "queue to drain", || peer.queue_depth(&queue) == 0);
+    wait_for(Duration::from_secs(10), "queue to drain", || {
+        peer.queue_depth(&queue) == 0
+    });
 
     let (code, log) = stop(agent);
     assert!(code.success(), "SIGTERM must exit 0: {code}\n{log}");
     let st = status(&s);
     assert_eq!(st["state"], "healthy", "{st}");
     assert!(st["events_applied"].as_u64().unwrap_or(0) >= 4, "{st}");
-    assert!(!log.contains("testing") || !log.contains("SECRET"), "no secrets in logs");
+    assert!(
+        !log.contains("testing") || !log.contains("SECRET"),
+        "no secrets in logs"
+    );
 }
 
 /// Files at final paths must always be complete and correct, whatever happened.
 fn assert_no_partial_files(share: &Path, size: usize) -> usize {
     let files = files_under(share);
     for (k, v) in &files {
-        assert_eq!(v, &content_for_key(k, size), "{k} is visible but not the object's bytes");
+        assert_eq!(
+            v,
+            &content_for_key(k, size),
+            "{k} is visible but not the object's bytes"
+        );
     }
     files.len()
 }
@@ -278,9 +407,17 @@ fn kill_9_during_a_full_sync_then_restart_converges_without_redownloading() {
     let total = peer.put_many("crash", "", 2500, 8 * 1024);
     let s = setup(&peer, "crash", "", None);
     for round in 0..2 {
-        let mut child = agent_command(&s.config).args(["sync", "--quiet"]).stderr(Stdio::null()).spawn().unwrap();
+        let mut child = agent_command(&s.config)
+            .args(["sync", "--quiet"])
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
         let target = 400 * (round + 1);
-        wait_for(Duration::from_secs(60), "some files to be published", || files_under(&s.share).len() >= target);
+        wait_for(
+            Duration::from_secs(60),
+            "some files to be published",
+            || files_under(&s.share).len() >= target,
+        );
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
         assert_no_partial_files(&s.share, 8 * 1024);
@@ -292,7 +429,11 @@ fn kill_9_during_a_full_sync_then_restart_converges_without_redownloading() {
     assert_eq!(assert_no_partial_files(&s.share, 8 * 1024), total);
     let st = status(&s);
     let downloaded = st["objects_downloaded"].as_u64().unwrap() as usize;
-    assert!(downloaded <= total - published, "restart re-downloaded completed files: {downloaded} > {} - {published}", total);
+    assert!(
+        downloaded <= total - published,
+        "restart re-downloaded completed files: {downloaded} > {} - {published}",
+        total
+    );
     assert_eq!(st["objects_local"].as_u64(), Some(total as u64));
 }
 
@@ -303,14 +444,20 @@ fn kill_9_during_event_processing_then_restart_converges() {
     let (_topic, queue) = peer.wire_events("crashev", "", "crashev-share");
     let s = setup(&peer, "crashev", "", Some(&queue));
     let mut agent = spawn_run(&s);
-    wait_for(Duration::from_secs(30), "agent to be healthy", || status(&s)["state"] == "healthy");
+    wait_for(Duration::from_secs(30), "agent to be healthy", || {
+        status(&s)["state"] == "healthy"
+    });
     let total = peer.put_many("crashev", "ev/", 300, 32 * 1024);
-    wait_for(Duration::from_secs(60), "some event downloads", || files_under(&s.share).len() >= 30);
+    wait_for(Duration::from_secs(60), "some event downloads", || {
+        files_under(&s.share).len() >= 30
+    });
     agent.kill().unwrap();
     agent.wait().unwrap();
     assert_no_partial_files(&s.share, 32 * 1024);
     let agent = spawn_run(&s);
-    wait_for(Duration::from_secs(90), "all objects after restart", || files_under(&s.share).len() == total);
+    wait_for(Duration::from_secs(90), "all objects after restart", || {
+        files_under(&s.share).len() == total
+    });
     assert_no_partial_files(&s.share, 32 * 1024);
     let (code, log) = stop(agent);
     assert!(code.success(), "{log}");
@@ -324,8 +471,16 @@ fn bad_configuration_exits_78_with_file_and_key() {
     let out = agent_command(&cfg).arg("check-config").output().unwrap();
     assert_eq!(out.status.code(), Some(78));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("agent.toml") && err.contains("share[1].endpoint") && err.contains("allow_http"), "{err}");
-    let out = agent_command(&tmp.path().join("missing.toml")).arg("run").output().unwrap();
+    assert!(
+        err.contains("agent.toml")
+            && err.contains("share[1].endpoint")
+            && err.contains("allow_http"),
+        "{err}"
+    );
+    let out = agent_command(&tmp.path().join("missing.toml"))
+        .arg("run")
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(78));
     let out = agent_command(&cfg).arg("frobnicate").output().unwrap();
     assert_eq!(out.status.code(), Some(64));

@@ -99,13 +99,17 @@ fn parse_args() -> Result<Option<Args>, lexopt::Error> {
             Long("json") => json = true,
             Value(v) if command.is_none() => {
                 let v = v.string()?;
-                command = Some(match v.as_str() {
-                    "run" => Command::Run,
-                    "sync" => Command::Sync,
-                    "status" => Command::Status { json: false },
-                    "check-config" => Command::CheckConfig,
-                    other => return Err(format!("unknown command {other:?} (expected run, sync, status or check-config)").into()),
-                });
+                command =
+                    Some(match v.as_str() {
+                        "run" => Command::Run,
+                        "sync" => Command::Sync,
+                        "status" => Command::Status { json: false },
+                        "check-config" => Command::CheckConfig,
+                        other => return Err(format!(
+                            "unknown command {other:?} (expected run, sync, status or check-config)"
+                        )
+                        .into()),
+                    });
             }
             _ => return Err(arg.unexpected()),
         }
@@ -117,9 +121,15 @@ fn parse_args() -> Result<Option<Args>, lexopt::Error> {
             return Err("--json goes with the status command".into());
         }
         Some(c) => c,
-        None => return Err("missing command (run, sync, status or check-config); see --help".into()),
+        None => {
+            return Err("missing command (run, sync, status or check-config); see --help".into());
+        }
     };
-    Ok(Some(Args { config, command, quiet }))
+    Ok(Some(Args {
+        config,
+        command,
+        quiet,
+    }))
 }
 
 fn main() {
@@ -138,7 +148,10 @@ fn main() {
             std::process::exit(EXIT_CONFIG);
         }
     };
-    let level = std::env::var("SGW_LOG").ok().and_then(|l| l.parse().ok()).unwrap_or(cfg.log_level);
+    let level = std::env::var("SGW_LOG")
+        .ok()
+        .and_then(|l| l.parse().ok())
+        .unwrap_or(cfg.log_level);
     Logger::init(level);
     let code = match args.command {
         Command::Status { json } => status(&cfg, json),
@@ -146,12 +159,19 @@ fn main() {
             Ok(creds) => {
                 let shutdown = Shutdown::new();
                 for share in &cfg.shares {
-                    if let Err(e) = runner::share_context(&cfg, share, &creds, &shutdown, Arc::new(Silent)) {
+                    if let Err(e) =
+                        runner::share_context(&cfg, share, &creds, &shutdown, Arc::new(Silent))
+                    {
                         eprintln!("sgw-agent: configuration error: {e}");
                         std::process::exit(EXIT_CONFIG);
                     }
                 }
-                println!("{}: OK ({} share(s), credentials for key id {})", cfg.file.display(), cfg.shares.len(), creds.access_key_id);
+                println!(
+                    "{}: OK ({} share(s), credentials for key id {})",
+                    cfg.file.display(),
+                    cfg.shares.len(),
+                    creds.access_key_id
+                );
                 0
             }
             Err(e) => {
@@ -175,7 +195,11 @@ fn main() {
             if matches!(args.command, Command::Run) {
                 runner::run_daemon(&cfg, &creds, &shutdown)
             } else {
-                let progress: Arc<dyn ProgressSink> = if args.quiet { Arc::new(Silent) } else { Arc::new(StderrProgress) };
+                let progress: Arc<dyn ProgressSink> = if args.quiet {
+                    Arc::new(Silent)
+                } else {
+                    Arc::new(StderrProgress)
+                };
                 runner::sync_once(&cfg, &creds, &shutdown, progress)
             }
         }
@@ -191,7 +215,10 @@ fn status(cfg: &Config, json: bool) -> i32 {
             Ok(None) => ShareStatus::new(&share.name),
             Err(e) => {
                 eprintln!("sgw-agent: share {}: unreadable status: {e}", share.name);
-                ShareStatus { last_error: Some(format!("unreadable status file: {e}")), ..ShareStatus::new(&share.name) }
+                ShareStatus {
+                    last_error: Some(format!("unreadable status file: {e}")),
+                    ..ShareStatus::new(&share.name)
+                }
             }
         };
         all.push(s);
@@ -207,9 +234,18 @@ fn status(cfg: &Config, json: bool) -> i32 {
         return 0;
     }
     for s in &all {
-        let progress = if s.sync_progress < 0 { "never synced".to_owned() } else { format!("{}%", s.sync_progress) };
+        let progress = if s.sync_progress < 0 {
+            "never synced".to_owned()
+        } else {
+            format!("{}%", s.sync_progress)
+        };
         println!("{}  {}  {}", s.share, s.state.as_str(), progress);
-        println!("  objects:        {} local / {} in bucket ({})", s.objects_local, s.objects_total, human_bytes(s.bytes_total));
+        println!(
+            "  objects:        {} local / {} in bucket ({})",
+            s.objects_local,
+            s.objects_total,
+            human_bytes(s.bytes_total)
+        );
         println!(
             "  this run:       {} downloaded ({}), {} deleted, {} events applied",
             s.objects_downloaded,
@@ -217,20 +253,52 @@ fn status(cfg: &Config, json: bool) -> i32 {
             s.objects_deleted,
             s.events_applied
         );
-        println!("  skipped keys:   {}{}", s.skipped_keys, examples(&s.skipped_examples));
-        println!("  unknown files:  {}{}", s.unknown_local_files, examples(&s.unknown_examples));
+        println!(
+            "  skipped keys:   {}{}",
+            s.skipped_keys,
+            examples(&s.skipped_examples)
+        );
+        println!(
+            "  unknown files:  {}{}",
+            s.unknown_local_files,
+            examples(&s.unknown_examples)
+        );
         if s.verified_without_crc > 0 {
-            println!("  no CRC-64:      {} object(s) had no server CRC-64 and were checked by size only", s.verified_without_crc);
+            println!(
+                "  no CRC-64:      {} object(s) had no server CRC-64 and were checked by size only",
+                s.verified_without_crc
+            );
         }
         if s.failed_objects > 0 {
-            println!("  failed:         {} object(s) in the last full sync", s.failed_objects);
+            println!(
+                "  failed:         {} object(s) in the last full sync",
+                s.failed_objects
+            );
         }
         if s.messages_discarded > 0 {
-            println!("  discarded:      {} queue message(s) that could not be applied", s.messages_discarded);
+            println!(
+                "  discarded:      {} queue message(s) that could not be applied",
+                s.messages_discarded
+            );
         }
-        println!("  last full sync: {}", s.last_full_sync.map(utc_timestamp_of).unwrap_or_else(|| "never".into()));
-        println!("  updated:        {}", if s.updated > 0 { utc_timestamp_of(s.updated) } else { "never".into() });
-        println!("  last error:     {}", s.last_error.as_deref().unwrap_or("-"));
+        println!(
+            "  last full sync: {}",
+            s.last_full_sync
+                .map(utc_timestamp_of)
+                .unwrap_or_else(|| "never".into())
+        );
+        println!(
+            "  updated:        {}",
+            if s.updated > 0 {
+                utc_timestamp_of(s.updated)
+            } else {
+                "never".into()
+            }
+        );
+        println!(
+            "  last error:     {}",
+            s.last_error.as_deref().unwrap_or("-")
+        );
     }
     0
 }
@@ -239,6 +307,13 @@ fn examples(list: &[String]) -> String {
     if list.is_empty() {
         String::new()
     } else {
-        format!("  e.g. {}", list.iter().take(3).map(|k| format!("{k:?}")).collect::<Vec<_>>().join(", "))
+        format!(
+            "  e.g. {}",
+            list.iter()
+                .take(3)
+                .map(|k| format!("{k:?}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
     }
 }
