@@ -748,25 +748,25 @@ impl Share {
             let ours_unchanged = old
                 .as_ref()
                 .is_some_and(|r| r.size == facts.size && r.last_modified == facts.mtime);
-            if old.is_none() {
-                if let HeadDecision::Adopt(m) = after_head(
+            if old.is_none()
+                && let HeadDecision::Adopt(m) = after_head(
                     Some(&meta),
                     None,
                     Some(facts),
                     self.ctx.cfg.consistency_check,
-                ) {
-                    match crc_of_file(&self.ctx.cfg.path.join(&rel)) {
-                        Ok(crc) if m.crc64nvme.is_none_or(|c| c == crc) => {
-                            let rec = record_after_download(&m, crc, sequencer.as_deref(), None);
-                            self.state.put(rec)?;
-                            self.unsynced_records += 1;
-                            report.adopted += 1;
-                            progress.done_objects += 1;
-                            progress.done_bytes += m.size;
-                            return Ok(());
-                        }
-                        _ => {}
+                )
+            {
+                match crc_of_file(&self.ctx.cfg.path.join(&rel)) {
+                    Ok(crc) if m.crc64nvme.is_none_or(|c| c == crc) => {
+                        let rec = record_after_download(&m, crc, sequencer.as_deref(), None);
+                        self.state.put(rec)?;
+                        self.unsynced_records += 1;
+                        report.adopted += 1;
+                        progress.done_objects += 1;
+                        progress.done_bytes += m.size;
+                        return Ok(());
                     }
+                    _ => {}
                 }
             }
             if !ours_unchanged {
@@ -1009,12 +1009,12 @@ impl Share {
                         self.write_status(true);
                     }
                     backoff = Duration::from_secs(1);
-                    if !msgs.is_empty() {
-                        if let Err(e) = self.apply_messages(&*queue, msgs) {
-                            error!("share {name}: applying events failed: {e}");
-                            self.status.last_error = Some(e.to_string());
-                            need_full_sync = true;
-                        }
+                    if !msgs.is_empty()
+                        && let Err(e) = self.apply_messages(&*queue, msgs)
+                    {
+                        error!("share {name}: applying events failed: {e}");
+                        self.status.last_error = Some(e.to_string());
+                        need_full_sync = true;
                     }
                 }
                 Err(e) => {
@@ -1110,13 +1110,12 @@ impl Share {
                 if let EventDecision::Head = on_event(ev, &self.ctx.cfg.prefix, local.as_ref()) {
                     need_head = true;
                 }
-                if let Some(s) = &ev.sequencer {
-                    if sequencer
+                if let Some(s) = &ev.sequencer
+                    && sequencer
                         .as_ref()
                         .is_none_or(|cur| crate::cloud::events::sequencer_cmp(s, cur).is_gt())
-                    {
-                        sequencer = Some(s.clone());
-                    }
+                {
+                    sequencer = Some(s.clone());
                 }
             }
             if !need_head {

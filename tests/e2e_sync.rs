@@ -153,9 +153,7 @@ fn full_sync_mirrors_the_bucket_then_resync_downloads_nothing() {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs() as i64;
-    if let Some(lm) = head["last_modified"].as_i64() {
-        assert_eq!(mtime, lm);
-    }
+    assert_eq!(Some(mtime), head["last_modified"].as_i64(), "{head}");
 
     let st = status(&s);
     assert_eq!(st["state"], "healthy", "{st}");
