@@ -425,6 +425,8 @@ pub struct Share {
     /// While a queue batch is applied: `batch_ok[i]` is false once any effect of message `i`
     /// failed. Empty during a full sync.
     batch_ok: Vec<bool>,
+    /// A status change was not written yet (writes are rate-limited).
+    status_stale: bool,
 }
 
 impl Share {
@@ -466,6 +468,7 @@ impl Share {
             last_state_sync: Instant::now(),
             idle: Arc::new(AtomicBool::new(false)),
             batch_ok: Vec::new(),
+            status_stale: false,
         })
     }
 
@@ -475,8 +478,10 @@ impl Share {
 
     fn write_status(&mut self, force: bool) {
         if !force && self.status_written.elapsed() < Duration::from_secs(1) {
+            self.status_stale = true;
             return;
         }
+        self.status_stale = false;
         self.status.updated = unix_now();
         self.status.objects_local = self.state.len();
         if let Err(e) = write_status(&self.ctx.state_dir, &self.status) {
@@ -994,6 +999,11 @@ impl Share {
                 self.idle.store(false, Ordering::SeqCst);
                 continue;
             };
+            // The status file must be current before we block: the daemon may exit during
+            // the poll without waiting for this thread.
+            if self.status_stale {
+                self.write_status(true);
+            }
             self.idle.store(true, Ordering::SeqCst);
             let received = queue.receive(10, LONG_POLL_SECS);
             self.idle.store(false, Ordering::SeqCst);
