@@ -297,6 +297,12 @@ fn download(store: &dyn ObjectStore, dir: &ShareDir, job: &Job, shutdown: &Shutd
             Err(e) => return JobOutcome::Failed(format!("cannot stage {key:?}: {e}")),
         };
         let offset = staged.offset();
+        if offset > 0 {
+            info!(
+                "share download: {key:?}: resuming at byte {offset} of {}",
+                meta.size
+            );
+        }
         // A resumed download must not mix two versions: pin the ETag, and take the
         // whole-object CRC from a HEAD (a ranged GET need not carry it).
         let mut expected_crc = None;
@@ -1147,8 +1153,21 @@ impl Share {
             self.status.events_applied += 1;
             match after_head(head.as_ref(), local.as_ref(), file, mode) {
                 HeadDecision::Nothing => {}
-                HeadDecision::Delete(rec) => self.delete_local(&rec, &mut report)?,
+                HeadDecision::Delete(rec) => {
+                    // Keep the bucket totals roughly current between full counts.
+                    self.status.objects_total = self.status.objects_total.saturating_sub(1);
+                    self.status.bytes_total = self.status.bytes_total.saturating_sub(rec.size);
+                    self.delete_local(&rec, &mut report)?
+                }
                 HeadDecision::Download(meta) | HeadDecision::Adopt(meta) => {
+                    match &local {
+                        None => self.status.objects_total += 1,
+                        Some(old) => {
+                            self.status.bytes_total =
+                                self.status.bytes_total.saturating_sub(old.size)
+                        }
+                    }
+                    self.status.bytes_total += meta.size;
                     // Adopt goes through fetch too: it re-checks the file and records it.
                     let before_failed = report.failed;
                     self.fetch(
