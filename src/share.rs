@@ -433,6 +433,9 @@ pub struct Share {
     batch_ok: Vec<bool>,
     /// A status change was not written yet (writes are rate-limited).
     status_stale: bool,
+    /// Keys published whose records are not durable yet: their publish intents are dropped
+    /// after the next state sync.
+    intents_pending: Vec<String>,
 }
 
 impl Share {
@@ -475,6 +478,11 @@ impl Share {
             idle: Arc::new(AtomicBool::new(false)),
             batch_ok: Vec::new(),
             status_stale: false,
+            intents_pending: Vec::new(),
+        })
+        .and_then(|mut share| {
+            share.recover_intents()?;
+            Ok(share)
         })
     }
 
@@ -505,6 +513,67 @@ impl Share {
             self.state.sync()?;
             self.unsynced_records = 0;
             self.last_state_sync = Instant::now();
+            for key in std::mem::take(&mut self.intents_pending) {
+                if let Err(e) = self.dir.forget_intent(&key) {
+                    warn!(
+                        "share {}: cannot drop the publish intent of {key:?}: {e}",
+                        self.ctx.cfg.name
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// After a crash: files published whose records never reached the journal. A file still
+    /// at its path with the published Last-Modified is recorded (hashing it), so it is known
+    /// as the agent's (and deleted when the bucket deletes it) without being downloaded again.
+    fn recover_intents(&mut self) -> Result<(), ShareError> {
+        let intents = self.dir.intents()?;
+        if intents.is_empty() {
+            return Ok(());
+        }
+        let mut recovered = 0;
+        for intent in &intents {
+            let known = self.state.get(&intent.key)?;
+            let already = known
+                .as_ref()
+                .is_some_and(|r| r.etag == intent.etag && r.last_modified == intent.last_modified);
+            if !already
+                && let Ok(KeyPath::File(rel)) = key_to_relpath(&intent.key, &self.ctx.cfg.prefix)
+                && let Ok(Some(facts)) = self.dir.file_facts(&rel)
+                && crate::engine::events::publish_completed(
+                    &ObjectMeta {
+                        key: intent.key.clone(),
+                        size: facts.size,
+                        etag: intent.etag.clone(),
+                        last_modified: intent.last_modified,
+                        crc64nvme: None,
+                    },
+                    Some(facts),
+                )
+            {
+                let crc = crc_of_file(&self.ctx.cfg.path.join(&rel))?;
+                self.state.put(LocalRecord {
+                    key: intent.key.clone(),
+                    size: facts.size,
+                    etag: intent.etag.clone(),
+                    last_modified: intent.last_modified,
+                    crc64nvme: crc,
+                    sequencer: known.and_then(|r| r.sequencer),
+                })?;
+                recovered += 1;
+            }
+        }
+        self.state.sync()?;
+        for intent in intents {
+            self.dir.forget_intent(&intent.key)?;
+        }
+        if recovered > 0 {
+            info!(
+                "share {}: recorded {recovered} file(s) published just before an interruption",
+                self.ctx.cfg.name
+            );
         }
         Ok(())
     }

@@ -483,3 +483,45 @@ fn bad_configuration_exits_78_with_file_and_key() {
     let out = agent_command(&cfg).arg("frobnicate").output().unwrap();
     assert_eq!(out.status.code(), Some(64));
 }
+
+#[test]
+fn files_published_just_before_a_kill_are_still_the_agents_own() {
+    // A kill lands between a publish and its journal record; the bucket then deletes those
+    // keys. The restart must still know the files as its own and remove them (not leave
+    // them behind as if a user had written them).
+    let peer = Peer::start();
+    peer.make_bucket("intent");
+    let total = peer.put_many("intent", "", 1500, 4 * 1024);
+    let s = setup(&peer, "intent", "", None);
+    let mut child = agent_command(&s.config)
+        .args(["sync", "--quiet"])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for(
+        Duration::from_secs(60),
+        "some files to be published",
+        || files_under(&s.share).len() >= 300,
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let published: Vec<String> = files_under(&s.share).into_keys().collect();
+    assert!(published.len() < total, "the kill must land mid-sync");
+    assert_eq!(peer.delete_many("intent", &published), published.len());
+    let (code, log) = sync(&s);
+    assert!(code.success(), "{log}");
+    let files = files_under(&s.share);
+    let left: Vec<_> = published
+        .iter()
+        .filter(|k| files.contains_key(*k))
+        .collect();
+    assert!(
+        left.is_empty(),
+        "{} deleted object(s) left behind, e.g. {:?}",
+        left.len(),
+        left.first()
+    );
+    assert_eq!(files.len(), total - published.len());
+    let st = status(&s);
+    assert_eq!(st["unknown_local_files"], 0, "{st}");
+}

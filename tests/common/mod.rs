@@ -300,6 +300,17 @@ impl Peer {
         self.ctl(&["put-corrupt", bucket, key, "--text", text])
     }
 
+    /// Deletes each key with its own DeleteObject (one event each).
+    pub fn delete_many(&self, bucket: &str, keys: &[String]) -> usize {
+        let mut file = tempfile::NamedTempFile::new()
+            .unwrap_or_else(|e| panic!("cannot create a temp file: {e}"));
+        file.write_all(keys.join("\n").as_bytes())
+            .unwrap_or_else(|e| panic!("cannot write a temp file: {e}"));
+        let path = file.path().to_string_lossy().into_owned();
+        let out = self.ctl(&["delete-many", bucket, "--keys-file", &path]);
+        out["deleted"].as_u64().unwrap_or(0) as usize
+    }
+
     pub fn delete(&self, bucket: &str, key: &str) {
         self.ctl(&["delete", bucket, key]);
     }

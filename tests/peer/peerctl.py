@@ -168,6 +168,15 @@ def cmd_delete(args):
     return {"deleted": args.key}
 
 
+def cmd_delete_many(args):
+    """One DeleteObject per key (not DeleteObjects), so each emits its own event."""
+    keys = read_keys_file(args.keys_file)
+    s3 = client(args.endpoint, "s3", pool=8)
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(lambda k: s3.delete_object(Bucket=args.bucket, Key=k), keys))
+    return {"deleted": len(keys)}
+
+
 def cmd_head(args):
     s3 = client(args.endpoint, "s3")
     head = s3.head_object(Bucket=args.bucket, Key=args.key, ChecksumMode="ENABLED")
@@ -430,6 +439,11 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("bucket")
     s.add_argument("key")
     s.set_defaults(func=cmd_delete)
+
+    s = sub.add_parser("delete-many")
+    s.add_argument("bucket")
+    s.add_argument("--keys-file", required=True)
+    s.set_defaults(func=cmd_delete_many)
 
     s = sub.add_parser("head")
     s.add_argument("bucket")
