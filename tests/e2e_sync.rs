@@ -525,3 +525,97 @@ fn files_published_just_before_a_kill_are_still_the_agents_own() {
     let st = status(&s);
     assert_eq!(st["unknown_local_files"], 0, "{st}");
 }
+
+#[test]
+fn malformed_messages_never_wedge_the_share() {
+    let peer = Peer::start();
+    peer.make_bucket("poison");
+    let (_topic, queue) = peer.wire_events_with_visibility("poison", "", "poison-share", 1);
+    let s = setup(&peer, "poison", "", Some(&queue));
+    let agent = spawn_run(&s);
+    wait_for(Duration::from_secs(30), "agent to be healthy", || {
+        status(&s)["state"] == "healthy"
+    });
+    for body in [
+        "not json at all",
+        "{\"Records\": \"wrong type\"}",
+        &"{".repeat(100 * 1024),
+        "{\"Records\":[{\"eventVersion\":\"9.0\"}]}",
+    ] {
+        peer.send(&queue, body);
+    }
+    // Good events behind the poison still arrive promptly.
+    peer.put("poison", "after-poison.txt", "still flowing");
+    wait_for(
+        Duration::from_secs(10),
+        "a good event behind malformed ones",
+        || read(&s.share.join("after-poison.txt")).as_deref() == Some(b"still flowing"),
+    );
+    // Each malformed message is removed after a bounded number of receives.
+    wait_for(
+        Duration::from_secs(60),
+        "malformed messages to be removed",
+        || peer.queue_depth(&queue) == 0,
+    );
+    let (code, log) = stop(agent);
+    assert!(code.success(), "{log}");
+    assert!(log.contains("malformed message"), "the log says why: {log}");
+    let st = status(&s);
+    assert_eq!(st["messages_discarded"], 4, "{st}");
+    assert_eq!(st["state"], "healthy", "{st}");
+}
+
+/// Bytes staged so far under the share's `.sgw/staging`.
+fn staged_bytes(share: &Path) -> u64 {
+    std::fs::read_dir(share.join(".sgw/staging"))
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.path().extension().is_some_and(|x| x == "part"))
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn an_interrupted_large_download_resumes_with_a_ranged_get() {
+    let peer = Peer::start();
+    peer.make_bucket("big");
+    const SIZE: usize = 128 * 1024 * 1024;
+    peer.put_many("big", "", 1, SIZE);
+    let key = many_key("", 0);
+    let s = setup(&peer, "big", "", None);
+    let mut child = agent_command(&s.config)
+        .args(["sync", "--quiet"])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Past the first 8 MiB checkpoint, but not finished.
+    wait_for(
+        Duration::from_secs(60),
+        "the download to be under way",
+        || staged_bytes(&s.share) > 20 * 1024 * 1024 || s.share.join(&key).exists(),
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        !s.share.join(&key).exists(),
+        "the kill must land mid-download (make the object bigger)"
+    );
+    let (code, log) = agent_command(&s.config)
+        .args(["sync", "--quiet"])
+        .output()
+        .map(|o| (o.status, String::from_utf8_lossy(&o.stderr).into_owned()))
+        .unwrap();
+    assert!(code.success(), "{log}");
+    assert!(
+        log.contains("resuming at byte"),
+        "the second run resumes instead of starting over:\n{log}"
+    );
+    let got = std::fs::read(s.share.join(&key)).unwrap();
+    assert!(
+        got == content_for_key(&key, SIZE),
+        "the resumed file must be the object's bytes"
+    );
+}

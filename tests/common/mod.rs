@@ -326,6 +326,36 @@ impl Peer {
         }
     }
 
+    /// Like [`Peer::wire_events`] with the queue's VisibilityTimeout set (redelivery tests).
+    pub fn wire_events_with_visibility(
+        &self,
+        bucket: &str,
+        prefix: &str,
+        name: &str,
+        secs: u32,
+    ) -> (String, String) {
+        let secs = secs.to_string();
+        let out = self.ctl(&[
+            "wire-events",
+            bucket,
+            "--prefix",
+            prefix,
+            "--name",
+            name,
+            "--visibility",
+            &secs,
+        ]);
+        match (out["topic_arn"].as_str(), out["queue_url"].as_str()) {
+            (Some(topic), Some(queue)) => (topic.to_owned(), queue.to_owned()),
+            _ => panic!("wire-events printed no topic_arn/queue_url: {out}"),
+        }
+    }
+
+    /// Sends a raw message body to a queue.
+    pub fn send(&self, queue_url: &str, body: &str) {
+        self.ctl(&["send", queue_url, "--body", body]);
+    }
+
     /// Visible + in-flight messages in the queue.
     pub fn queue_depth(&self, queue_url: &str) -> u64 {
         let out = self.ctl(&["queue-depth", queue_url]);
