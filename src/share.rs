@@ -358,6 +358,14 @@ fn download(store: &dyn ObjectStore, dir: &ShareDir, job: &Job, shutdown: &Shutd
         if offset == 0 {
             expected_crc = got.crc64nvme;
         }
+        // No CRC-64 from the server: a single-part ETag is the MD5 of the bytes, so check
+        // that instead of the size alone (only for a whole-object GET).
+        let mut md5 = match (&expected_crc, &got.etag) {
+            (None, Some(etag)) if offset == 0 && is_md5_etag(etag) => {
+                Some(<md5::Md5 as md5::Digest>::new())
+            }
+            _ => None,
+        };
         let mut reader = body.body;
         let mut buf = vec![0u8; 256 * 1024];
         let streamed: std::io::Result<()> = (|| {
@@ -365,6 +373,9 @@ fn download(store: &dyn ObjectStore, dir: &ShareDir, job: &Job, shutdown: &Shutd
                 let n = reader.read(&mut buf)?;
                 if n == 0 {
                     return Ok(());
+                }
+                if let Some(m) = md5.as_mut() {
+                    md5::Digest::update(m, &buf[..n]);
                 }
                 staged.write_all(&buf[..n])?;
             }
@@ -382,6 +393,25 @@ fn download(store: &dyn ObjectStore, dir: &ShareDir, job: &Job, shutdown: &Shutd
             drop(staged);
             shutdown.sleep(Duration::from_millis(200 * u64::from(body_failures)));
             continue;
+        }
+        if let (Some(m), Some(etag)) = (md5, &got.etag) {
+            let actual: String = md5::Digest::finalize(m)
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            if !actual.eq_ignore_ascii_case(etag) {
+                staged.discard();
+                crc_failures += 1;
+                warn!(
+                    "share download: {key:?}: MD5 {actual} does not match ETag {etag}; not published"
+                );
+                if crc_failures >= MAX_CRC_ATTEMPTS {
+                    return JobOutcome::Failed(format!(
+                        "{key:?} failed its MD5 (ETag) check {crc_failures} times"
+                    ));
+                }
+                continue;
+            }
         }
         let expected = Expected {
             size: got.size,
@@ -1405,6 +1435,12 @@ impl Iterator for Listing {
             }
         }
     }
+}
+
+/// A 32-hex-digit ETag (no `-N` multipart suffix) is the MD5 of the object's bytes on S3 for
+/// single-part uploads without SSE-KMS.
+fn is_md5_etag(etag: &str) -> bool {
+    etag.len() == 32 && etag.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 fn crc_of_file(path: &Path) -> std::io::Result<u64> {

@@ -619,3 +619,36 @@ fn an_interrupted_large_download_resumes_with_a_ranged_get() {
         "the resumed file must be the object's bytes"
     );
 }
+
+#[test]
+fn objects_without_a_crc64_are_checked_by_their_md5_etag_and_counted() {
+    let peer = Peer::start();
+    peer.make_bucket("nocrc");
+    peer.ctl(&[
+        "put",
+        "nocrc",
+        "plain.txt",
+        "--text",
+        "no checksum stored",
+        "--checksum",
+        "none",
+    ]);
+    let head = peer.head("nocrc", "plain.txt");
+    assert!(
+        head["crc64nvme"].is_null(),
+        "fixture must have no CRC-64: {head}"
+    );
+    peer.put("nocrc", "with-crc.txt", "checksum stored");
+    let s = setup(&peer, "nocrc", "", None);
+    let (code, log) = sync(&s);
+    assert!(code.success(), "{log}");
+    assert_eq!(
+        read(&s.share.join("plain.txt")).as_deref(),
+        Some(&b"no checksum stored"[..])
+    );
+    let st = status(&s);
+    assert_eq!(
+        st["verified_without_crc"], 1,
+        "status says which downloads had no CRC-64: {st}"
+    );
+}

@@ -265,7 +265,7 @@ fn status(cfg: &Config, json: bool) -> i32 {
         );
         if s.verified_without_crc > 0 {
             println!(
-                "  no CRC-64:      {} object(s) had no server CRC-64 and were checked by size only",
+                "  no CRC-64:      {} object(s) had no server CRC-64 (checked by MD5 ETag or size)",
                 s.verified_without_crc
             );
         }
