@@ -134,13 +134,25 @@ pub fn run_daemon(cfg: &Config, creds: &Credentials, shutdown: &Shutdown) -> i32
                 return EXIT_CONFIG;
             }
         };
+        let state_dir = ctx.state_dir.clone();
         match Share::open(ctx) {
             Ok(s) => shares.push(s),
             Err(e) => {
-                error!("share {}: cannot open: {e}", share.name);
-                return EXIT_CONFIG;
+                // One broken share (its disk, its state) must not stop the others.
+                error!("share {}: cannot open, not syncing it: {e}", share.name);
+                let status = crate::status::ShareStatus {
+                    state: crate::status::ShareState::Error,
+                    last_error: Some(format!("cannot open: {e}")),
+                    updated: crate::status::unix_now(),
+                    ..crate::status::ShareStatus::new(&share.name)
+                };
+                let _ = crate::status::write_status(&state_dir, &status);
             }
         }
+    }
+    if shares.is_empty() {
+        error!("no share could be opened");
+        return EXIT_NOT_CONVERGED;
     }
     info!(
         "sgw-agent {} running with {} share(s)",
