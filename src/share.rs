@@ -949,6 +949,7 @@ impl Share {
                         r.job.sequencer.as_deref(),
                         r.job.old.as_ref(),
                     );
+                    self.intents_pending.push(meta.key.clone());
                     self.state.put(rec)?;
                     self.unsynced_records += 1;
                     true
