@@ -1,0 +1,1 @@
+//! The control endpoint (`sgw-control`).
