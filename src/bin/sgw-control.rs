@@ -84,7 +84,9 @@ struct StderrLogger {
 
 impl log::Log for StderrLogger {
     fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+        // Libraries (the HTTP client) only get to speak at info and above.
         metadata.level() <= self.level
+            && (metadata.level() <= log::Level::Info || metadata.target().starts_with("sgw_"))
     }
     fn log(&self, record: &log::Record<'_>) {
         if self.enabled(record.metadata()) {

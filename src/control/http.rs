@@ -15,7 +15,7 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 /// Longest request line plus headers we read.
-pub const MAX_HEAD_BYTES: usize = 16 * 1024;
+pub const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// More headers than this is not a client we serve.
 pub const MAX_HEADERS: usize = 64;
 /// Largest body accepted (API parameters and agent reports are small).
