@@ -287,3 +287,125 @@ impl ControlService {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::auth::{format_iso8601, rpc_string_to_sign};
+    use crate::control::params::percent_encode;
+    use crate::control::provision::{MemoryProvisioner, ProvisionError};
+    use crate::control::store::ShareSpec;
+    use std::time::Duration;
+
+    fn service(p: Arc<MemoryProvisioner>) -> ControlService {
+        let store = Store::open_in_memory().expect("store");
+        store.put_api_key("AK", "SK", 0).expect("key");
+        ControlService::new(
+            store,
+            p,
+            Settings {
+                regions: vec!["us-east-1".into()],
+                max_express_syncs: 10,
+                poll_interval_secs: 30,
+                host_id: "test".into(),
+            },
+        )
+    }
+
+    /// An RPC-signed request, as the classic SDK sends it.
+    fn call(s: &ControlService, action: &str, params: &[(&str, &str)]) -> serde_json::Value {
+        let mut p = Params::new();
+        for (k, v) in params {
+            p.insert(k, v);
+        }
+        let nonce = s.new_id("n", 16);
+        let ts = format_iso8601(unix_now());
+        for (k, v) in [
+            ("Action", action),
+            ("Version", "2018-05-11"),
+            ("AccessKeyId", "AK"),
+            ("SignatureMethod", "HMAC-SHA1"),
+            ("SignatureVersion", "1.0"),
+            ("SignatureNonce", nonce.as_str()),
+            ("Timestamp", ts.as_str()),
+        ] {
+            p.insert(k, v);
+        }
+        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY, b"SK&");
+        use base64::Engine as _;
+        let sig = base64::engine::general_purpose::STANDARD
+            .encode(ring::hmac::sign(&key, rpc_string_to_sign("POST", &p).as_bytes()).as_ref());
+        p.insert("Signature", &sig);
+        let query: Vec<String> = p.iter().map(|(k, v)| format!("{}={}", percent_encode(k), percent_encode(v))).collect();
+        let response = s.handle(Request {
+            method: "POST".into(),
+            path: "/".into(),
+            query: query.join("&"),
+            headers: vec![],
+            body: vec![],
+            peer: None,
+        });
+        serde_json::from_slice(&response.body).expect("json answer")
+    }
+
+    fn setup(p: &Arc<MemoryProvisioner>) -> (Arc<ControlService>, String, String) {
+        let s = Arc::new(service(Arc::clone(p)));
+        let (gw, _secret) = s.add_gateway("edge", "us-east-1").expect("gateway");
+        let spec = |n: &str| ShareSpec {
+            name: n.into(),
+            bucket_region: "us-east-1".into(),
+            bucket_name: "bk1".into(),
+            bucket_prefix: String::new(),
+        };
+        s.store().register(&gw.id, None, None, &[spec("a"), spec("b")], 1).expect("register");
+        let created = call(&s, "CreateExpressSync", &[("Name", "g"), ("BucketRegion", "us-east-1"), ("BucketName", "bk1")]);
+        let id = created["ExpressSyncId"].as_str().expect("created").to_string();
+        (s, gw.id, id)
+    }
+
+    #[test]
+    fn a_busy_group_answers_in_operation() {
+        let p = Arc::new(MemoryProvisioner::new());
+        let (s, gw, id) = setup(&p);
+        p.state.lock().expect("lock").delay = Some(Duration::from_millis(600));
+        let shares = format!("{{\"{gw}\":\"a\"}}");
+        let slow = {
+            let (s, id, shares) = (Arc::clone(&s), id.clone(), shares.clone());
+            std::thread::spawn(move || call(&s, "AddSharesToExpressSync", &[("ExpressSyncId", &id), ("GatewayShares", &shares)]))
+        };
+        std::thread::sleep(Duration::from_millis(200));
+        let second = call(&s, "DeleteExpressSync", &[("ExpressSyncId", &id)]);
+        assert_eq!(second["Code"], "ExpressSyncInOperation", "{second}");
+        let first = slow.join().expect("thread");
+        assert_eq!(first["Success"], true, "{first}");
+        // Once the first is done the group is free again.
+        p.state.lock().expect("lock").delay = None;
+        let deleted = call(&s, "DeleteExpressSync", &[("ExpressSyncId", &id)]);
+        assert_eq!(deleted["Success"], true, "{deleted}");
+        let state = p.snapshot();
+        assert!(state.queues.is_empty() && state.topics.is_empty(), "{state:?}");
+    }
+
+    #[test]
+    fn a_failed_provisioning_leaves_no_member_and_no_queue() {
+        let p = Arc::new(MemoryProvisioner::new());
+        let (s, gw, id) = setup(&p);
+        p.state.lock().expect("lock").fail_with = Some(ProvisionError::Failed("peer down".into()));
+        let shares = format!("{{\"{gw}\":\"a,b\"}}");
+        let r = call(&s, "AddSharesToExpressSync", &[("ExpressSyncId", &id), ("GatewayShares", &shares)]);
+        assert_eq!(r["Code"], "InternalError", "{r}");
+        assert!(s.store().members(&id).expect("members").is_empty());
+        let denied = ProvisionError::Denied("403".into());
+        p.state.lock().expect("lock").fail_with = Some(denied);
+        let r = call(&s, "CreateExpressSync", &[("Name", "g2"), ("BucketRegion", "us-east-1"), ("BucketName", "bk2")]);
+        assert_eq!(r["Code"], "NoPermission", "{r}");
+        assert_eq!(s.store().count_express_syncs().expect("count"), 1);
+        p.state.lock().expect("lock").fail_with = None;
+        let r = call(&s, "AddSharesToExpressSync", &[("ExpressSyncId", &id), ("GatewayShares", &shares)]);
+        assert_eq!(r["Success"], true, "{r}");
+        // Adding the same shares again is idempotent: same queues, nothing new provisioned.
+        let again = call(&s, "AddSharesToExpressSync", &[("ExpressSyncId", &id), ("GatewayShares", &shares)]);
+        assert_eq!(again["MnsQueues"], r["MnsQueues"]);
+        assert_eq!(p.snapshot().queues.len(), 2);
+    }
+}
