@@ -5,7 +5,9 @@ use std::process::Command;
 
 fn control() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_sgw-control"));
-    c.env_remove("AWS_ACCESS_KEY_ID").env_remove("SGW_ACCESS_KEY_ID").env_remove("SGW_ACCESS_KEY_SECRET");
+    c.env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("SGW_ACCESS_KEY_ID")
+        .env_remove("SGW_ACCESS_KEY_SECRET");
     c
 }
 
@@ -14,7 +16,16 @@ fn help_explains_the_contract() {
     let out = control().arg("--help").output().expect("run");
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
-    for needle in ["--listen", "--data-dir", "--cloud-endpoint", "--cloud-region", "SGW_ACCESS_KEY_ID", "AWS_ACCESS_KEY_ID", "gateway add", "78"] {
+    for needle in [
+        "--listen",
+        "--data-dir",
+        "--cloud-endpoint",
+        "--cloud-region",
+        "SGW_ACCESS_KEY_ID",
+        "AWS_ACCESS_KEY_ID",
+        "gateway add",
+        "78",
+    ] {
         assert!(text.contains(needle), "--help lacks {needle}");
     }
 }
@@ -23,7 +34,11 @@ fn help_explains_the_contract() {
 fn configuration_errors_exit_78_with_file_key_and_expectation() {
     let dir = tempfile::tempdir().expect("tempdir");
     let file = dir.path().join("control.toml");
-    std::fs::write(&file, "listen = \"not an address\"\n[cloud]\nendpoint = \"https://s3.example\"\n").expect("write");
+    std::fs::write(
+        &file,
+        "listen = \"not an address\"\n[cloud]\nendpoint = \"https://s3.example\"\n",
+    )
+    .expect("write");
     let out = control()
         .arg("-c")
         .arg(&file)
@@ -33,7 +48,12 @@ fn configuration_errors_exit_78_with_file_key_and_expectation() {
         .expect("run");
     assert_eq!(out.status.code(), Some(78));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains(&file.display().to_string()) && err.contains("listen") && err.contains("127.0.0.1:8480"), "{err}");
+    assert!(
+        err.contains(&file.display().to_string())
+            && err.contains("listen")
+            && err.contains("127.0.0.1:8480"),
+        "{err}"
+    );
 
     // No credentials for provisioning.
     let out = control()
@@ -66,22 +86,47 @@ fn configuration_errors_exit_78_with_file_key_and_expectation() {
 #[test]
 fn gateways_and_keys_are_managed_from_the_command_line() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let run = |args: &[&str]| control().arg("--data-dir").arg(dir.path()).args(args).output().expect("run");
+    let run = |args: &[&str]| {
+        control()
+            .arg("--data-dir")
+            .arg(dir.path())
+            .args(args)
+            .output()
+            .expect("run")
+    };
     let added = run(&["gateway", "add", "edge-01", "--region", "cn-hangzhou"]);
-    assert!(added.status.success(), "{}", String::from_utf8_lossy(&added.stderr));
-    let table: toml::Table = toml::from_str(&String::from_utf8_lossy(&added.stdout)).expect("TOML output");
+    assert!(
+        added.status.success(),
+        "{}",
+        String::from_utf8_lossy(&added.stderr)
+    );
+    let table: toml::Table =
+        toml::from_str(&String::from_utf8_lossy(&added.stdout)).expect("TOML output");
     let id = table["gateway_id"].as_str().expect("id").to_string();
     assert!(id.starts_with("gw-"));
-    assert!(table["gateway_secret"].as_str().is_some_and(|s| s.len() == 40));
+    assert!(
+        table["gateway_secret"]
+            .as_str()
+            .is_some_and(|s| s.len() == 40)
+    );
     let listed = String::from_utf8_lossy(&run(&["gateway", "list"]).stdout).to_string();
-    assert!(listed.contains(&id) && listed.contains("edge-01") && listed.contains("cn-hangzhou"), "{listed}");
+    assert!(
+        listed.contains(&id) && listed.contains("edge-01") && listed.contains("cn-hangzhou"),
+        "{listed}"
+    );
     assert!(run(&["gateway", "remove", &id]).status.success());
-    assert!(!run(&["gateway", "remove", &id]).status.success(), "already gone");
+    assert!(
+        !run(&["gateway", "remove", &id]).status.success(),
+        "already gone"
+    );
 
     let key = run(&["key", "add", "ops-team"]);
     assert!(key.status.success());
     assert!(String::from_utf8_lossy(&key.stdout).contains("access_key_id = \"ops-team\""));
-    assert_eq!(String::from_utf8_lossy(&run(&["key", "list"]).stdout).trim(), "ops-team");
+    assert_eq!(
+        String::from_utf8_lossy(&run(&["key", "list"]).stdout).trim(),
+        "ops-team"
+    );
     assert!(run(&["key", "remove", "ops-team"]).status.success());
     assert_eq!(run(&["gateway", "add", ""]).status.code(), Some(2));
 }

@@ -90,14 +90,23 @@ impl log::Log for StderrLogger {
     }
     fn log(&self, record: &log::Record<'_>) {
         if self.enabled(record.metadata()) {
-            let _ = writeln!(std::io::stderr().lock(), "{:<5} {}", record.level(), record.args());
+            let _ = writeln!(
+                std::io::stderr().lock(),
+                "{:<5} {}",
+                record.level(),
+                record.args()
+            );
         }
     }
     fn flush(&self) {}
 }
 
 fn init_logging() {
-    let level = match std::env::var("SGW_LOG").unwrap_or_default().to_ascii_lowercase().as_str() {
+    let level = match std::env::var("SGW_LOG")
+        .unwrap_or_default()
+        .to_ascii_lowercase()
+        .as_str()
+    {
         "error" => log::LevelFilter::Error,
         "warn" => log::LevelFilter::Warn,
         "debug" => log::LevelFilter::Debug,
@@ -112,7 +121,10 @@ fn init_logging() {
 
 enum Command {
     Serve,
-    GatewayAdd { name: String, region: Option<String> },
+    GatewayAdd {
+        name: String,
+        region: Option<String>,
+    },
     GatewayList,
     GatewayRemove(String),
     KeyAdd(Option<String>),
@@ -134,15 +146,26 @@ fn parse_args() -> Result<Args, String> {
     let mut words: Vec<String> = Vec::new();
     let mut region = None;
     while let Some(arg) = parser.next().map_err(|e| e.to_string())? {
-        let text = |v: std::ffi::OsString| v.into_string().map_err(|_| "arguments must be UTF-8".to_string());
+        let text = |v: std::ffi::OsString| {
+            v.into_string()
+                .map_err(|_| "arguments must be UTF-8".to_string())
+        };
         match arg {
-            Short('c') | Long("config") => config = Some(PathBuf::from(parser.value().map_err(|e| e.to_string())?)),
-            Long("listen") => overrides.listen = Some(text(parser.value().map_err(|e| e.to_string())?)?),
-            Long("data-dir") => overrides.data_dir = Some(PathBuf::from(parser.value().map_err(|e| e.to_string())?)),
+            Short('c') | Long("config") => {
+                config = Some(PathBuf::from(parser.value().map_err(|e| e.to_string())?))
+            }
+            Long("listen") => {
+                overrides.listen = Some(text(parser.value().map_err(|e| e.to_string())?)?)
+            }
+            Long("data-dir") => {
+                overrides.data_dir = Some(PathBuf::from(parser.value().map_err(|e| e.to_string())?))
+            }
             Long("cloud-endpoint") => {
                 overrides.cloud_endpoint = Some(text(parser.value().map_err(|e| e.to_string())?)?)
             }
-            Long("cloud-region") => overrides.cloud_region = Some(text(parser.value().map_err(|e| e.to_string())?)?),
+            Long("cloud-region") => {
+                overrides.cloud_region = Some(text(parser.value().map_err(|e| e.to_string())?)?)
+            }
             Long("region") => region = Some(text(parser.value().map_err(|e| e.to_string())?)?),
             Short('h') | Long("help") => {
                 print!("{HELP}");
@@ -169,7 +192,12 @@ fn parse_args() -> Result<Args, String> {
         ["key", "add", id] => Command::KeyAdd(Some((*id).to_string())),
         ["key", "list"] => Command::KeyList,
         ["key", "remove", id] => Command::KeyRemove((*id).to_string()),
-        other => return Err(format!("unknown command {:?} (see --help)", other.join(" "))),
+        other => {
+            return Err(format!(
+                "unknown command {:?} (see --help)",
+                other.join(" ")
+            ));
+        }
     };
     if region.is_some() {
         return Err("--region belongs to `gateway add`".into());
@@ -228,23 +256,39 @@ fn admin(args: &Args) -> i32 {
         Command::GatewayAdd { name, region } => {
             let region = region.clone().unwrap_or_else(|| "us-east-1".to_string());
             if name.is_empty() || name.chars().count() > 128 || name.chars().any(char::is_control) {
-                eprintln!("sgw-control: gateway name must be 1-128 characters without control characters");
+                eprintln!(
+                    "sgw-control: gateway name must be 1-128 characters without control characters"
+                );
                 return EXIT_USAGE;
             }
-            service.add_gateway(name, &region).map(|(g, secret)| {
-                println!("gateway_id = \"{}\"\ngateway_secret = \"{secret}\"", g.id);
-                eprintln!("Put these in the agent's configuration; the secret is not shown again.");
-            }).map_err(|e| e.to_string())
+            service
+                .add_gateway(name, &region)
+                .map(|(g, secret)| {
+                    println!("gateway_id = \"{}\"\ngateway_secret = \"{secret}\"", g.id);
+                    eprintln!(
+                        "Put these in the agent's configuration; the secret is not shown again."
+                    );
+                })
+                .map_err(|e| e.to_string())
         }
-        Command::GatewayList => service.store().gateways().map(|gs| {
-            for g in gs {
-                let seen = g.last_seen.map_or_else(|| "never".to_string(), |t| format!("{}s ago", unix_now() - t));
-                println!("{}\t{}\t{}\tlast seen {seen}", g.id, g.name, g.region);
-            }
-        }).map_err(|e| e.to_string()),
+        Command::GatewayList => service
+            .store()
+            .gateways()
+            .map(|gs| {
+                for g in gs {
+                    let seen = g.last_seen.map_or_else(
+                        || "never".to_string(),
+                        |t| format!("{}s ago", unix_now() - t),
+                    );
+                    println!("{}\t{}\t{}\tlast seen {seen}", g.id, g.name, g.region);
+                }
+            })
+            .map_err(|e| e.to_string()),
         Command::GatewayRemove(id) => match service.store().remove_gateway(id) {
             Ok(true) => Ok(()),
-            Ok(false) => Err(format!("gateway {id} does not exist or has shares in an express sync group (remove them first)")),
+            Ok(false) => Err(format!(
+                "gateway {id} does not exist or has shares in an express sync group (remove them first)"
+            )),
             Err(e) => Err(e.to_string()),
         },
         Command::KeyAdd(id) => {
@@ -254,11 +298,19 @@ fn admin(args: &Args) -> i32 {
                 return EXIT_USAGE;
             }
             let secret = service.new_secret();
-            service.store().put_api_key(&id, &secret, unix_now()).map(|()| {
-                println!("access_key_id = \"{id}\"\naccess_key_secret = \"{secret}\"");
-            }).map_err(|e| e.to_string())
+            service
+                .store()
+                .put_api_key(&id, &secret, unix_now())
+                .map(|()| {
+                    println!("access_key_id = \"{id}\"\naccess_key_secret = \"{secret}\"");
+                })
+                .map_err(|e| e.to_string())
         }
-        Command::KeyList => service.store().api_key_ids().map(|ids| ids.iter().for_each(|id| println!("{id}"))).map_err(|e| e.to_string()),
+        Command::KeyList => service
+            .store()
+            .api_key_ids()
+            .map(|ids| ids.iter().for_each(|id| println!("{id}")))
+            .map_err(|e| e.to_string()),
         Command::KeyRemove(id) => match service.store().remove_api_key(id) {
             Ok(true) => Ok(()),
             Ok(false) => Err(format!("no API key {id}")),

@@ -33,7 +33,8 @@ pub fn valid_express_sync_name(name: &str) -> bool {
 pub fn valid_bucket_name(name: &str) -> bool {
     let b = name.as_bytes();
     (3..=63).contains(&b.len())
-        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'-' | b'.'))
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'-' | b'.'))
         && b.first().is_some_and(u8::is_ascii_alphanumeric)
         && b.last().is_some_and(u8::is_ascii_alphanumeric)
         && !name.contains("..")
@@ -42,18 +43,26 @@ pub fn valid_bucket_name(name: &str) -> bool {
 
 /// Region ids look like `cn-hangzhou`, `us-east-1`: 1-64 of `a-z 0-9 -`.
 pub fn plausible_region(region: &str) -> bool {
-    (1..=64).contains(&region.len()) && region.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
+    (1..=64).contains(&region.len())
+        && region
+            .bytes()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
 }
 
 /// A bucket prefix we can put in a notification filter: at most 1024 bytes, no control
 /// characters, not starting with `/`.
 pub fn valid_prefix(prefix: &str) -> bool {
-    prefix.len() <= MAX_PREFIX_BYTES && !prefix.starts_with('/') && !prefix.chars().any(char::is_control)
+    prefix.len() <= MAX_PREFIX_BYTES
+        && !prefix.starts_with('/')
+        && !prefix.chars().any(char::is_control)
 }
 
 /// Share names: 1-128 of letters, digits, `.`, `_`, `-`.
 pub fn valid_share_name(name: &str) -> bool {
-    (1..=128).contains(&name.len()) && name.bytes().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'))
+    (1..=128).contains(&name.len())
+        && name
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'))
 }
 
 /// `true`/`True`/`false`/`False` (what the SDKs send for a boolean); absent = false.
@@ -66,14 +75,23 @@ fn parse_bool(p: &Params, name: &str) -> Result<bool, ApiError> {
     }
 }
 
-fn parse_int(p: &Params, name: &str, default: i64, range: std::ops::RangeInclusive<i64>) -> Result<i64, ApiError> {
+fn parse_int(
+    p: &Params,
+    name: &str,
+    default: i64,
+    range: std::ops::RangeInclusive<i64>,
+) -> Result<i64, ApiError> {
     match p.non_empty(name) {
         None => Ok(default),
         Some(v) => match v.parse::<i64>() {
             Ok(n) if range.contains(&n) => Ok(n),
             _ => Err(ApiError::invalid_parameter(
                 name,
-                &format!("expected an integer from {} to {}", range.start(), range.end()),
+                &format!(
+                    "expected an integer from {} to {}",
+                    range.start(),
+                    range.end()
+                ),
             )),
         },
     }
@@ -90,29 +108,45 @@ struct NewGroup {
 
 /// `{"gw-1":"share1,share2"}` as (gateway id, share name) pairs, deduplicated, in order.
 fn parse_gateway_shares(p: &Params) -> Result<Vec<(String, String)>, ApiError> {
-    let raw = p.non_empty("GatewayShares").ok_or_else(|| ApiError::missing_parameter("GatewayShares"))?;
+    let raw = p
+        .non_empty("GatewayShares")
+        .ok_or_else(|| ApiError::missing_parameter("GatewayShares"))?;
     let shape = "expected a JSON object like {\"gw-1\":\"share1,share2\"}";
-    let value: Value = serde_json::from_str(raw).map_err(|_| ApiError::invalid_parameter("GatewayShares", shape))?;
+    let value: Value = serde_json::from_str(raw)
+        .map_err(|_| ApiError::invalid_parameter("GatewayShares", shape))?;
     let Value::Object(map) = value else {
         return Err(ApiError::invalid_parameter("GatewayShares", shape));
     };
     if map.is_empty() {
-        return Err(ApiError::invalid_parameter("GatewayShares", "names no gateway"));
+        return Err(ApiError::invalid_parameter(
+            "GatewayShares",
+            "names no gateway",
+        ));
     }
     let mut pairs: Vec<(String, String)> = Vec::new();
     for (gateway_id, shares) in map {
         let Value::String(shares) = shares else {
             return Err(ApiError::invalid_parameter("GatewayShares", shape));
         };
-        let names: Vec<&str> = shares.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
+        let names: Vec<&str> = shares
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .collect();
         if names.is_empty() {
-            return Err(ApiError::invalid_parameter("GatewayShares", "a gateway is given no share"));
+            return Err(ApiError::invalid_parameter(
+                "GatewayShares",
+                "a gateway is given no share",
+            ));
         }
         for name in names {
             if !valid_share_name(name) {
                 return Err(ApiError::invalid_parameter(
                     "GatewayShares",
-                    &format!("share name {} must be 1-128 of letters, digits, '.', '_', '-'", printable(name)),
+                    &format!(
+                        "share name {} must be 1-128 of letters, digits, '.', '_', '-'",
+                        printable(name)
+                    ),
                 ));
             }
             let pair = (gateway_id.clone(), name.to_string());
@@ -165,7 +199,12 @@ impl ControlService {
             name: name.to_string(),
             target_id: target.to_string(),
             related_resource_id: target.to_string(),
-            state_code: if failed.is_some() { TASK_FAILED } else { TASK_COMPLETED }.to_string(),
+            state_code: if failed.is_some() {
+                TASK_FAILED
+            } else {
+                TASK_COMPLETED
+            }
+            .to_string(),
             message_key: failed.map(|e| e.code.clone()).unwrap_or_default(),
             progress: 100,
             created_at: now,
@@ -186,11 +225,21 @@ impl ControlService {
         if description.chars().count() > 255 {
             return Err(ApiError::description_over_limit());
         }
-        if description.chars().any(|c| c.is_control() && !matches!(c, '\n' | '\t')) {
-            return Err(ApiError::invalid_parameter("Description", "control characters are not allowed"));
+        if description
+            .chars()
+            .any(|c| c.is_control() && !matches!(c, '\n' | '\t'))
+        {
+            return Err(ApiError::invalid_parameter(
+                "Description",
+                "control characters are not allowed",
+            ));
         }
-        let bucket_region = p.non_empty("BucketRegion").ok_or_else(ApiError::empty_bucket_region)?;
-        let bucket_name = p.non_empty("BucketName").ok_or_else(ApiError::empty_bucket_name)?;
+        let bucket_region = p
+            .non_empty("BucketRegion")
+            .ok_or_else(ApiError::empty_bucket_region)?;
+        let bucket_name = p
+            .non_empty("BucketName")
+            .ok_or_else(ApiError::empty_bucket_name)?;
         if !self.settings.regions.iter().any(|r| r == bucket_region) {
             return Err(ApiError::invalid_region_id());
         }
@@ -214,7 +263,9 @@ impl ControlService {
             if other.bucket_prefix == bucket_prefix {
                 return Err(ApiError::conflict_express_sync_config());
             }
-            if other.bucket_prefix.starts_with(bucket_prefix) || bucket_prefix.starts_with(&other.bucket_prefix) {
+            if other.bucket_prefix.starts_with(bucket_prefix)
+                || bucket_prefix.starts_with(&other.bucket_prefix)
+            {
                 return Err(ApiError::notification_event_conflict());
             }
         }
@@ -237,7 +288,10 @@ impl ControlService {
             bucket_prefix: new.bucket_prefix.clone(),
             topic_name: format!("sgw-express-sync-topic-{id}"),
         };
-        let handles = self.provisioner.create_group(&spec).map_err(|e| map_provision_error(&e))?;
+        let handles = self
+            .provisioner
+            .create_group(&spec)
+            .map_err(|e| map_provision_error(&e))?;
         let sync = ExpressSync {
             id: id.clone(),
             name: new.name,
@@ -254,7 +308,9 @@ impl ControlService {
         if !matches!(stored, Ok(true)) {
             // Not recorded, so it must not exist on the provider either.
             if let Err(e) = self.provisioner.delete_group(&spec, &handles) {
-                log::error!("group {id} was not stored and its resources could not be removed: {e}");
+                log::error!(
+                    "group {id} was not stored and its resources could not be removed: {e}"
+                );
             }
             return Err(match stored {
                 Ok(_) => ApiError::duplicate_express_sync_name(),
@@ -273,14 +329,20 @@ impl ControlService {
     pub(crate) fn validate_express_sync_config(&self, p: &Params) -> ActionResult {
         match self.check_new_group(p) {
             Ok(_) => Ok(json!({ "IsValid": true, "ValidateMessage": "" })),
-            Err(e) if e.status == 400 => Ok(json!({ "IsValid": false, "ValidateMessage": format!("{}: {}", e.code, e.message) })),
+            Err(e) if e.status == 400 => Ok(
+                json!({ "IsValid": false, "ValidateMessage": format!("{}: {}", e.code, e.message) }),
+            ),
             Err(e) => Err(e),
         }
     }
 
     fn existing_group(&self, p: &Params) -> Result<ExpressSync, ApiError> {
-        let id = p.non_empty("ExpressSyncId").ok_or_else(ApiError::empty_express_sync_id)?;
-        self.store.express_sync(id)?.ok_or_else(ApiError::express_sync_not_exist)
+        let id = p
+            .non_empty("ExpressSyncId")
+            .ok_or_else(ApiError::empty_express_sync_id)?;
+        self.store
+            .express_sync(id)?
+            .ok_or_else(ApiError::express_sync_not_exist)
     }
 
     /// Looks up each (gateway, share); every one must exist.
@@ -360,7 +422,10 @@ impl ControlService {
     fn undo_queues(&self, created: &[Member]) {
         for m in created {
             if let Err(e) = self.provisioner.delete_queue(&queue_handles(m)) {
-                log::error!("could not remove queue {} after a failed add: {e}", m.queue_name);
+                log::error!(
+                    "could not remove queue {} after a failed add: {e}",
+                    m.queue_name
+                );
             }
         }
     }
@@ -374,13 +439,22 @@ impl ControlService {
         for share in &shares {
             match self.store.member_of_share(share.id)? {
                 Some(m) if m.sync_id == sync.id => members.push(m),
-                _ => return Err(ApiError::share_not_in_express_sync(&share.gateway_id, &share.name)),
+                _ => {
+                    return Err(ApiError::share_not_in_express_sync(
+                        &share.gateway_id,
+                        &share.name,
+                    ));
+                }
             }
         }
         let (removed, failure) = self.remove_queues(&members);
         let task = self.task("RemoveSharesFromExpressSync", &sync.id, failure.as_ref());
         self.store.remove_members(&removed, &task)?;
-        log::info!("express sync {}: removed {} share(s)", sync.id, removed.len());
+        log::info!(
+            "express sync {}: removed {} share(s)",
+            sync.id,
+            removed.len()
+        );
         match failure {
             Some(e) => Err(e),
             None => Ok(json!({ "TaskId": task.id })),
@@ -402,7 +476,12 @@ impl ControlService {
     pub(crate) fn delete_express_sync(&self, p: &Params) -> ActionResult {
         let sync = self.existing_group(p)?;
         let _busy = self.claim(&sync.id)?;
-        let members: Vec<Member> = self.store.members(&sync.id)?.into_iter().map(|v| v.member).collect();
+        let members: Vec<Member> = self
+            .store
+            .members(&sync.id)?
+            .into_iter()
+            .map(|v| v.member)
+            .collect();
         let (removed, failure) = self.remove_queues(&members);
         let failure = failure.or_else(|| {
             let handles = GroupHandles {
@@ -430,8 +509,14 @@ impl ControlService {
     }
 
     pub(crate) fn describe_express_sync_shares(&self, p: &Params) -> ActionResult {
-        let raw = p.non_empty("ExpressSyncIds").ok_or_else(ApiError::empty_express_sync_id)?;
-        let ids: Vec<&str> = raw.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
+        let raw = p
+            .non_empty("ExpressSyncIds")
+            .ok_or_else(ApiError::empty_express_sync_id)?;
+        let ids: Vec<&str> = raw
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .collect();
         if ids.is_empty() {
             return Err(ApiError::empty_express_sync_id());
         }
@@ -444,7 +529,10 @@ impl ControlService {
         let external = parse_bool(p, "IsExternal")?;
         let mut groups = Vec::new();
         for id in &ids {
-            let sync = self.store.express_sync(id)?.ok_or_else(ApiError::express_sync_not_exist)?;
+            let sync = self
+                .store
+                .express_sync(id)?
+                .ok_or_else(ApiError::express_sync_not_exist)?;
             if !groups.iter().any(|g: &ExpressSync| g.id == sync.id) {
                 groups.push(sync);
             }
@@ -452,7 +540,10 @@ impl ControlService {
         let mut entries = Vec::new();
         for sync in &groups {
             if external {
-                for (share, gateway) in self.store.candidate_shares(&sync.bucket_region, &sync.bucket_name)? {
+                for (share, gateway) in self
+                    .store
+                    .candidate_shares(&sync.bucket_region, &sync.bucket_name)?
+                {
                     entries.push(json!({
                         "ExpressSyncId": sync.id,
                         "ExpressSyncState": "MNSNotEnabled",
@@ -519,7 +610,9 @@ impl ControlService {
     }
 
     pub(crate) fn describe_tasks(&self, p: &Params) -> ActionResult {
-        let target = p.non_empty("TargetId").ok_or_else(|| ApiError::missing_parameter("TargetId"))?;
+        let target = p
+            .non_empty("TargetId")
+            .ok_or_else(|| ApiError::missing_parameter("TargetId"))?;
         let task_id = p.non_empty("TaskId");
         let page = parse_int(p, "PageNumber", 1, 1..=100_000)?;
         let size = parse_int(p, "PageSize", 10, 1..=100)?;
@@ -557,7 +650,15 @@ mod tests {
         assert!(valid_express_sync_name("a"));
         assert!(valid_express_sync_name(&format!("a{}", "b".repeat(127))));
         assert!(!valid_express_sync_name(&format!("a{}", "b".repeat(128))));
-        for bad in ["1abc", "-a", "a b", "a/b", "a'; DROP TABLE express_syncs;--", "名字", "a\n"] {
+        for bad in [
+            "1abc",
+            "-a",
+            "a b",
+            "a/b",
+            "a'; DROP TABLE express_syncs;--",
+            "名字",
+            "a\n",
+        ] {
             assert!(!valid_express_sync_name(bad), "{bad}");
         }
         assert!(valid_express_sync_name("alex-tb.v1_x"));
@@ -566,7 +667,16 @@ mod tests {
     #[test]
     fn bucket_rules() {
         assert!(valid_bucket_name("sgw-test"));
-        for bad in ["ab", "Upper", "-a-b", "a-b-", "a..b", "192.168.1.1", "a_b", &"a".repeat(64)] {
+        for bad in [
+            "ab",
+            "Upper",
+            "-a-b",
+            "a-b-",
+            "a..b",
+            "192.168.1.1",
+            "a_b",
+            &"a".repeat(64),
+        ] {
             assert!(!valid_bucket_name(bad), "{bad}");
         }
     }
@@ -586,7 +696,16 @@ mod tests {
                 ("gw-2".to_string(), "weekly".to_string())
             ]
         );
-        for bad in ["{", "[]", "\"x\"", "{}", r#"{"gw-1":1}"#, r#"{"gw-1":["a"]}"#, r#"{"gw-1":" , "}"#, r#"{"gw-1":"a/../b"}"#] {
+        for bad in [
+            "{",
+            "[]",
+            "\"x\"",
+            "{}",
+            r#"{"gw-1":1}"#,
+            r#"{"gw-1":["a"]}"#,
+            r#"{"gw-1":" , "}"#,
+            r#"{"gw-1":"a/../b"}"#,
+        ] {
             assert_eq!(parse(bad).expect_err(bad).code, "InvalidParameter", "{bad}");
         }
         assert_eq!(parse("").expect_err("empty").code, "MissingParameter");

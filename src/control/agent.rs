@@ -3,8 +3,8 @@
 use super::actions::{plausible_region, valid_bucket_name, valid_prefix, valid_share_name};
 use super::error::{ApiError, printable};
 use super::protocol::{
-    AssignmentEntry, AssignmentsResponse, MAX_SHARES_PER_GATEWAY, ProgressRequest, ProgressResponse, RegisterRequest,
-    RegisterResponse, SYNC_STATES,
+    AssignmentEntry, AssignmentsResponse, MAX_SHARES_PER_GATEWAY, ProgressRequest,
+    ProgressResponse, RegisterRequest, RegisterResponse, SYNC_STATES,
 };
 use super::service::ControlService;
 use super::store::{ProgressReport, ShareSpec};
@@ -12,7 +12,11 @@ use super::store::{ProgressReport, ShareSpec};
 fn bad_body(e: &serde_json::Error) -> ApiError {
     let mut why = e.to_string();
     why.truncate(200);
-    ApiError::new(400, "InvalidBody", format!("The request body is not valid: {why}"))
+    ApiError::new(
+        400,
+        "InvalidBody",
+        format!("The request body is not valid: {why}"),
+    )
 }
 
 fn to_json<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, ApiError> {
@@ -27,37 +31,69 @@ fn invalid(field: &str, why: String) -> ApiError {
 }
 
 impl ControlService {
-    pub(crate) fn agent_register(&self, gateway_id: &str, body: &[u8], now: i64) -> Result<Vec<u8>, ApiError> {
+    pub(crate) fn agent_register(
+        &self,
+        gateway_id: &str,
+        body: &[u8],
+        now: i64,
+    ) -> Result<Vec<u8>, ApiError> {
         let req: RegisterRequest = serde_json::from_slice(body).map_err(|e| bad_body(&e))?;
         if req.shares.len() > MAX_SHARES_PER_GATEWAY {
-            return Err(invalid("shares", format!("at most {MAX_SHARES_PER_GATEWAY}")));
+            return Err(invalid(
+                "shares",
+                format!("at most {MAX_SHARES_PER_GATEWAY}"),
+            ));
         }
         if let Some(name) = &req.gateway_name
             && (name.chars().count() > 128 || name.chars().any(char::is_control))
         {
-            return Err(invalid("gateway_name", "at most 128 characters, no control characters".into()));
+            return Err(invalid(
+                "gateway_name",
+                "at most 128 characters, no control characters".into(),
+            ));
         }
         if let Some(region) = &req.gateway_region
             && !plausible_region(region)
         {
-            return Err(invalid("gateway_region", format!("{} is not a region id", printable(region))));
+            return Err(invalid(
+                "gateway_region",
+                format!("{} is not a region id", printable(region)),
+            ));
         }
         let mut specs: Vec<ShareSpec> = Vec::with_capacity(req.shares.len());
         for s in &req.shares {
             if !valid_share_name(&s.name) {
-                return Err(invalid("shares[].name", format!("{} must be 1-128 of letters, digits, '.', '_', '-'", printable(&s.name))));
+                return Err(invalid(
+                    "shares[].name",
+                    format!(
+                        "{} must be 1-128 of letters, digits, '.', '_', '-'",
+                        printable(&s.name)
+                    ),
+                ));
             }
             if specs.iter().any(|x| x.name == s.name) {
-                return Err(invalid("shares[].name", format!("{} is listed twice", printable(&s.name))));
+                return Err(invalid(
+                    "shares[].name",
+                    format!("{} is listed twice", printable(&s.name)),
+                ));
             }
             if !plausible_region(&s.bucket_region) {
-                return Err(invalid("shares[].bucket_region", format!("{} is not a region id", printable(&s.bucket_region))));
+                return Err(invalid(
+                    "shares[].bucket_region",
+                    format!("{} is not a region id", printable(&s.bucket_region)),
+                ));
             }
             if !valid_bucket_name(&s.bucket_name) {
-                return Err(invalid("shares[].bucket_name", format!("{} is not a valid bucket name", printable(&s.bucket_name))));
+                return Err(invalid(
+                    "shares[].bucket_name",
+                    format!("{} is not a valid bucket name", printable(&s.bucket_name)),
+                ));
             }
             if !valid_prefix(&s.bucket_prefix) {
-                return Err(invalid("shares[].bucket_prefix", "at most 1024 bytes, no control characters, no leading '/'".into()));
+                return Err(invalid(
+                    "shares[].bucket_prefix",
+                    "at most 1024 bytes, no control characters, no leading '/'".into(),
+                ));
             }
             specs.push(ShareSpec {
                 name: s.name.clone(),
@@ -81,7 +117,11 @@ impl ControlService {
         })
     }
 
-    pub(crate) fn agent_assignments(&self, gateway_id: &str, now: i64) -> Result<Vec<u8>, ApiError> {
+    pub(crate) fn agent_assignments(
+        &self,
+        gateway_id: &str,
+        now: i64,
+    ) -> Result<Vec<u8>, ApiError> {
         self.store.touch_gateway(gateway_id, now)?;
         let (endpoint, region) = self.provisioner.agent_endpoint();
         let assignments = self
@@ -110,23 +150,41 @@ impl ControlService {
         })
     }
 
-    pub(crate) fn agent_progress(&self, gateway_id: &str, body: &[u8], now: i64) -> Result<Vec<u8>, ApiError> {
+    pub(crate) fn agent_progress(
+        &self,
+        gateway_id: &str,
+        body: &[u8],
+        now: i64,
+    ) -> Result<Vec<u8>, ApiError> {
         let req: ProgressRequest = serde_json::from_slice(body).map_err(|e| bad_body(&e))?;
         if req.shares.len() > MAX_SHARES_PER_GATEWAY {
-            return Err(invalid("shares", format!("at most {MAX_SHARES_PER_GATEWAY}")));
+            return Err(invalid(
+                "shares",
+                format!("at most {MAX_SHARES_PER_GATEWAY}"),
+            ));
         }
         let mut reports = Vec::with_capacity(req.shares.len());
         for s in &req.shares {
             if !valid_share_name(&s.share_name) {
-                return Err(invalid("shares[].share_name", format!("{} is not a share name", printable(&s.share_name))));
+                return Err(invalid(
+                    "shares[].share_name",
+                    format!("{} is not a share name", printable(&s.share_name)),
+                ));
             }
             if !(-2..=100).contains(&s.sync_progress) {
-                return Err(invalid("shares[].sync_progress", format!("{} is not in -2..=100", s.sync_progress)));
+                return Err(invalid(
+                    "shares[].sync_progress",
+                    format!("{} is not in -2..=100", s.sync_progress),
+                ));
             }
             if !SYNC_STATES.contains(&s.express_sync_state.as_str()) {
                 return Err(invalid(
                     "shares[].express_sync_state",
-                    format!("{} is not one of {}", printable(&s.express_sync_state), SYNC_STATES.join(", ")),
+                    format!(
+                        "{} is not one of {}",
+                        printable(&s.express_sync_state),
+                        SYNC_STATES.join(", ")
+                    ),
                 ));
             }
             reports.push(ProgressReport {

@@ -56,7 +56,14 @@ pub struct Verified {
 /// Parses `YYYY-MM-DDTHH:MM:SSZ` (what both SDKs send) into Unix seconds.
 pub fn parse_iso8601(text: &str) -> Option<i64> {
     let b = text.as_bytes();
-    if b.len() != 20 || b[4] != b'-' || b[7] != b'-' || b[10] != b'T' || b[13] != b':' || b[16] != b':' || b[19] != b'Z' {
+    if b.len() != 20
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || b[10] != b'T'
+        || b[13] != b':'
+        || b[16] != b':'
+        || b[19] != b'Z'
+    {
         return None;
     }
     let num = |range: std::ops::Range<usize>| -> Option<i64> {
@@ -68,7 +75,12 @@ pub fn parse_iso8601(text: &str) -> Option<i64> {
     };
     let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
     let (hour, minute, second) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 || second > 60 {
+    if !(1..=12).contains(&month)
+        || !(1..=31).contains(&day)
+        || hour > 23
+        || minute > 59
+        || second > 60
+    {
         return None;
     }
     let month = u32::try_from(month).ok()?;
@@ -86,12 +98,22 @@ pub fn format_iso8601(unix_secs: i64) -> String {
     let days = unix_secs.div_euclid(86_400);
     let rem = unix_secs.rem_euclid(86_400);
     let (y, m, d) = crate::cloud::sigv4::civil_from_days(days);
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 fn check_token(value: &str, what: &str) -> Result<(), ApiError> {
-    if value.is_empty() || value.len() > MAX_TOKEN_LEN || !value.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(ApiError::incomplete_signature(&format!("{what} is missing or malformed.")));
+    if value.is_empty()
+        || value.len() > MAX_TOKEN_LEN
+        || !value.bytes().all(|b| b.is_ascii_graphic())
+    {
+        return Err(ApiError::incomplete_signature(&format!(
+            "{what} is missing or malformed."
+        )));
     }
     Ok(())
 }
@@ -104,7 +126,12 @@ fn check_time(timestamp: &str, now: i64) -> Result<i64, ApiError> {
     Ok(signed_at)
 }
 
-fn remember(store: &dyn AuthStore, scope: &str, nonce: &str, signed_at: i64) -> Result<(), ApiError> {
+fn remember(
+    store: &dyn AuthStore,
+    scope: &str,
+    nonce: &str,
+    signed_at: i64,
+) -> Result<(), ApiError> {
     // A replay carries the same timestamp, so it is refused by the window once the nonce expires.
     let expires_at = signed_at + TIMESTAMP_WINDOW_SECS + 60;
     if store.remember_nonce(&format!("{scope}\n{nonce}"), expires_at)? {
@@ -115,7 +142,7 @@ fn remember(store: &dyn AuthStore, scope: &str, nonce: &str, signed_at: i64) -> 
 }
 
 fn hex_decode(text: &str) -> Option<Vec<u8>> {
-    if text.len() % 2 != 0 || text.len() > 256 {
+    if !text.len().is_multiple_of(2) || text.len() > 256 {
         return None;
     }
     (0..text.len())
@@ -143,7 +170,9 @@ pub fn verify_api_request(
 ) -> Result<Verified, ApiError> {
     match req.header("authorization") {
         Some(auth) if auth.starts_with("ACS3-") => verify_acs3(req, auth, query, now, store),
-        Some(_) => Err(ApiError::incomplete_signature("Unsupported Authorization scheme.")),
+        Some(_) => Err(ApiError::incomplete_signature(
+            "Unsupported Authorization scheme.",
+        )),
         None if all.get("Signature").is_some() || all.get("AccessKeyId").is_some() => {
             verify_rpc(req, all, now, store)
         }
@@ -161,7 +190,9 @@ fn verify_acs3(
     store: &dyn AuthStore,
 ) -> Result<Verified, ApiError> {
     let Some(rest) = authorization.strip_prefix("ACS3-HMAC-SHA256 ") else {
-        return Err(ApiError::incomplete_signature("Only ACS3-HMAC-SHA256 is supported."));
+        return Err(ApiError::incomplete_signature(
+            "Only ACS3-HMAC-SHA256 is supported.",
+        ));
     };
     let (mut credential, mut signed_headers, mut signature) = (None, None, None);
     for part in rest.split(',') {
@@ -170,34 +201,59 @@ fn verify_acs3(
             "Credential" => &mut credential,
             "SignedHeaders" => &mut signed_headers,
             "Signature" => &mut signature,
-            _ => return Err(ApiError::incomplete_signature("Unknown Authorization field.")),
+            _ => {
+                return Err(ApiError::incomplete_signature(
+                    "Unknown Authorization field.",
+                ));
+            }
         };
         if slot.replace(value).is_some() {
-            return Err(ApiError::incomplete_signature("Repeated Authorization field."));
+            return Err(ApiError::incomplete_signature(
+                "Repeated Authorization field.",
+            ));
         }
     }
-    let (Some(access_key_id), Some(signed_headers), Some(signature)) = (credential, signed_headers, signature)
+    let (Some(access_key_id), Some(signed_headers), Some(signature)) =
+        (credential, signed_headers, signature)
     else {
-        return Err(ApiError::incomplete_signature("Authorization needs Credential, SignedHeaders and Signature."));
+        return Err(ApiError::incomplete_signature(
+            "Authorization needs Credential, SignedHeaders and Signature.",
+        ));
     };
     check_token(access_key_id, "Credential")?;
     let names: Vec<&str> = signed_headers.split(';').collect();
     if names.len() > 32
-        || names
-            .iter()
-            .any(|n| n.is_empty() || !n.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'))
+        || names.iter().any(|n| {
+            n.is_empty()
+                || !n
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        })
     {
-        return Err(ApiError::incomplete_signature("SignedHeaders is malformed."));
+        return Err(ApiError::incomplete_signature(
+            "SignedHeaders is malformed.",
+        ));
     }
-    for required in ["host", "x-acs-action", "x-acs-version", "x-acs-date", "x-acs-signature-nonce", "x-acs-content-sha256"] {
+    for required in [
+        "host",
+        "x-acs-action",
+        "x-acs-version",
+        "x-acs-date",
+        "x-acs-signature-nonce",
+        "x-acs-content-sha256",
+    ] {
         if !names.contains(&required) {
-            return Err(ApiError::incomplete_signature(&format!("Header {required} must be signed.")));
+            return Err(ApiError::incomplete_signature(&format!(
+                "Header {required} must be signed."
+            )));
         }
     }
     let single = |name: &str| -> Result<&str, ApiError> {
         match req.header_values(name).as_slice() {
             [one] => Ok(one),
-            _ => Err(ApiError::incomplete_signature(&format!("Header {name} must be sent exactly once."))),
+            _ => Err(ApiError::incomplete_signature(&format!(
+                "Header {name} must be sent exactly once."
+            ))),
         }
     };
     let date = single("x-acs-date")?;
@@ -216,13 +272,18 @@ fn verify_acs3(
     canonical.push('\n');
     canonical.push_str(if req.path.is_empty() { "/" } else { &req.path });
     canonical.push('\n');
-    let query_part: Vec<String> = query.iter().map(|(k, v)| format!("{k}={}", percent_encode(v))).collect();
+    let query_part: Vec<String> = query
+        .iter()
+        .map(|(k, v)| format!("{k}={}", percent_encode(v)))
+        .collect();
     canonical.push_str(&query_part.join("&"));
     canonical.push('\n');
     for name in &names {
         let mut values: Vec<&str> = req.header_values(name);
         if values.is_empty() {
-            return Err(ApiError::incomplete_signature(&format!("Signed header {name} is missing.")));
+            return Err(ApiError::incomplete_signature(&format!(
+                "Signed header {name} is missing."
+            )));
         }
         values.sort_unstable();
         canonical.push_str(name);
@@ -236,14 +297,19 @@ fn verify_acs3(
     canonical.push_str(content_sha);
     let string_to_sign = format!("ACS3-HMAC-SHA256\n{}", sha256_hex(canonical.as_bytes()));
 
-    let secret = store.api_secret(access_key_id)?.ok_or_else(ApiError::access_key_not_found)?;
-    let provided = hex_decode(signature).ok_or_else(|| ApiError::signature_does_not_match(&string_to_sign))?;
+    let secret = store
+        .api_secret(access_key_id)?
+        .ok_or_else(ApiError::access_key_not_found)?;
+    let provided =
+        hex_decode(signature).ok_or_else(|| ApiError::signature_does_not_match(&string_to_sign))?;
     let key = hmac::Key::new(hmac::HMAC_SHA256, secret.as_bytes());
     hmac::verify(&key, string_to_sign.as_bytes(), &provided)
         .map_err(|_| ApiError::signature_does_not_match(&string_to_sign))?;
     // The body is covered only through this header, so it must be the body's real hash.
     if !content_sha.eq_ignore_ascii_case(&sha256_hex(&req.body)) {
-        return Err(ApiError::signature_does_not_match("x-acs-content-sha256 is not the SHA-256 of the body"));
+        return Err(ApiError::signature_does_not_match(
+            "x-acs-content-sha256 is not the SHA-256 of the body",
+        ));
     }
     remember(store, &format!("acs3\n{access_key_id}"), nonce, signed_at)?;
     Ok(Verified {
@@ -263,11 +329,16 @@ pub fn rpc_string_to_sign(method: &str, params: &Params) -> String {
     format!("{method}&%2F&{}", percent_encode(&canonical.join("&")))
 }
 
-fn verify_rpc(req: &Request, all: &Params, now: i64, store: &dyn AuthStore) -> Result<Verified, ApiError> {
+fn verify_rpc(
+    req: &Request,
+    all: &Params,
+    now: i64,
+    store: &dyn AuthStore,
+) -> Result<Verified, ApiError> {
     let need = |name: &str| -> Result<&str, ApiError> {
-        all.get(name)
-            .filter(|v| !v.is_empty())
-            .ok_or_else(|| ApiError::incomplete_signature(&format!("Parameter {name} is required.")))
+        all.get(name).filter(|v| !v.is_empty()).ok_or_else(|| {
+            ApiError::incomplete_signature(&format!("Parameter {name} is required."))
+        })
     };
     let access_key_id = need("AccessKeyId")?;
     let signature = need("Signature")?;
@@ -278,16 +349,23 @@ fn verify_rpc(req: &Request, all: &Params, now: i64, store: &dyn AuthStore) -> R
     check_token(access_key_id, "AccessKeyId")?;
     check_token(nonce, "SignatureNonce")?;
     if method != "HMAC-SHA1" || version != "1.0" {
-        return Err(ApiError::incomplete_signature("Use SignatureMethod=HMAC-SHA1 and SignatureVersion=1.0."));
+        return Err(ApiError::incomplete_signature(
+            "Use SignatureMethod=HMAC-SHA1 and SignatureVersion=1.0.",
+        ));
     }
     let signed_at = check_time(timestamp, now)?;
     let string_to_sign = rpc_string_to_sign(&req.method, all);
-    let secret = store.api_secret(access_key_id)?.ok_or_else(ApiError::access_key_not_found)?;
+    let secret = store
+        .api_secret(access_key_id)?
+        .ok_or_else(ApiError::access_key_not_found)?;
     use base64::Engine as _;
     let provided = base64::engine::general_purpose::STANDARD
         .decode(signature)
         .map_err(|_| ApiError::signature_does_not_match(&string_to_sign))?;
-    let key = hmac::Key::new(hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY, format!("{secret}&").as_bytes());
+    let key = hmac::Key::new(
+        hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY,
+        format!("{secret}&").as_bytes(),
+    );
     hmac::verify(&key, string_to_sign.as_bytes(), &provided)
         .map_err(|_| ApiError::signature_does_not_match(&string_to_sign))?;
     match all.get("Version") {
@@ -311,8 +389,18 @@ pub const AGENT_SCHEME: &str = "SGW-HMAC-SHA256";
 
 /// The text an agent signs: scheme, method, path, gateway id, date, nonce, body hash, one per
 /// line.
-pub fn agent_string_to_sign(method: &str, path: &str, gateway_id: &str, date: &str, nonce: &str, body: &[u8]) -> String {
-    format!("{AGENT_SCHEME}\n{method}\n{path}\n{gateway_id}\n{date}\n{nonce}\n{}", sha256_hex(body))
+pub fn agent_string_to_sign(
+    method: &str,
+    path: &str,
+    gateway_id: &str,
+    date: &str,
+    nonce: &str,
+    body: &[u8],
+) -> String {
+    format!(
+        "{AGENT_SCHEME}\n{method}\n{path}\n{gateway_id}\n{date}\n{nonce}\n{}",
+        sha256_hex(body)
+    )
 }
 
 /// Hex HMAC-SHA256 of [`agent_string_to_sign`] with the gateway secret.
@@ -338,18 +426,34 @@ pub fn sign_agent_request(
         ("x-sgw-gateway-id", gateway_id.to_string()),
         ("x-sgw-date", date),
         ("x-sgw-nonce", nonce.to_string()),
-        ("authorization", format!("{AGENT_SCHEME} Signature={}", agent_signature(secret, &sts))),
+        (
+            "authorization",
+            format!("{AGENT_SCHEME} Signature={}", agent_signature(secret, &sts)),
+        ),
     ]
 }
 
 /// Verifies an agent request; returns the gateway id.
-pub fn verify_agent_request(req: &Request, now: i64, store: &dyn AuthStore) -> Result<String, ApiError> {
+pub fn verify_agent_request(
+    req: &Request,
+    now: i64,
+    store: &dyn AuthStore,
+) -> Result<String, ApiError> {
     let unauthorized = |why: &str| ApiError::new(401, "InvalidGatewaySignature", why.to_string());
-    let gateway_id = req.header("x-sgw-gateway-id").ok_or_else(|| unauthorized("x-sgw-gateway-id is missing."))?;
-    let date = req.header("x-sgw-date").ok_or_else(|| unauthorized("x-sgw-date is missing."))?;
-    let nonce = req.header("x-sgw-nonce").ok_or_else(|| unauthorized("x-sgw-nonce is missing."))?;
-    let auth = req.header("authorization").ok_or_else(|| unauthorized("Authorization is missing."))?;
-    check_token(gateway_id, "x-sgw-gateway-id").map_err(|_| unauthorized("x-sgw-gateway-id is malformed."))?;
+    let gateway_id = req
+        .header("x-sgw-gateway-id")
+        .ok_or_else(|| unauthorized("x-sgw-gateway-id is missing."))?;
+    let date = req
+        .header("x-sgw-date")
+        .ok_or_else(|| unauthorized("x-sgw-date is missing."))?;
+    let nonce = req
+        .header("x-sgw-nonce")
+        .ok_or_else(|| unauthorized("x-sgw-nonce is missing."))?;
+    let auth = req
+        .header("authorization")
+        .ok_or_else(|| unauthorized("Authorization is missing."))?;
+    check_token(gateway_id, "x-sgw-gateway-id")
+        .map_err(|_| unauthorized("x-sgw-gateway-id is malformed."))?;
     check_token(nonce, "x-sgw-nonce").map_err(|_| unauthorized("x-sgw-nonce is malformed."))?;
     let signed_at = check_time(date, now)?;
     let provided = auth
@@ -357,9 +461,13 @@ pub fn verify_agent_request(req: &Request, now: i64, store: &dyn AuthStore) -> R
         .and_then(|r| r.trim_start().strip_prefix("Signature="))
         .and_then(hex_decode)
         .ok_or_else(|| unauthorized("Authorization must be `SGW-HMAC-SHA256 Signature=<hex>`."))?;
-    let secret = store
-        .gateway_secret(gateway_id)?
-        .ok_or_else(|| ApiError::new(401, "GatewayNotExist", "The gateway is not known to this control endpoint."))?;
+    let secret = store.gateway_secret(gateway_id)?.ok_or_else(|| {
+        ApiError::new(
+            401,
+            "GatewayNotExist",
+            "The gateway is not known to this control endpoint.",
+        )
+    })?;
     let sts = agent_string_to_sign(&req.method, &req.path, gateway_id, date, nonce, &req.body);
     let key = hmac::Key::new(hmac::HMAC_SHA256, secret.as_bytes());
     hmac::verify(&key, sts.as_bytes(), &provided)
@@ -402,7 +510,10 @@ mod tests {
             method: method.into(),
             path: path.into(),
             query: query.into(),
-            headers: headers.iter().map(|(n, v)| (n.to_ascii_lowercase(), v.to_string())).collect(),
+            headers: headers
+                .iter()
+                .map(|(n, v)| (n.to_ascii_lowercase(), v.to_string()))
+                .collect(),
             body: Vec::new(),
             peer: None,
         }
@@ -415,16 +526,23 @@ mod tests {
     }
 
     // Captured from alibabacloud-sgw20180511 1.0.1 / tea-openapi 0.4.6 with AK/SK.
-    const ACS3_TARGET: &str = "/?BucketName=bk&BucketRegion=us-east-1&Description=h%C3%A9llo&Name=a+b%2Bc%2F%2A~";
+    const ACS3_TARGET: &str =
+        "/?BucketName=bk&BucketRegion=us-east-1&Description=h%C3%A9llo&Name=a+b%2Bc%2F%2A~";
     const ACS3_HEADERS: &[(&str, &str)] = &[
         ("host", "127.0.0.1:18555"),
         ("x-acs-version", "2018-05-11"),
         ("x-acs-action", "CreateExpressSync"),
-        ("user-agent", "AlibabaCloud (Linux; x86_64) Python/3.11.7 Core/0.4.3 TeaDSL/2"),
+        (
+            "user-agent",
+            "AlibabaCloud (Linux; x86_64) Python/3.11.7 Core/0.4.3 TeaDSL/2",
+        ),
         ("x-acs-date", "2026-11-21T05:22:09Z"),
         ("x-acs-signature-nonce", "fd317177b4fe9c4ade8d51f86b6bed7c"),
         ("accept", "application/json"),
-        ("x-acs-content-sha256", "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"),
+        (
+            "x-acs-content-sha256",
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+        ),
         ("x-acs-credentials-provider", "static_ak"),
         (
             "Authorization",
@@ -441,7 +559,15 @@ mod tests {
     fn iso8601_round_trips_and_refuses_nonsense() {
         assert_eq!(parse_iso8601("2026-11-21T05:22:09Z"), Some(ACS3_NOW));
         assert_eq!(format_iso8601(ACS3_NOW), "2026-11-21T05:22:09Z");
-        for bad in ["", "2026-11-21 05:22:09Z", "2026-02-30T00:00:00Z", "2026-13-01T00:00:00Z", "+026-11-21T05:22:09Z", "2026-11-21T05:22:09+00:00", "2026-11-21T25:00:00Z"] {
+        for bad in [
+            "",
+            "2026-11-21 05:22:09Z",
+            "2026-02-30T00:00:00Z",
+            "2026-13-01T00:00:00Z",
+            "+026-11-21T05:22:09Z",
+            "2026-11-21T05:22:09+00:00",
+            "2026-11-21T25:00:00Z",
+        ] {
             assert_eq!(parse_iso8601(bad), None, "{bad}");
         }
     }
@@ -465,43 +591,105 @@ mod tests {
         // A parameter changed after signing.
         let r = req("POST", &ACS3_TARGET.replace("bk", "bx"), ACS3_HEADERS);
         let q = params(&r.query);
-        assert_eq!(verify_api_request(&r, &q, &q, ACS3_NOW, &store).unwrap_err().code, "SignatureDoesNotMatch");
+        assert_eq!(
+            verify_api_request(&r, &q, &q, ACS3_NOW, &store)
+                .unwrap_err()
+                .code,
+            "SignatureDoesNotMatch"
+        );
         // The action header swapped.
         let swapped: Vec<(&str, &str)> = ACS3_HEADERS
             .iter()
-            .map(|&(n, v)| if n == "x-acs-action" { (n, "DeleteExpressSync") } else { (n, v) })
+            .map(|&(n, v)| {
+                if n == "x-acs-action" {
+                    (n, "DeleteExpressSync")
+                } else {
+                    (n, v)
+                }
+            })
             .collect();
         let r = req("POST", ACS3_TARGET, &swapped);
         let q = params(&r.query);
-        assert_eq!(verify_api_request(&r, &q, &q, ACS3_NOW, &store).unwrap_err().code, "SignatureDoesNotMatch");
+        assert_eq!(
+            verify_api_request(&r, &q, &q, ACS3_NOW, &store)
+                .unwrap_err()
+                .code,
+            "SignatureDoesNotMatch"
+        );
         // A body smuggled in under the empty-body hash.
         let mut r = req("POST", ACS3_TARGET, ACS3_HEADERS);
         r.body = b"Name=evil".to_vec();
         let q = params(&r.query);
-        assert_eq!(verify_api_request(&r, &q, &q, ACS3_NOW, &store).unwrap_err().code, "SignatureDoesNotMatch");
+        assert_eq!(
+            verify_api_request(&r, &q, &q, ACS3_NOW, &store)
+                .unwrap_err()
+                .code,
+            "SignatureDoesNotMatch"
+        );
         // Outside the window, either side.
         let r = req("POST", ACS3_TARGET, ACS3_HEADERS);
         let q = params(&r.query);
-        assert_eq!(verify_api_request(&r, &q, &q, ACS3_NOW + 16 * 60, &store).unwrap_err().code, "InvalidTimeStamp.Expired");
-        assert_eq!(verify_api_request(&r, &q, &q, ACS3_NOW - 16 * 60, &store).unwrap_err().code, "InvalidTimeStamp.Expired");
+        assert_eq!(
+            verify_api_request(&r, &q, &q, ACS3_NOW + 16 * 60, &store)
+                .unwrap_err()
+                .code,
+            "InvalidTimeStamp.Expired"
+        );
+        assert_eq!(
+            verify_api_request(&r, &q, &q, ACS3_NOW - 16 * 60, &store)
+                .unwrap_err()
+                .code,
+            "InvalidTimeStamp.Expired"
+        );
         // Unknown key.
         let other: Vec<(&str, &str)> = ACS3_HEADERS
             .iter()
             .map(|&(n, v)| if n == "Authorization" { (n, "ACS3-HMAC-SHA256 Credential=NOPE,SignedHeaders=accept;host;user-agent;x-acs-action;x-acs-content-sha256;x-acs-credentials-provider;x-acs-date;x-acs-signature-nonce;x-acs-version,Signature=00") } else { (n, v) })
             .collect();
         let r = req("POST", ACS3_TARGET, &other);
-        assert_eq!(verify_api_request(&r, &q, &q, ACS3_NOW, &store).unwrap_err().code, "InvalidAccessKeyId.NotFound");
+        assert_eq!(
+            verify_api_request(&r, &q, &q, ACS3_NOW, &store)
+                .unwrap_err()
+                .code,
+            "InvalidAccessKeyId.NotFound"
+        );
         // The nonce left out of the signed headers: refused before any key lookup.
         let unsigned: Vec<(&str, &str)> = ACS3_HEADERS
             .iter()
             .map(|&(n, v)| if n == "Authorization" { (n, "ACS3-HMAC-SHA256 Credential=AK,SignedHeaders=host;x-acs-action;x-acs-content-sha256;x-acs-date;x-acs-version,Signature=00") } else { (n, v) })
             .collect();
         let r = req("POST", ACS3_TARGET, &unsigned);
-        assert_eq!(verify_api_request(&r, &q, &q, ACS3_NOW, &store).unwrap_err().code, "IncompleteSignature");
-        for hostile in ["ACS3-HMAC-SHA256", "ACS3-HMAC-SHA256 Credential=AK", "ACS3-HMAC-SM3 Credential=AK,SignedHeaders=host,Signature=00", "ACS3-HMAC-SHA256 Credential=AK,Credential=AK,SignedHeaders=host,Signature=00", "Bearer x"] {
-            let h: Vec<(&str, &str)> = ACS3_HEADERS.iter().map(|&(n, v)| if n == "Authorization" { (n, hostile) } else { (n, v) }).collect();
+        assert_eq!(
+            verify_api_request(&r, &q, &q, ACS3_NOW, &store)
+                .unwrap_err()
+                .code,
+            "IncompleteSignature"
+        );
+        for hostile in [
+            "ACS3-HMAC-SHA256",
+            "ACS3-HMAC-SHA256 Credential=AK",
+            "ACS3-HMAC-SM3 Credential=AK,SignedHeaders=host,Signature=00",
+            "ACS3-HMAC-SHA256 Credential=AK,Credential=AK,SignedHeaders=host,Signature=00",
+            "Bearer x",
+        ] {
+            let h: Vec<(&str, &str)> = ACS3_HEADERS
+                .iter()
+                .map(|&(n, v)| {
+                    if n == "Authorization" {
+                        (n, hostile)
+                    } else {
+                        (n, v)
+                    }
+                })
+                .collect();
             let r = req("POST", ACS3_TARGET, &h);
-            assert_eq!(verify_api_request(&r, &q, &q, ACS3_NOW, &store).unwrap_err().code, "IncompleteSignature", "{hostile}");
+            assert_eq!(
+                verify_api_request(&r, &q, &q, ACS3_NOW, &store)
+                    .unwrap_err()
+                    .code,
+                "IncompleteSignature",
+                "{hostile}"
+            );
         }
     }
 
@@ -513,35 +701,77 @@ mod tests {
         let v = verify_api_request(&r, &q, &q, ACS3_NOW, &store).expect("signature verifies");
         assert_eq!(v.scheme, Scheme::Rpc);
         assert_eq!(v.action, "CreateExpressSync");
-        assert_eq!(verify_api_request(&r, &q, &q, ACS3_NOW, &store).unwrap_err().code, "SignatureNonceUsed");
+        assert_eq!(
+            verify_api_request(&r, &q, &q, ACS3_NOW, &store)
+                .unwrap_err()
+                .code,
+            "SignatureNonceUsed"
+        );
     }
 
     #[test]
     fn refuses_tampered_rpc_requests() {
         let store = MapStore::new();
         let cases = [
-            (RPC_TARGET.replace("Name=a", "Name=b"), "SignatureDoesNotMatch"),
-            (RPC_TARGET.replace("AccessKeyId=AK", "AccessKeyId=ZZ"), "InvalidAccessKeyId.NotFound"),
-            (RPC_TARGET.replace("&Signature=rT1qFgPmJ3FlhDtVBA8KekYZLcU%3D", ""), "IncompleteSignature"),
-            (RPC_TARGET.replace("HMAC-SHA1", "HMAC-SHA256"), "IncompleteSignature"),
-            (RPC_TARGET.replace("2026-11-21T05%3A22%3A09Z", "2026-11-21T04%3A22%3A09Z"), "InvalidTimeStamp.Expired"),
-            (RPC_TARGET.replace("2026-11-21T05%3A22%3A09Z", "yesterday"), "InvalidTimeStamp.Format"),
-            (RPC_TARGET.replace("Signature=rT1q", "Signature=!!!"), "SignatureDoesNotMatch"),
+            (
+                RPC_TARGET.replace("Name=a", "Name=b"),
+                "SignatureDoesNotMatch",
+            ),
+            (
+                RPC_TARGET.replace("AccessKeyId=AK", "AccessKeyId=ZZ"),
+                "InvalidAccessKeyId.NotFound",
+            ),
+            (
+                RPC_TARGET.replace("&Signature=rT1qFgPmJ3FlhDtVBA8KekYZLcU%3D", ""),
+                "IncompleteSignature",
+            ),
+            (
+                RPC_TARGET.replace("HMAC-SHA1", "HMAC-SHA256"),
+                "IncompleteSignature",
+            ),
+            (
+                RPC_TARGET.replace("2026-11-21T05%3A22%3A09Z", "2026-11-21T04%3A22%3A09Z"),
+                "InvalidTimeStamp.Expired",
+            ),
+            (
+                RPC_TARGET.replace("2026-11-21T05%3A22%3A09Z", "yesterday"),
+                "InvalidTimeStamp.Format",
+            ),
+            (
+                RPC_TARGET.replace("Signature=rT1q", "Signature=!!!"),
+                "SignatureDoesNotMatch",
+            ),
         ];
         for (target, code) in cases {
             let r = req("POST", &target, &[]);
             let q = params(&r.query);
-            assert_eq!(verify_api_request(&r, &q, &q, ACS3_NOW, &store).unwrap_err().code, code, "{target}");
+            assert_eq!(
+                verify_api_request(&r, &q, &q, ACS3_NOW, &store)
+                    .unwrap_err()
+                    .code,
+                code,
+                "{target}"
+            );
         }
         // GET with the same parameters signs a different string.
         let r = req("GET", RPC_TARGET, &[]);
         let q = params(&r.query);
         let e = verify_api_request(&r, &q, &q, ACS3_NOW, &store).unwrap_err();
         assert_eq!(e.code, "SignatureDoesNotMatch");
-        assert!(e.message.contains("server string to sign is:GET&%2F&AccessKeyId%3DAK"), "{}", e.message);
+        assert!(
+            e.message
+                .contains("server string to sign is:GET&%2F&AccessKeyId%3DAK"),
+            "{}",
+            e.message
+        );
         let unsigned = req("POST", "/?Action=CreateExpressSync", &[]);
         let q = params(&unsigned.query);
-        assert_eq!(verify_api_request(&unsigned, &q, &q, ACS3_NOW, &store).unwrap_err().code, "IncompleteSignature");
+        assert_eq!(
+            verify_api_request(&unsigned, &q, &q, ACS3_NOW, &store)
+                .unwrap_err()
+                .code,
+            "IncompleteSignature"
+        );
     }
 
     #[test]
@@ -549,21 +779,60 @@ mod tests {
         let store = MapStore::new();
         let body = br#"{"shares":[]}"#;
         let make = |secret: &str, nonce: &str| {
-            let headers = sign_agent_request("POST", "/agent/v1/progress", "gw-1", secret, ACS3_NOW, nonce, body);
+            let headers = sign_agent_request(
+                "POST",
+                "/agent/v1/progress",
+                "gw-1",
+                secret,
+                ACS3_NOW,
+                nonce,
+                body,
+            );
             let mut r = req("POST", "/agent/v1/progress", &[]);
-            r.headers = headers.into_iter().map(|(n, v)| (n.to_string(), v)).collect();
+            r.headers = headers
+                .into_iter()
+                .map(|(n, v)| (n.to_string(), v))
+                .collect();
             r.body = body.to_vec();
             r
         };
-        assert_eq!(verify_agent_request(&make("gwsecret", "n1"), ACS3_NOW, &store), Ok("gw-1".to_string()));
-        assert_eq!(verify_agent_request(&make("gwsecret", "n1"), ACS3_NOW, &store).unwrap_err().code, "SignatureNonceUsed");
-        assert_eq!(verify_agent_request(&make("wrong", "n2"), ACS3_NOW, &store).unwrap_err().code, "InvalidGatewaySignature");
+        assert_eq!(
+            verify_agent_request(&make("gwsecret", "n1"), ACS3_NOW, &store),
+            Ok("gw-1".to_string())
+        );
+        assert_eq!(
+            verify_agent_request(&make("gwsecret", "n1"), ACS3_NOW, &store)
+                .unwrap_err()
+                .code,
+            "SignatureNonceUsed"
+        );
+        assert_eq!(
+            verify_agent_request(&make("wrong", "n2"), ACS3_NOW, &store)
+                .unwrap_err()
+                .code,
+            "InvalidGatewaySignature"
+        );
         let mut tampered = make("gwsecret", "n3");
         tampered.body = br#"{"shares":[1]}"#.to_vec();
-        assert_eq!(verify_agent_request(&tampered, ACS3_NOW, &store).unwrap_err().code, "InvalidGatewaySignature");
-        assert_eq!(verify_agent_request(&make("gwsecret", "n4"), ACS3_NOW + 3600, &store).unwrap_err().code, "InvalidTimeStamp.Expired");
+        assert_eq!(
+            verify_agent_request(&tampered, ACS3_NOW, &store)
+                .unwrap_err()
+                .code,
+            "InvalidGatewaySignature"
+        );
+        assert_eq!(
+            verify_agent_request(&make("gwsecret", "n4"), ACS3_NOW + 3600, &store)
+                .unwrap_err()
+                .code,
+            "InvalidTimeStamp.Expired"
+        );
         let mut moved = make("gwsecret", "n5");
         moved.path = "/agent/v1/register".into();
-        assert_eq!(verify_agent_request(&moved, ACS3_NOW, &store).unwrap_err().code, "InvalidGatewaySignature");
+        assert_eq!(
+            verify_agent_request(&moved, ACS3_NOW, &store)
+                .unwrap_err()
+                .code,
+            "InvalidGatewaySignature"
+        );
     }
 }

@@ -22,13 +22,25 @@ impl ApiError {
 
     // --- CreateExpressSync (seed 002) ---
     pub fn empty_express_sync_name() -> ApiError {
-        ApiError::new(400, "EmptyExpressSyncName", "You must enter a valid name for the sync group.")
+        ApiError::new(
+            400,
+            "EmptyExpressSyncName",
+            "You must enter a valid name for the sync group.",
+        )
     }
     pub fn empty_bucket_name() -> ApiError {
-        ApiError::new(400, "EmptyBucketName", "You must enter a valid name for the bucket.")
+        ApiError::new(
+            400,
+            "EmptyBucketName",
+            "You must enter a valid name for the bucket.",
+        )
     }
     pub fn empty_bucket_region() -> ApiError {
-        ApiError::new(400, "EmptyBucketRegion", "You must specify a valid region for the bucket.")
+        ApiError::new(
+            400,
+            "EmptyBucketRegion",
+            "You must specify a valid region for the bucket.",
+        )
     }
     pub fn invalid_express_sync_name() -> ApiError {
         ApiError::new(
@@ -112,7 +124,11 @@ impl ApiError {
 
     // --- AddSharesToExpressSync / DescribeExpressSyncShares (seeds 000, 001) ---
     pub fn empty_express_sync_id() -> ApiError {
-        ApiError::new(400, "EmptyExpressSyncId", "You must specify a valid ID for the sync group.")
+        ApiError::new(
+            400,
+            "EmptyExpressSyncId",
+            "You must specify a valid ID for the sync group.",
+        )
     }
     pub fn express_sync_not_exist() -> ApiError {
         ApiError::new(
@@ -122,7 +138,11 @@ impl ApiError {
         )
     }
     pub fn express_sync_in_operation() -> ApiError {
-        ApiError::new(400, "ExpressSyncInOperation", "The sync group is busy. Try again later.")
+        ApiError::new(
+            400,
+            "ExpressSyncInOperation",
+            "The sync group is busy. Try again later.",
+        )
     }
     pub fn gateway_not_exist() -> ApiError {
         ApiError::new(
@@ -137,7 +157,9 @@ impl ApiError {
         ApiError::new(
             400,
             "MissingParameter",
-            format!("The input parameter \"{name}\" that is mandatory for processing this request is not supplied."),
+            format!(
+                "The input parameter \"{name}\" that is mandatory for processing this request is not supplied."
+            ),
         )
     }
     pub fn invalid_parameter(name: &str, why: &str) -> ApiError {
@@ -187,7 +209,11 @@ impl ApiError {
         )
     }
     pub fn unsupported_format() -> ApiError {
-        ApiError::new(400, "InvalidParameter.Format", "Specified parameter Format is not valid; use JSON or XML.")
+        ApiError::new(
+            400,
+            "InvalidParameter.Format",
+            "Specified parameter Format is not valid; use JSON or XML.",
+        )
     }
 
     // --- Signature / authentication (the family's documented wording) ---
@@ -204,11 +230,17 @@ impl ApiError {
         ApiError::new(
             400,
             "SignatureDoesNotMatch",
-            format!("Specified signature is not matched with our calculation. server string to sign is:{string_to_sign}"),
+            format!(
+                "Specified signature is not matched with our calculation. server string to sign is:{string_to_sign}"
+            ),
         )
     }
     pub fn access_key_not_found() -> ApiError {
-        ApiError::new(404, "InvalidAccessKeyId.NotFound", "Specified access key is not found.")
+        ApiError::new(
+            404,
+            "InvalidAccessKeyId.NotFound",
+            "Specified access key is not found.",
+        )
     }
     pub fn timestamp_expired() -> ApiError {
         ApiError::new(
@@ -225,10 +257,18 @@ impl ApiError {
         )
     }
     pub fn nonce_used() -> ApiError {
-        ApiError::new(400, "SignatureNonceUsed", "Specified signature nonce was used already.")
+        ApiError::new(
+            400,
+            "SignatureNonceUsed",
+            "Specified signature nonce was used already.",
+        )
     }
     pub fn throttled() -> ApiError {
-        ApiError::new(503, "ServiceUnavailable", "The request has failed due to a temporary failure of the server.")
+        ApiError::new(
+            503,
+            "ServiceUnavailable",
+            "The request has failed due to a temporary failure of the server.",
+        )
     }
 }
 

@@ -158,8 +158,8 @@ pub fn read_request<R: Read>(stream: R, peer: Option<SocketAddr>) -> Result<Requ
     let mut budget = MAX_HEAD_BYTES;
     let mut line = Vec::new();
     read_line_bounded(&mut reader, &mut line, &mut budget, deadline)?;
-    let request_line =
-        std::str::from_utf8(&line).map_err(|_| ReadError::BadRequest("request line is not UTF-8"))?;
+    let request_line = std::str::from_utf8(&line)
+        .map_err(|_| ReadError::BadRequest("request line is not UTF-8"))?;
     let mut parts = request_line.split(' ');
     let (Some(method), Some(target), Some(version), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
@@ -208,7 +208,9 @@ pub fn read_request<R: Read>(stream: R, peer: Option<SocketAddr>) -> Result<Requ
     }
 
     if headers.iter().any(|(n, _)| n == "transfer-encoding") {
-        return Err(ReadError::NotImplemented("Transfer-Encoding is not supported; send Content-Length"));
+        return Err(ReadError::NotImplemented(
+            "Transfer-Encoding is not supported; send Content-Length",
+        ));
     }
     let lengths: Vec<&str> = headers
         .iter()
@@ -374,7 +376,10 @@ fn accept_loop(
                     Ok(()) => {}
                     Err(TrySendError::Full(stream)) => {
                         log::warn!("busy: {BACKLOG} connections waiting; refusing {peer}");
-                        let _ = write_response(&stream, &Response::plain(503, "server busy, retry later"));
+                        let _ = write_response(
+                            &stream,
+                            &Response::plain(503, "server busy, retry later"),
+                        );
                     }
                     Err(TrySendError::Disconnected(_)) => break,
                 }
@@ -464,13 +469,25 @@ mod tests {
 
     #[test]
     fn refuses_oversized_and_malformed_requests() {
-        let huge_header = format!("GET / HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(MAX_HEAD_BYTES));
-        assert_eq!(parse(huge_header.as_bytes()).err(), Some(ReadError::HeadTooLarge));
+        let huge_header = format!(
+            "GET / HTTP/1.1\r\nX: {}\r\n\r\n",
+            "a".repeat(MAX_HEAD_BYTES)
+        );
+        assert_eq!(
+            parse(huge_header.as_bytes()).err(),
+            Some(ReadError::HeadTooLarge)
+        );
         let many: String = (0..=MAX_HEADERS).map(|i| format!("H{i}: v\r\n")).collect();
         let many = format!("GET / HTTP/1.1\r\n{many}\r\n");
         assert_eq!(parse(many.as_bytes()).err(), Some(ReadError::HeadTooLarge));
-        let big_body = format!("POST / HTTP/1.1\r\nContent-Length: {}\r\n\r\n", MAX_BODY_BYTES + 1);
-        assert_eq!(parse(big_body.as_bytes()).err(), Some(ReadError::BodyTooLarge));
+        let big_body = format!(
+            "POST / HTTP/1.1\r\nContent-Length: {}\r\n\r\n",
+            MAX_BODY_BYTES + 1
+        );
+        assert_eq!(
+            parse(big_body.as_bytes()).err(),
+            Some(ReadError::BodyTooLarge)
+        );
         let overflow = b"POST / HTTP/1.1\r\nContent-Length: 99999999999999999999\r\n\r\n";
         assert!(matches!(parse(overflow), Err(ReadError::BadRequest(_))));
         let negative = b"POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n";
@@ -479,20 +496,42 @@ mod tests {
         assert!(matches!(parse(twice), Err(ReadError::BadRequest(_))));
         let chunked = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
         assert!(matches!(parse(chunked), Err(ReadError::NotImplemented(_))));
-        assert!(matches!(parse(b"GARBAGE\r\n\r\n"), Err(ReadError::BadRequest(_))));
-        assert!(matches!(parse(b"GET http://x/ HTTP/1.1\r\n\r\n"), Err(ReadError::BadRequest(_))));
-        assert!(matches!(parse(b"GET / HTTP/2\r\n\r\n"), Err(ReadError::BadRequest(_))));
-        assert!(matches!(parse(b"GET / HTTP/1.1\r\nBad Name: v\r\n\r\n"), Err(ReadError::BadRequest(_))));
-        assert!(matches!(parse(b"GET / HTTP/1.1\r\nX: a\x01b\r\n\r\n"), Err(ReadError::BadRequest(_))));
-        assert!(matches!(parse(b"GET / HTTP/1.1\r\n\xff: v\r\n\r\n"), Err(ReadError::BadRequest(_))));
+        assert!(matches!(
+            parse(b"GARBAGE\r\n\r\n"),
+            Err(ReadError::BadRequest(_))
+        ));
+        assert!(matches!(
+            parse(b"GET http://x/ HTTP/1.1\r\n\r\n"),
+            Err(ReadError::BadRequest(_))
+        ));
+        assert!(matches!(
+            parse(b"GET / HTTP/2\r\n\r\n"),
+            Err(ReadError::BadRequest(_))
+        ));
+        assert!(matches!(
+            parse(b"GET / HTTP/1.1\r\nBad Name: v\r\n\r\n"),
+            Err(ReadError::BadRequest(_))
+        ));
+        assert!(matches!(
+            parse(b"GET / HTTP/1.1\r\nX: a\x01b\r\n\r\n"),
+            Err(ReadError::BadRequest(_))
+        ));
+        assert!(matches!(
+            parse(b"GET / HTTP/1.1\r\n\xff: v\r\n\r\n"),
+            Err(ReadError::BadRequest(_))
+        ));
         // Truncated: the body never arrives.
-        assert_eq!(parse(b"POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\nab").err(), Some(ReadError::Closed));
+        assert_eq!(
+            parse(b"POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\nab").err(),
+            Some(ReadError::Closed)
+        );
         assert_eq!(parse(b"").err(), Some(ReadError::Closed));
     }
 
     #[test]
     fn server_answers_and_refuses_over_the_socket() {
-        let handler: Arc<Handler> = Arc::new(|req: Request| Response::json(200, format!("{{\"path\":\"{}\"}}", req.path)));
+        let handler: Arc<Handler> =
+            Arc::new(|req: Request| Response::json(200, format!("{{\"path\":\"{}\"}}", req.path)));
         let server = Server::start("127.0.0.1:0", 2, handler).expect("bind");
         let addr = server.local_addr();
         let talk = |raw: &[u8]| -> String {
@@ -506,7 +545,13 @@ mod tests {
         assert!(ok.starts_with("HTTP/1.1 200 OK\r\n"), "{ok}");
         assert!(ok.contains("Connection: close"), "{ok}");
         assert!(ok.ends_with("{\"path\":\"/agent/v1/x\"}"), "{ok}");
-        let big = talk(format!("POST / HTTP/1.1\r\nContent-Length: {}\r\n\r\n", MAX_BODY_BYTES * 4).as_bytes());
+        let big = talk(
+            format!(
+                "POST / HTTP/1.1\r\nContent-Length: {}\r\n\r\n",
+                MAX_BODY_BYTES * 4
+            )
+            .as_bytes(),
+        );
         assert!(big.starts_with("HTTP/1.1 413"), "{big}");
         server.shutdown();
     }

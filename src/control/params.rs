@@ -160,20 +160,32 @@ mod tests {
     #[test]
     fn refuses_hostile_encodings() {
         for bad in ["a=%", "a=%4", "a=%zz", "a=%C3", "a=%FF%FE", "%=1"] {
-            assert!(matches!(Params::new().add_encoded(bad), Err(ParamError::Malformed(_))), "{bad}");
+            assert!(
+                matches!(
+                    Params::new().add_encoded(bad),
+                    Err(ParamError::Malformed(_))
+                ),
+                "{bad}"
+            );
         }
         assert_eq!(
             Params::new().add_encoded("a=1&b=2&a=3"),
             Err(ParamError::Duplicate("a".into()))
         );
         let many: Vec<String> = (0..=MAX_PARAMS).map(|i| format!("p{i}=v")).collect();
-        assert_eq!(Params::new().add_encoded(&many.join("&")), Err(ParamError::TooMany));
+        assert_eq!(
+            Params::new().add_encoded(&many.join("&")),
+            Err(ParamError::TooMany)
+        );
     }
 
     #[test]
     fn percent_encode_matches_python_quote() {
         assert_eq!(percent_encode("a b+c/*~é"), "a%20b%2Bc%2F%2A~%C3%A9");
-        assert_eq!(percent_encode("2024-01-01T00:00:00Z"), "2024-01-01T00%3A00%3A00Z");
+        assert_eq!(
+            percent_encode("2024-01-01T00:00:00Z"),
+            "2024-01-01T00%3A00%3A00Z"
+        );
     }
 
     proptest! {

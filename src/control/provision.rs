@@ -89,13 +89,18 @@ impl std::error::Error for ProvisionError {}
 impl From<CloudError> for ProvisionError {
     fn from(e: CloudError) -> ProvisionError {
         match &e {
-            CloudError::Service { code, .. } if code == "NoSuchBucket" => ProvisionError::NoSuchBucket(e.to_string()),
+            CloudError::Service { code, .. } if code == "NoSuchBucket" => {
+                ProvisionError::NoSuchBucket(e.to_string())
+            }
             CloudError::Service { status: 403, .. } => ProvisionError::Denied(e.to_string()),
-            CloudError::Service { code, .. } if code == "AccessDenied" || code == "AuthorizationError" => {
+            CloudError::Service { code, .. }
+                if code == "AccessDenied" || code == "AuthorizationError" =>
+            {
                 ProvisionError::Denied(e.to_string())
             }
             CloudError::Service { code, message, .. }
-                if code == "InvalidArgument" && message.to_ascii_lowercase().contains("overlap") =>
+                if code == "InvalidArgument"
+                    && message.to_ascii_lowercase().contains("overlap") =>
             {
                 ProvisionError::Conflict(e.to_string())
             }
@@ -112,7 +117,11 @@ pub trait Provisioner: Send + Sync {
     /// Removes the rule and the topic; resources already gone are fine.
     fn delete_group(&self, spec: &GroupSpec, handles: &GroupHandles) -> Result<(), ProvisionError>;
     /// A share's queue, subscribed to the group's topic with raw delivery.
-    fn create_queue(&self, queue_name: &str, topic_ref: &str) -> Result<QueueHandles, ProvisionError>;
+    fn create_queue(
+        &self,
+        queue_name: &str,
+        topic_ref: &str,
+    ) -> Result<QueueHandles, ProvisionError>;
     /// Unsubscribes and deletes the queue; resources already gone are fine.
     fn delete_queue(&self, handles: &QueueHandles) -> Result<(), ProvisionError>;
     /// The endpoint URL and region agents use for the bucket and the queues.
@@ -143,7 +152,8 @@ impl NotificationRule {
 
     /// True if this rule and one for `prefix` would both fire for some key.
     pub fn overlaps(&self, prefix: &str) -> bool {
-        self.touches_our_events() && (self.prefix.starts_with(prefix) || prefix.starts_with(&self.prefix))
+        self.touches_our_events()
+            && (self.prefix.starts_with(prefix) || prefix.starts_with(&self.prefix))
     }
 }
 
@@ -152,7 +162,8 @@ fn push_ref(text: &mut String, r: &quick_xml::events::BytesRef<'_>) -> Result<()
     match r.resolve_char_ref() {
         Ok(Some(c)) => text.push(c),
         Ok(None) => text.push_str(
-            quick_xml::escape::resolve_predefined_entity(r).ok_or_else(|| format!("unknown entity &{};", &**r))?,
+            quick_xml::escape::resolve_predefined_entity(r)
+                .ok_or_else(|| format!("unknown entity &{};", &**r))?,
         ),
         Err(e) => return Err(format!("bad character reference: {e}")),
     }
@@ -161,7 +172,11 @@ fn push_ref(text: &mut String, r: &quick_xml::events::BytesRef<'_>) -> Result<()
 
 /// Splits a `NotificationConfiguration` document into its rules.
 pub fn parse_notification_config(xml: &str) -> Result<Vec<NotificationRule>, ProvisionError> {
-    let bad = |why: String| ProvisionError::Failed(format!("unreadable bucket notification configuration: {why}"));
+    let bad = |why: String| {
+        ProvisionError::Failed(format!(
+            "unreadable bucket notification configuration: {why}"
+        ))
+    };
     let mut reader = Reader::from_str(xml);
     let mut rules = Vec::new();
     let mut path: Vec<String> = Vec::new();
@@ -192,7 +207,9 @@ pub fn parse_notification_config(xml: &str) -> Result<Vec<NotificationRule>, Pro
             }
             Event::Empty(_) if path.len() == 1 => {
                 let end = usize::try_from(reader.buffer_position()).unwrap_or(usize::MAX);
-                let raw = xml.get(before..end).ok_or_else(|| bad("bad offsets".into()))?;
+                let raw = xml
+                    .get(before..end)
+                    .ok_or_else(|| bad("bad offsets".into()))?;
                 rules.push(NotificationRule {
                     raw: raw.trim().to_string(),
                     id: String::new(),
@@ -210,8 +227,12 @@ pub fn parse_notification_config(xml: &str) -> Result<Vec<NotificationRule>, Pro
                     match (path.len(), leaf.as_str()) {
                         (3, "Id") => rule.id = value.trim().to_string(),
                         (3, "Event") => rule.events.push(value.trim().to_string()),
-                        (_, "Name") if in_filter_rule => filter_name = value.trim().to_ascii_lowercase(),
-                        (_, "Value") if in_filter_rule && filter_name == "prefix" => rule.prefix = value,
+                        (_, "Name") if in_filter_rule => {
+                            filter_name = value.trim().to_ascii_lowercase()
+                        }
+                        (_, "Value") if in_filter_rule && filter_name == "prefix" => {
+                            rule.prefix = value
+                        }
                         _ => {}
                     }
                 }
@@ -220,7 +241,11 @@ pub fn parse_notification_config(xml: &str) -> Result<Vec<NotificationRule>, Pro
                     && let Some(mut rule) = current.take()
                 {
                     let end = usize::try_from(reader.buffer_position()).unwrap_or(usize::MAX);
-                    rule.raw = xml.get(start..end).ok_or_else(|| bad("bad offsets".into()))?.trim().to_string();
+                    rule.raw = xml
+                        .get(start..end)
+                        .ok_or_else(|| bad("bad offsets".into()))?
+                        .trim()
+                        .to_string();
                     rules.push(rule);
                 }
             }
@@ -257,7 +282,9 @@ pub fn our_rule_xml(spec: &GroupSpec, topic_arn: &str) -> String {
 
 /// A configuration document holding `rules` (raw) in order.
 pub fn notification_config_xml(rules: &[String]) -> String {
-    let mut xml = String::from("<NotificationConfiguration xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\">");
+    let mut xml = String::from(
+        "<NotificationConfiguration xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\">",
+    );
     for rule in rules {
         xml.push_str(rule);
     }
@@ -292,7 +319,9 @@ fn first_element_text(xml: &str, wanted: &str) -> Option<String> {
             }
             Event::Text(t) if inside => text.push_str(&t.xml10_content()),
             Event::GeneralRef(r) if inside => push_ref(&mut text, &r).ok()?,
-            Event::End(_) if inside => return Some(text.trim().to_string()).filter(|t| !t.is_empty()),
+            Event::End(_) if inside => {
+                return Some(text.trim().to_string()).filter(|t| !t.is_empty());
+            }
             Event::Eof => return None,
             _ => {}
         }
@@ -300,8 +329,14 @@ fn first_element_text(xml: &str, wanted: &str) -> Option<String> {
 }
 
 impl AwsProvisioner {
-    pub fn new(endpoint: &str, region: &str, allow_http: bool, credentials: Credentials) -> Result<AwsProvisioner, String> {
-        let client = |service| SignedClient::new(endpoint, allow_http, credentials.clone(), region, service);
+    pub fn new(
+        endpoint: &str,
+        region: &str,
+        allow_http: bool,
+        credentials: Credentials,
+    ) -> Result<AwsProvisioner, String> {
+        let client =
+            |service| SignedClient::new(endpoint, allow_http, credentials.clone(), region, service);
         Ok(AwsProvisioner {
             s3: client("s3")?,
             sns: client("sns")?,
@@ -317,7 +352,12 @@ impl AwsProvisioner {
         })
     }
 
-    fn send(&self, client: &SignedClient, what: &str, call: &Call<'_>) -> Result<Vec<u8>, CloudError> {
+    fn send(
+        &self,
+        client: &SignedClient,
+        what: &str,
+        call: &Call<'_>,
+    ) -> Result<Vec<u8>, CloudError> {
         retry(&self.retry, what, &|| false, || {
             let response = client.send(call)?;
             read_capped(response.into_body(), ANSWER_LIMIT, what)
@@ -332,7 +372,10 @@ impl AwsProvisioner {
             method: "POST",
             path: "/",
             query: &[],
-            headers: &[("content-type", "application/x-www-form-urlencoded; charset=utf-8")],
+            headers: &[(
+                "content-type",
+                "application/x-www-form-urlencoded; charset=utf-8",
+            )],
             body: body.as_bytes(),
             read_timeout: None,
         };
@@ -341,13 +384,17 @@ impl AwsProvisioner {
     }
 
     fn sqs(&self, action: &str, body: &serde_json::Value) -> Result<serde_json::Value, CloudError> {
-        let body = serde_json::to_vec(body).map_err(|e| CloudError::Transport(format!("encoding {action}: {e}")))?;
+        let body = serde_json::to_vec(body)
+            .map_err(|e| CloudError::Transport(format!("encoding {action}: {e}")))?;
         let target = format!("AmazonSQS.{action}");
         let call = Call {
             method: "POST",
             path: "/",
             query: &[],
-            headers: &[("content-type", "application/x-amz-json-1.0"), ("x-amz-target", &target)],
+            headers: &[
+                ("content-type", "application/x-amz-json-1.0"),
+                ("x-amz-target", &target),
+            ],
             body: &body,
             read_timeout: None,
         };
@@ -355,7 +402,8 @@ impl AwsProvisioner {
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(serde_json::Value::Null);
         }
-        serde_json::from_slice(&bytes).map_err(|e| CloudError::Transport(format!("SQS {action}: bad JSON answer: {e}")))
+        serde_json::from_slice(&bytes)
+            .map_err(|e| CloudError::Transport(format!("SQS {action}: bad JSON answer: {e}")))
     }
 
     fn notification_rules(&self, bucket: &str) -> Result<Vec<NotificationRule>, ProvisionError> {
@@ -368,7 +416,11 @@ impl AwsProvisioner {
             body: &[],
             read_timeout: None,
         };
-        let bytes = self.send(&self.s3, &format!("S3 GetBucketNotificationConfiguration {bucket}"), &call)?;
+        let bytes = self.send(
+            &self.s3,
+            &format!("S3 GetBucketNotificationConfiguration {bucket}"),
+            &call,
+        )?;
         parse_notification_config(&String::from_utf8_lossy(&bytes))
     }
 
@@ -383,7 +435,11 @@ impl AwsProvisioner {
             body: body.as_bytes(),
             read_timeout: None,
         };
-        self.send(&self.s3, &format!("S3 PutBucketNotificationConfiguration {bucket}"), &call)?;
+        self.send(
+            &self.s3,
+            &format!("S3 PutBucketNotificationConfiguration {bucket}"),
+            &call,
+        )?;
         Ok(())
     }
 
@@ -410,23 +466,41 @@ impl AwsProvisioner {
         .to_string();
         self.sns(
             "SetTopicAttributes",
-            &[("TopicArn", topic_arn), ("AttributeName", "Policy"), ("AttributeValue", &policy)],
+            &[
+                ("TopicArn", topic_arn),
+                ("AttributeName", "Policy"),
+                ("AttributeValue", &policy),
+            ],
         )?;
-        let _guard = self.notification_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let _guard = self
+            .notification_lock
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         let existing = self.notification_rules(&spec.bucket_name)?;
         let rule_id = spec.rule_id();
-        if let Some(other) = existing.iter().find(|r| r.id != rule_id && r.overlaps(&spec.bucket_prefix)) {
+        if let Some(other) = existing
+            .iter()
+            .find(|r| r.id != rule_id && r.overlaps(&spec.bucket_prefix))
+        {
             return Err(ProvisionError::Conflict(format!(
                 "rule {:?} (prefix {:?}) on bucket {}",
                 other.id, other.prefix, spec.bucket_name
             )));
         }
-        let mut rules: Vec<String> = existing.into_iter().filter(|r| r.id != rule_id).map(|r| r.raw).collect();
+        let mut rules: Vec<String> = existing
+            .into_iter()
+            .filter(|r| r.id != rule_id)
+            .map(|r| r.raw)
+            .collect();
         rules.push(our_rule_xml(spec, topic_arn));
         self.put_notification_rules(&spec.bucket_name, &rules)
     }
 
-    fn create_queue_inner(&self, queue_url: &str, topic_ref: &str) -> Result<QueueHandles, ProvisionError> {
+    fn create_queue_inner(
+        &self,
+        queue_url: &str,
+        topic_ref: &str,
+    ) -> Result<QueueHandles, ProvisionError> {
         let attrs = self.sqs(
             "GetQueueAttributes",
             &serde_json::json!({"QueueUrl": queue_url, "AttributeNames": ["QueueArn"]}),
@@ -462,8 +536,9 @@ impl AwsProvisioner {
                 ("ReturnSubscriptionArn", "true"),
             ],
         )?;
-        let subscription_ref = first_element_text(&answer, "SubscriptionArn")
-            .ok_or_else(|| ProvisionError::Failed("Subscribe returned no SubscriptionArn".into()))?;
+        let subscription_ref = first_element_text(&answer, "SubscriptionArn").ok_or_else(|| {
+            ProvisionError::Failed("Subscribe returned no SubscriptionArn".into())
+        })?;
         Ok(QueueHandles {
             queue_url: queue_url.to_string(),
             queue_ref: queue_arn,
@@ -474,7 +549,12 @@ impl AwsProvisioner {
     fn delete_queue_url(&self, queue_url: &str) -> Result<(), CloudError> {
         match self.sqs("DeleteQueue", &serde_json::json!({"QueueUrl": queue_url})) {
             Ok(_) => Ok(()),
-            Err(e) if e.is_not_found() || matches!(&e, CloudError::Service { code, .. } if code.contains("NonExistentQueue")) => Ok(()),
+            Err(e)
+                if e.is_not_found()
+                    || matches!(&e, CloudError::Service { code, .. } if code.contains("NonExistentQueue")) =>
+            {
+                Ok(())
+            }
             Err(e) => Err(e),
         }
     }
@@ -500,7 +580,10 @@ impl Provisioner for AwsProvisioner {
 
     fn delete_group(&self, spec: &GroupSpec, handles: &GroupHandles) -> Result<(), ProvisionError> {
         {
-            let _guard = self.notification_lock.lock().unwrap_or_else(|p| p.into_inner());
+            let _guard = self
+                .notification_lock
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
             match self.notification_rules(&spec.bucket_name) {
                 Ok(existing) => {
                     if existing.iter().any(|r| r.id == handles.notification_ref) {
@@ -521,7 +604,11 @@ impl Provisioner for AwsProvisioner {
         Ok(())
     }
 
-    fn create_queue(&self, queue_name: &str, topic_ref: &str) -> Result<QueueHandles, ProvisionError> {
+    fn create_queue(
+        &self,
+        queue_name: &str,
+        topic_ref: &str,
+    ) -> Result<QueueHandles, ProvisionError> {
         let created = self.sqs("CreateQueue", &serde_json::json!({"QueueName": queue_name}))?;
         let queue_url = created["QueueUrl"]
             .as_str()
@@ -531,7 +618,9 @@ impl Provisioner for AwsProvisioner {
             Ok(handles) => Ok(handles),
             Err(e) => {
                 if let Err(cleanup) = self.delete_queue_url(&queue_url) {
-                    log::warn!("could not delete queue {queue_url} after a failed create: {cleanup}");
+                    log::warn!(
+                        "could not delete queue {queue_url} after a failed create: {cleanup}"
+                    );
                 }
                 Err(e)
             }
@@ -540,7 +629,10 @@ impl Provisioner for AwsProvisioner {
 
     fn delete_queue(&self, handles: &QueueHandles) -> Result<(), ProvisionError> {
         if !handles.subscription_ref.is_empty() {
-            match self.sns("Unsubscribe", &[("SubscriptionArn", &handles.subscription_ref)]) {
+            match self.sns(
+                "Unsubscribe",
+                &[("SubscriptionArn", &handles.subscription_ref)],
+            ) {
                 Ok(_) => {}
                 Err(e) if e.is_not_found() => {}
                 Err(e) => return Err(e.into()),
@@ -590,7 +682,10 @@ impl MemoryProvisioner {
         self.state.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    fn with<T>(&self, f: impl FnOnce(&mut MemoryState) -> Result<T, ProvisionError>) -> Result<T, ProvisionError> {
+    fn with<T>(
+        &self,
+        f: impl FnOnce(&mut MemoryState) -> Result<T, ProvisionError>,
+    ) -> Result<T, ProvisionError> {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(e) = state.fail_with.clone() {
             return Err(e);
@@ -606,15 +701,28 @@ impl Provisioner for MemoryProvisioner {
             if !s.buckets.is_empty() && !s.buckets.contains(&spec.bucket_name) {
                 return Err(ProvisionError::NoSuchBucket(spec.bucket_name.clone()));
             }
-            let foreign = s.foreign_rules.get(&spec.bucket_name).cloned().unwrap_or_default();
-            let ours = s.topics.values().filter(|(b, _)| *b == spec.bucket_name).map(|(_, p)| p.clone());
+            let foreign = s
+                .foreign_rules
+                .get(&spec.bucket_name)
+                .cloned()
+                .unwrap_or_default();
+            let ours = s
+                .topics
+                .values()
+                .filter(|(b, _)| *b == spec.bucket_name)
+                .map(|(_, p)| p.clone());
             for prefix in foreign.into_iter().chain(ours) {
-                if prefix.starts_with(&spec.bucket_prefix) || spec.bucket_prefix.starts_with(&prefix) {
+                if prefix.starts_with(&spec.bucket_prefix)
+                    || spec.bucket_prefix.starts_with(&prefix)
+                {
                     return Err(ProvisionError::Conflict(prefix));
                 }
             }
             let topic_ref = format!("arn:mem:topic:{}", spec.topic_name);
-            s.topics.insert(topic_ref.clone(), (spec.bucket_name.clone(), spec.bucket_prefix.clone()));
+            s.topics.insert(
+                topic_ref.clone(),
+                (spec.bucket_name.clone(), spec.bucket_prefix.clone()),
+            );
             Ok(GroupHandles {
                 topic_ref,
                 notification_ref: spec.rule_id(),
@@ -630,7 +738,11 @@ impl Provisioner for MemoryProvisioner {
         })
     }
 
-    fn create_queue(&self, queue_name: &str, topic_ref: &str) -> Result<QueueHandles, ProvisionError> {
+    fn create_queue(
+        &self,
+        queue_name: &str,
+        topic_ref: &str,
+    ) -> Result<QueueHandles, ProvisionError> {
         let delay = self.with(|s| Ok(s.delay))?;
         if let Some(d) = delay {
             std::thread::sleep(d);
@@ -691,7 +803,10 @@ mod tests {
         assert_eq!(rules[0].id, "theirs");
         assert_eq!(rules[0].events, vec!["s3:ObjectCreated:Put"]);
         assert_eq!(rules[0].prefix, "logs/&x");
-        assert!(rules[0].raw.starts_with("<QueueConfiguration>") && rules[0].raw.ends_with("</QueueConfiguration>"));
+        assert!(
+            rules[0].raw.starts_with("<QueueConfiguration>")
+                && rules[0].raw.ends_with("</QueueConfiguration>")
+        );
         assert_eq!(rules[2].raw, "<EventBridgeConfiguration/>");
         // Re-serialised with ours appended, every foreign rule reads back the same.
         let mut raws: Vec<String> = rules.iter().map(|r| r.raw.clone()).collect();
@@ -700,7 +815,10 @@ mod tests {
         assert_eq!(&again[..3], &rules[..]);
         assert_eq!(again[3].id, "sgw-express-sync-sync-1");
         assert_eq!(again[3].prefix, "data/");
-        assert_eq!(again[3].events, vec!["s3:ObjectCreated:*", "s3:ObjectRemoved:*"]);
+        assert_eq!(
+            again[3].events,
+            vec!["s3:ObjectCreated:*", "s3:ObjectRemoved:*"]
+        );
     }
 
     #[test]
@@ -730,6 +848,9 @@ mod tests {
         p.create_group(&spec("a/")).expect("first");
         let mut other = spec("a/b/");
         other.sync_id = "sync-2".into();
-        assert!(matches!(p.create_group(&other), Err(ProvisionError::Conflict(_))));
+        assert!(matches!(
+            p.create_group(&other),
+            Err(ProvisionError::Conflict(_))
+        ));
     }
 }

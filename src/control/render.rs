@@ -37,7 +37,12 @@ pub fn success(format: Format, action: &str, request_id: &str, fields: Value) ->
     if let Value::Object(extra) = fields {
         body.extend(extra);
     }
-    render(format, 200, &format!("{action}Response"), &Value::Object(body))
+    render(
+        format,
+        200,
+        &format!("{action}Response"),
+        &Value::Object(body),
+    )
 }
 
 /// An error answer: `RequestId`, `HostId`, `Code`, `Message` (XML root `<Error>`).
@@ -121,15 +126,24 @@ mod tests {
 
     #[test]
     fn xml_lists_repeat_their_element() {
-        let body = serde_json::json!({"Shares": {"Share": [{"ShareName": "a<b"}, {"ShareName": "c"}]}});
+        let body =
+            serde_json::json!({"Shares": {"Share": [{"ShareName": "a<b"}, {"ShareName": "c"}]}});
         let r = success(Format::Xml, "DescribeExpressSyncShares", "RID", body);
         let text = String::from_utf8(r.body).expect("utf-8");
-        assert!(text.starts_with("<?xml version=\"1.0\" encoding=\"UTF-8\"?><DescribeExpressSyncSharesResponse>"), "{text}");
+        assert!(
+            text.starts_with(
+                "<?xml version=\"1.0\" encoding=\"UTF-8\"?><DescribeExpressSyncSharesResponse>"
+            ),
+            "{text}"
+        );
         assert!(
             text.contains("<Shares><Share><ShareName>a&lt;b</ShareName></Share><Share><ShareName>c</ShareName></Share></Shares>"),
             "{text}"
         );
-        assert!(text.contains("<Success>true</Success>") && text.contains("<Code>200</Code>"), "{text}");
+        assert!(
+            text.contains("<Success>true</Success>") && text.contains("<Code>200</Code>"),
+            "{text}"
+        );
         assert_eq!(r.content_type, "text/xml;charset=utf-8");
     }
 
@@ -142,7 +156,9 @@ mod tests {
         assert_eq!(v["Code"], "ExpressSyncNotExist");
         assert_eq!(v["RequestId"], "RID");
         let x = error(Format::Xml, "RID", "host", &e);
-        assert!(String::from_utf8_lossy(&x.body).contains("<Error><Code>ExpressSyncNotExist</Code>"));
+        assert!(
+            String::from_utf8_lossy(&x.body).contains("<Error><Code>ExpressSyncNotExist</Code>")
+        );
     }
 
     #[test]

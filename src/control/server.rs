@@ -102,9 +102,16 @@ impl ControlConfig {
         };
         let cloud = raw.cloud.unwrap_or_default();
 
-        let listen = overrides.listen.clone().or(raw.listen).unwrap_or_else(|| DEFAULT_LISTEN.to_string());
+        let listen = overrides
+            .listen
+            .clone()
+            .or(raw.listen)
+            .unwrap_or_else(|| DEFAULT_LISTEN.to_string());
         if listen.parse::<std::net::SocketAddr>().is_err() {
-            return Err(err("listen", format!("an address like 127.0.0.1:8480, got {listen:?}")));
+            return Err(err(
+                "listen",
+                format!("an address like 127.0.0.1:8480, got {listen:?}"),
+            ));
         }
         let data_dir = overrides
             .data_dir
@@ -122,17 +129,28 @@ impl ControlConfig {
         let max_express_syncs = match raw.max_express_syncs {
             None => 100,
             Some(n @ 1..=100_000) => n,
-            Some(n) => return Err(err("max_express_syncs", format!("a number from 1 to 100000, got {n}"))),
+            Some(n) => {
+                return Err(err(
+                    "max_express_syncs",
+                    format!("a number from 1 to 100000, got {n}"),
+                ));
+            }
         };
         let poll_interval_secs = match raw.poll_interval_secs {
             None => 30,
             Some(n @ 1..=3600) => u64::try_from(n).unwrap_or(30),
-            Some(n) => return Err(err("poll_interval_secs", format!("seconds from 1 to 3600, got {n}"))),
+            Some(n) => {
+                return Err(err(
+                    "poll_interval_secs",
+                    format!("seconds from 1 to 3600, got {n}"),
+                ));
+            }
         };
 
         // An http:// endpoint typed on the command line is the operator's explicit choice; in
         // the file it needs `allow_http = true` next to it.
-        let (cloud_endpoint, endpoint_from_cli) = match (&overrides.cloud_endpoint, cloud.endpoint) {
+        let (cloud_endpoint, endpoint_from_cli) = match (&overrides.cloud_endpoint, cloud.endpoint)
+        {
             (Some(cli), _) => (cli.clone(), true),
             (None, Some(file)) => (file, false),
             (None, None) => {
@@ -143,7 +161,8 @@ impl ControlConfig {
             }
         };
         let allow_http = cloud.allow_http.unwrap_or(false) || endpoint_from_cli;
-        crate::cloud::http::Endpoint::parse(&cloud_endpoint, allow_http).map_err(|e| err("cloud.endpoint", e))?;
+        crate::cloud::http::Endpoint::parse(&cloud_endpoint, allow_http)
+            .map_err(|e| err("cloud.endpoint", e))?;
         let cloud_region = overrides
             .cloud_region
             .clone()
@@ -151,11 +170,17 @@ impl ControlConfig {
             .or_else(|| std::env::var("AWS_REGION").ok().filter(|r| !r.is_empty()))
             .unwrap_or_else(|| "us-east-1".to_string());
         if !super::actions::plausible_region(&cloud_region) {
-            return Err(err("cloud.region", format!("a region id like us-east-1, got {cloud_region:?}")));
+            return Err(err(
+                "cloud.region",
+                format!("a region id like us-east-1, got {cloud_region:?}"),
+            ));
         }
         let regions = cloud.regions.unwrap_or_else(|| vec![cloud_region.clone()]);
         if regions.is_empty() || regions.iter().any(|r| !super::actions::plausible_region(r)) {
-            return Err(err("cloud.regions", "a non-empty list of region ids like [\"us-east-1\"]".into()));
+            return Err(err(
+                "cloud.regions",
+                "a non-empty list of region ids like [\"us-east-1\"]".into(),
+            ));
         }
         Ok(ControlConfig {
             listen,
@@ -177,7 +202,9 @@ fn describe_toml_error(text: &str, e: &toml::de::Error) -> (String, String) {
     let key = e
         .span()
         .and_then(|span| {
-            let line_start = text[..span.start.min(text.len())].rfind('\n').map_or(0, |i| i + 1);
+            let line_start = text[..span.start.min(text.len())]
+                .rfind('\n')
+                .map_or(0, |i| i + 1);
             let line = text[line_start..].lines().next().unwrap_or("");
             line.split('=').next().map(|k| k.trim().to_string())
         })
@@ -234,7 +261,10 @@ pub struct Running {
 }
 
 /// Opens the store in `config.data_dir` and builds the service over `provisioner`.
-pub fn build_service(config: &ControlConfig, provisioner: Arc<dyn Provisioner>) -> Result<ControlService, String> {
+pub fn build_service(
+    config: &ControlConfig,
+    provisioner: Arc<dyn Provisioner>,
+) -> Result<ControlService, String> {
     let store = Store::open_dir(&config.data_dir).map_err(|e| e.to_string())?;
     let settings = Settings {
         regions: config.regions.clone(),
@@ -246,8 +276,17 @@ pub fn build_service(config: &ControlConfig, provisioner: Arc<dyn Provisioner>) 
 }
 
 /// Everything `sgw-control serve` does before waiting for a signal.
-pub fn start(config: &ControlConfig, credentials: Credentials, bootstrap: Option<(String, String)>) -> Result<Running, String> {
-    let provisioner = AwsProvisioner::new(&config.cloud_endpoint, &config.cloud_region, config.allow_http, credentials)?;
+pub fn start(
+    config: &ControlConfig,
+    credentials: Credentials,
+    bootstrap: Option<(String, String)>,
+) -> Result<Running, String> {
+    let provisioner = AwsProvisioner::new(
+        &config.cloud_endpoint,
+        &config.cloud_region,
+        config.allow_http,
+        credentials,
+    )?;
     let service = Arc::new(build_service(config, Arc::new(provisioner))?);
     if let Some((id, secret)) = bootstrap {
         service
@@ -293,13 +332,23 @@ mod tests {
     #[test]
     fn errors_name_the_key_and_what_was_expected() {
         let none = Overrides::default();
-        let e = load("listen = \"nowhere\"\n[cloud]\nendpoint = \"https://x\"\n", &none).expect_err("bad listen");
+        let e = load(
+            "listen = \"nowhere\"\n[cloud]\nendpoint = \"https://x\"\n",
+            &none,
+        )
+        .expect_err("bad listen");
         assert_eq!(e.key, "listen");
-        let e = load("[cloud]\nendpoint = \"http://x\"\n", &none).expect_err("http needs allow_http");
+        let e =
+            load("[cloud]\nendpoint = \"http://x\"\n", &none).expect_err("http needs allow_http");
         assert_eq!(e.key, "cloud.endpoint");
         assert!(e.expected.contains("allow_http"), "{e}");
-        load("[cloud]\nendpoint = \"http://x\"\nallow_http = true\n", &none).expect("explicit http");
-        let e = load("workers = 0\n[cloud]\nendpoint = \"https://x\"\n", &none).expect_err("workers");
+        load(
+            "[cloud]\nendpoint = \"http://x\"\nallow_http = true\n",
+            &none,
+        )
+        .expect("explicit http");
+        let e =
+            load("workers = 0\n[cloud]\nendpoint = \"https://x\"\n", &none).expect_err("workers");
         assert_eq!(e.key, "workers");
         let e = load("colour = \"blue\"\n", &none).expect_err("unknown key");
         assert_eq!(e.key, "colour");
@@ -307,7 +356,8 @@ mod tests {
         assert!(!e.expected.is_empty());
         let e = load("", &none).expect_err("no endpoint");
         assert_eq!(e.key, "cloud.endpoint");
-        let e = ControlConfig::load(Some(Path::new("/nonexistent/control.toml")), &none).expect_err("missing file");
+        let e = ControlConfig::load(Some(Path::new("/nonexistent/control.toml")), &none)
+            .expect_err("missing file");
         assert_eq!(e.file, "/nonexistent/control.toml");
     }
 }

@@ -69,8 +69,12 @@ impl From<StoreError> for ApiError {
 impl From<ParamError> for ApiError {
     fn from(e: ParamError) -> ApiError {
         match &e {
-            ParamError::Duplicate(name) => ApiError::invalid_parameter(name, "given more than once"),
-            ParamError::Malformed(_) | ParamError::TooMany => ApiError::new(400, "InvalidParameter", e.to_string()),
+            ParamError::Duplicate(name) => {
+                ApiError::invalid_parameter(name, "given more than once")
+            }
+            ParamError::Malformed(_) | ParamError::TooMany => {
+                ApiError::new(400, "InvalidParameter", e.to_string())
+            }
         }
     }
 }
@@ -97,7 +101,11 @@ impl AuthStore for StoreAuth<'_> {
 pub(crate) type ActionResult = Result<serde_json::Value, ApiError>;
 
 impl ControlService {
-    pub fn new(store: Store, provisioner: Arc<dyn Provisioner>, settings: Settings) -> ControlService {
+    pub fn new(
+        store: Store,
+        provisioner: Arc<dyn Provisioner>,
+        settings: Settings,
+    ) -> ControlService {
         ControlService {
             store,
             provisioner,
@@ -134,14 +142,21 @@ impl ControlService {
         let mut bytes = vec![0u8; len];
         if self.rng.fill(&mut bytes).is_err() {
             // The system RNG does not fail on Linux; fall back to time so we never panic.
-            let seed = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+            let seed = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0);
             for (i, b) in bytes.iter_mut().enumerate() {
                 *b = (seed >> (i % 16 * 8)) as u8 ^ (i as u8).wrapping_mul(31);
             }
         }
         let mut id = String::from(prefix);
         // 252 = 7 * 36: reject-free mapping is close enough; the ids only need to be unique.
-        id.extend(bytes.iter().map(|b| char::from(ALPHABET[usize::from(*b) % 36])));
+        id.extend(
+            bytes
+                .iter()
+                .map(|b| char::from(ALPHABET[usize::from(*b) % 36])),
+        );
         id
     }
 
@@ -150,7 +165,14 @@ impl ControlService {
         let mut b = [0u8; 16];
         let _ = self.rng.fill(&mut b);
         let hex: String = b.iter().map(|x| format!("{x:02X}")).collect();
-        format!("{}-{}-{}-{}-{}", &hex[0..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..32])
+        format!(
+            "{}-{}-{}-{}-{}",
+            &hex[0..8],
+            &hex[8..12],
+            &hex[12..16],
+            &hex[16..20],
+            &hex[20..32]
+        )
     }
 
     /// A new API access key id (`LTAI` + 20 characters, shaped like the family's ids).
@@ -187,11 +209,26 @@ impl ControlService {
             "/health" if req.method == "GET" => Response::json(200, r#"{"status":"ok"}"#),
             p if p.starts_with("/agent/") => self.handle_agent(&req),
             _ => {
-                let e = ApiError::new(404, "NotFound", "No such path. The API is at / and the agent API under /agent/v1/.");
-                render::error(Format::Json, &self.new_request_id(), &self.settings.host_id, &e)
+                let e = ApiError::new(
+                    404,
+                    "NotFound",
+                    "No such path. The API is at / and the agent API under /agent/v1/.",
+                );
+                render::error(
+                    Format::Json,
+                    &self.new_request_id(),
+                    &self.settings.host_id,
+                    &e,
+                )
             }
         };
-        log::debug!("{} {} -> {} in {:?}", req.method, path, response.status, started.elapsed());
+        log::debug!(
+            "{} {} -> {} in {:?}",
+            req.method,
+            path,
+            response.status,
+            started.elapsed()
+        );
         response
     }
 
@@ -202,39 +239,64 @@ impl ControlService {
         let mut all = Params::new();
         let parsed = query.add_encoded(&req.query).and_then(|()| {
             all = query.clone();
-            let is_form = req
-                .header("content-type")
-                .is_some_and(|ct| ct.to_ascii_lowercase().starts_with("application/x-www-form-urlencoded"));
+            let is_form = req.header("content-type").is_some_and(|ct| {
+                ct.to_ascii_lowercase()
+                    .starts_with("application/x-www-form-urlencoded")
+            });
             if is_form && !req.body.is_empty() {
-                let body = std::str::from_utf8(&req.body).map_err(|_| ParamError::Malformed("body".into()))?;
+                let body = std::str::from_utf8(&req.body)
+                    .map_err(|_| ParamError::Malformed("body".into()))?;
                 all.add_encoded(body)?;
             }
             Ok(())
         });
         let format = Format::from_param(all.get("Format"));
         let reply_error = |e: &ApiError, action: &str, who: &str| {
-            log::info!("API {action} by {who}: {} {} ({request_id})", e.status, e.code);
-            render::error(format.unwrap_or(Format::Json), &request_id, &self.settings.host_id, e)
+            log::info!(
+                "API {action} by {who}: {} {} ({request_id})",
+                e.status,
+                e.code
+            );
+            render::error(
+                format.unwrap_or(Format::Json),
+                &request_id,
+                &self.settings.host_id,
+                e,
+            )
         };
         if let Err(e) = parsed {
             return reply_error(&e.into(), "?", "?");
         }
         if !matches!(req.method.as_str(), "POST" | "GET") {
-            return reply_error(&ApiError::new(405, "UnsupportedHTTPMethod", "Use POST or GET."), "?", "?");
+            return reply_error(
+                &ApiError::new(405, "UnsupportedHTTPMethod", "Use POST or GET."),
+                "?",
+                "?",
+            );
         }
-        let auth_store = StoreAuth { store: &self.store, now };
+        let auth_store = StoreAuth {
+            store: &self.store,
+            now,
+        };
         let verified = match auth::verify_api_request(req, &query, &all, now, &auth_store) {
             Ok(v) => v,
             Err(e) => return reply_error(&e, all.get("Action").unwrap_or("?"), "unauthenticated"),
         };
         let Some(format) = format else {
-            return reply_error(&ApiError::unsupported_format(), &verified.action, &verified.access_key_id);
+            return reply_error(
+                &ApiError::unsupported_format(),
+                &verified.action,
+                &verified.access_key_id,
+            );
         };
         let action = verified.action.as_str();
         let result = self.dispatch(action, &all);
         match result {
             Ok(fields) => {
-                log::info!("API {action} by {}: 200 ({request_id})", verified.access_key_id);
+                log::info!(
+                    "API {action} by {}: 200 ({request_id})",
+                    verified.access_key_id
+                );
                 render::success(format, action, &request_id, fields)
             }
             Err(e) => reply_error(&e, action, &verified.access_key_id),
@@ -259,18 +321,33 @@ impl ControlService {
     fn handle_agent(&self, req: &Request) -> Response {
         let request_id = self.new_request_id();
         let now = unix_now();
-        let auth_store = StoreAuth { store: &self.store, now };
+        let auth_store = StoreAuth {
+            store: &self.store,
+            now,
+        };
         let result = auth::verify_agent_request(req, now, &auth_store).and_then(|gateway_id| {
             let out = match (req.method.as_str(), req.path.as_str()) {
-                ("POST", protocol::REGISTER_PATH) => self.agent_register(&gateway_id, &req.body, now),
-                ("GET" | "POST", protocol::ASSIGNMENTS_PATH) => self.agent_assignments(&gateway_id, now),
-                ("POST", protocol::PROGRESS_PATH) => self.agent_progress(&gateway_id, &req.body, now),
+                ("POST", protocol::REGISTER_PATH) => {
+                    self.agent_register(&gateway_id, &req.body, now)
+                }
+                ("GET" | "POST", protocol::ASSIGNMENTS_PATH) => {
+                    self.agent_assignments(&gateway_id, now)
+                }
+                ("POST", protocol::PROGRESS_PATH) => {
+                    self.agent_progress(&gateway_id, &req.body, now)
+                }
                 _ => Err(ApiError::new(404, "NotFound", "No such agent endpoint.")),
             };
             let who = gateway_id;
             match &out {
                 Ok(_) => log::debug!("agent {} {} by {who}: 200", req.method, req.path),
-                Err(e) => log::info!("agent {} {} by {who}: {} {}", req.method, req.path, e.status, e.code),
+                Err(e) => log::info!(
+                    "agent {} {} by {who}: {} {}",
+                    req.method,
+                    req.path,
+                    e.status,
+                    e.code
+                ),
             }
             out
         });
@@ -336,7 +413,10 @@ mod tests {
         let sig = base64::engine::general_purpose::STANDARD
             .encode(ring::hmac::sign(&key, rpc_string_to_sign("POST", &p).as_bytes()).as_ref());
         p.insert("Signature", &sig);
-        let query: Vec<String> = p.iter().map(|(k, v)| format!("{}={}", percent_encode(k), percent_encode(v))).collect();
+        let query: Vec<String> = p
+            .iter()
+            .map(|(k, v)| format!("{}={}", percent_encode(k), percent_encode(v)))
+            .collect();
         let response = s.handle(Request {
             method: "POST".into(),
             path: "/".into(),
@@ -357,9 +437,22 @@ mod tests {
             bucket_name: "bk1".into(),
             bucket_prefix: String::new(),
         };
-        s.store().register(&gw.id, None, None, &[spec("a"), spec("b")], 1).expect("register");
-        let created = call(&s, "CreateExpressSync", &[("Name", "g"), ("BucketRegion", "us-east-1"), ("BucketName", "bk1")]);
-        let id = created["ExpressSyncId"].as_str().expect("created").to_string();
+        s.store()
+            .register(&gw.id, None, None, &[spec("a"), spec("b")], 1)
+            .expect("register");
+        let created = call(
+            &s,
+            "CreateExpressSync",
+            &[
+                ("Name", "g"),
+                ("BucketRegion", "us-east-1"),
+                ("BucketName", "bk1"),
+            ],
+        );
+        let id = created["ExpressSyncId"]
+            .as_str()
+            .expect("created")
+            .to_string();
         (s, gw.id, id)
     }
 
@@ -371,7 +464,13 @@ mod tests {
         let shares = format!("{{\"{gw}\":\"a\"}}");
         let slow = {
             let (s, id, shares) = (Arc::clone(&s), id.clone(), shares.clone());
-            std::thread::spawn(move || call(&s, "AddSharesToExpressSync", &[("ExpressSyncId", &id), ("GatewayShares", &shares)]))
+            std::thread::spawn(move || {
+                call(
+                    &s,
+                    "AddSharesToExpressSync",
+                    &[("ExpressSyncId", &id), ("GatewayShares", &shares)],
+                )
+            })
         };
         std::thread::sleep(Duration::from_millis(200));
         let second = call(&s, "DeleteExpressSync", &[("ExpressSyncId", &id)]);
@@ -383,7 +482,10 @@ mod tests {
         let deleted = call(&s, "DeleteExpressSync", &[("ExpressSyncId", &id)]);
         assert_eq!(deleted["Success"], true, "{deleted}");
         let state = p.snapshot();
-        assert!(state.queues.is_empty() && state.topics.is_empty(), "{state:?}");
+        assert!(
+            state.queues.is_empty() && state.topics.is_empty(),
+            "{state:?}"
+        );
     }
 
     #[test]
@@ -392,19 +494,39 @@ mod tests {
         let (s, gw, id) = setup(&p);
         p.state.lock().expect("lock").fail_with = Some(ProvisionError::Failed("peer down".into()));
         let shares = format!("{{\"{gw}\":\"a,b\"}}");
-        let r = call(&s, "AddSharesToExpressSync", &[("ExpressSyncId", &id), ("GatewayShares", &shares)]);
+        let r = call(
+            &s,
+            "AddSharesToExpressSync",
+            &[("ExpressSyncId", &id), ("GatewayShares", &shares)],
+        );
         assert_eq!(r["Code"], "InternalError", "{r}");
         assert!(s.store().members(&id).expect("members").is_empty());
         let denied = ProvisionError::Denied("403".into());
         p.state.lock().expect("lock").fail_with = Some(denied);
-        let r = call(&s, "CreateExpressSync", &[("Name", "g2"), ("BucketRegion", "us-east-1"), ("BucketName", "bk2")]);
+        let r = call(
+            &s,
+            "CreateExpressSync",
+            &[
+                ("Name", "g2"),
+                ("BucketRegion", "us-east-1"),
+                ("BucketName", "bk2"),
+            ],
+        );
         assert_eq!(r["Code"], "NoPermission", "{r}");
         assert_eq!(s.store().count_express_syncs().expect("count"), 1);
         p.state.lock().expect("lock").fail_with = None;
-        let r = call(&s, "AddSharesToExpressSync", &[("ExpressSyncId", &id), ("GatewayShares", &shares)]);
+        let r = call(
+            &s,
+            "AddSharesToExpressSync",
+            &[("ExpressSyncId", &id), ("GatewayShares", &shares)],
+        );
         assert_eq!(r["Success"], true, "{r}");
         // Adding the same shares again is idempotent: same queues, nothing new provisioned.
-        let again = call(&s, "AddSharesToExpressSync", &[("ExpressSyncId", &id), ("GatewayShares", &shares)]);
+        let again = call(
+            &s,
+            "AddSharesToExpressSync",
+            &[("ExpressSyncId", &id), ("GatewayShares", &shares)],
+        );
         assert_eq!(again["MnsQueues"], r["MnsQueues"]);
         assert_eq!(p.snapshot().queues.len(), 2);
     }

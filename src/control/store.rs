@@ -287,8 +287,12 @@ pub const STATE_INIT: &str = "MNSFullSyncInit";
 impl Store {
     /// Opens (creating if needed) `<dir>/control.db`.
     pub fn open_dir(dir: &Path) -> StoreResult<Store> {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| StoreError(format!("cannot create data directory {}: {e}", dir.display())))?;
+        std::fs::create_dir_all(dir).map_err(|e| {
+            StoreError(format!(
+                "cannot create data directory {}: {e}",
+                dir.display()
+            ))
+        })?;
         Store::open(&dir.join("control.db"))
     }
 
@@ -317,7 +321,10 @@ impl Store {
             .flatten();
         match version {
             None => {
-                conn.execute("INSERT INTO schema_version (version) VALUES (?1)", [SCHEMA_VERSION])?;
+                conn.execute(
+                    "INSERT INTO schema_version (version) VALUES (?1)",
+                    [SCHEMA_VERSION],
+                )?;
             }
             Some(v) if v == SCHEMA_VERSION => {}
             Some(v) if v > SCHEMA_VERSION => {
@@ -329,12 +336,16 @@ impl Store {
                 return Err(StoreError(format!("unknown older schema version {v}")));
             }
         }
-        Ok(Store { conn: Mutex::new(conn) })
+        Ok(Store {
+            conn: Mutex::new(conn),
+        })
     }
 
     fn lock(&self) -> MutexGuard<'_, Connection> {
         // A panic while holding the lock leaves SQLite consistent (the transaction rolls back).
-        self.conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.conn
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn write<T>(&self, f: impl FnOnce(&Transaction<'_>) -> StoreResult<T>) -> StoreResult<T> {
@@ -359,19 +370,28 @@ impl Store {
     pub fn api_secret(&self, access_key_id: &str) -> StoreResult<Option<String>> {
         Ok(self
             .lock()
-            .query_row("SELECT secret FROM api_keys WHERE access_key_id = ?1", [access_key_id], |r| r.get(0))
+            .query_row(
+                "SELECT secret FROM api_keys WHERE access_key_id = ?1",
+                [access_key_id],
+                |r| r.get(0),
+            )
             .optional()?)
     }
 
     pub fn api_key_ids(&self) -> StoreResult<Vec<String>> {
         let conn = self.lock();
         let mut stmt = conn.prepare("SELECT access_key_id FROM api_keys ORDER BY access_key_id")?;
-        let ids = stmt.query_map([], |r| r.get(0))?.collect::<Result<Vec<String>, _>>()?;
+        let ids = stmt
+            .query_map([], |r| r.get(0))?
+            .collect::<Result<Vec<String>, _>>()?;
         Ok(ids)
     }
 
     pub fn remove_api_key(&self, access_key_id: &str) -> StoreResult<bool> {
-        Ok(self.lock().execute("DELETE FROM api_keys WHERE access_key_id = ?1", [access_key_id])? > 0)
+        Ok(self.lock().execute(
+            "DELETE FROM api_keys WHERE access_key_id = ?1",
+            [access_key_id],
+        )? > 0)
     }
 
     // --- Nonces ---
@@ -408,14 +428,18 @@ impl Store {
     pub fn gateway_secret(&self, id: &str) -> StoreResult<Option<String>> {
         Ok(self
             .lock()
-            .query_row("SELECT secret FROM gateways WHERE id = ?1", [id], |r| r.get(0))
+            .query_row("SELECT secret FROM gateways WHERE id = ?1", [id], |r| {
+                r.get(0)
+            })
             .optional()?)
     }
 
     pub fn gateways(&self) -> StoreResult<Vec<Gateway>> {
         let conn = self.lock();
         let mut stmt = conn.prepare("SELECT * FROM gateways ORDER BY created_at, id")?;
-        let rows = stmt.query_map([], gateway_from)?.collect::<Result<Vec<_>, _>>()?;
+        let rows = stmt
+            .query_map([], gateway_from)?
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(rows)
     }
 
@@ -484,7 +508,9 @@ impl Store {
         Ok(self
             .lock()
             .query_row(
-                &format!("SELECT {SHARE_COLUMNS} FROM shares s WHERE s.gateway_id = ?1 AND s.name = ?2"),
+                &format!(
+                    "SELECT {SHARE_COLUMNS} FROM shares s WHERE s.gateway_id = ?1 AND s.name = ?2"
+                ),
                 params![gateway_id, name],
                 share_from,
             )
@@ -504,7 +530,11 @@ impl Store {
     }
 
     /// Shares on `bucket_region`/`bucket_name` in no group: what `IsExternal=true` lists.
-    pub fn candidate_shares(&self, bucket_region: &str, bucket_name: &str) -> StoreResult<Vec<(Share, Gateway)>> {
+    pub fn candidate_shares(
+        &self,
+        bucket_region: &str,
+        bucket_name: &str,
+    ) -> StoreResult<Vec<(Share, Gateway)>> {
         let conn = self.lock();
         let mut stmt = conn.prepare(&format!(
             "SELECT {SHARE_COLUMNS}, g.* FROM shares s JOIN gateways g ON g.id = s.gateway_id
@@ -513,13 +543,19 @@ impl Store {
              ORDER BY s.gateway_id, s.name"
         ))?;
         let rows = stmt
-            .query_map(params![bucket_region, bucket_name], |r| Ok((share_from(r)?, gateway_from(r)?)))?
+            .query_map(params![bucket_region, bucket_name], |r| {
+                Ok((share_from(r)?, gateway_from(r)?))
+            })?
             .collect::<Result<Vec<_>, _>>()?;
         Ok(rows)
     }
 
     /// Distinct (region, bucket, prefix) of registered shares, optionally filtered.
-    pub fn bucket_infos(&self, region: Option<&str>, bucket: Option<&str>) -> StoreResult<Vec<(String, String, String)>> {
+    pub fn bucket_infos(
+        &self,
+        region: Option<&str>,
+        bucket: Option<&str>,
+    ) -> StoreResult<Vec<(String, String, String)>> {
         let conn = self.lock();
         let mut stmt = conn.prepare(
             "SELECT DISTINCT bucket_region, bucket_name, bucket_prefix FROM shares
@@ -527,7 +563,9 @@ impl Store {
              ORDER BY bucket_region, bucket_name, bucket_prefix",
         )?;
         let rows = stmt
-            .query_map(params![region, bucket], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .query_map(params![region, bucket], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })?
             .collect::<Result<Vec<_>, _>>()?;
         Ok(rows)
     }
@@ -555,7 +593,11 @@ impl Store {
         );
         match result {
             Ok(_) => Ok(true),
-            Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::ConstraintViolation => Ok(false),
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+            {
+                Ok(false)
+            }
             Err(e) => Err(e.into()),
         }
     }
@@ -563,31 +605,45 @@ impl Store {
     pub fn express_sync(&self, id: &str) -> StoreResult<Option<ExpressSync>> {
         Ok(self
             .lock()
-            .query_row(&format!("SELECT {SYNC_COLUMNS} FROM express_syncs e WHERE e.id = ?1"), [id], sync_from)
+            .query_row(
+                &format!("SELECT {SYNC_COLUMNS} FROM express_syncs e WHERE e.id = ?1"),
+                [id],
+                sync_from,
+            )
             .optional()?)
     }
 
     pub fn express_sync_name_taken(&self, name: &str) -> StoreResult<bool> {
-        let n: i64 = self
-            .lock()
-            .query_row("SELECT COUNT(*) FROM express_syncs WHERE name = ?1", [name], |r| r.get(0))?;
+        let n: i64 = self.lock().query_row(
+            "SELECT COUNT(*) FROM express_syncs WHERE name = ?1",
+            [name],
+            |r| r.get(0),
+        )?;
         Ok(n > 0)
     }
 
     /// Groups, oldest first, optionally only those on `bucket` (and `prefix`).
-    pub fn express_syncs(&self, bucket: Option<&str>, prefix: Option<&str>) -> StoreResult<Vec<ExpressSync>> {
+    pub fn express_syncs(
+        &self,
+        bucket: Option<&str>,
+        prefix: Option<&str>,
+    ) -> StoreResult<Vec<ExpressSync>> {
         let conn = self.lock();
         let mut stmt = conn.prepare(&format!(
             "SELECT {SYNC_COLUMNS} FROM express_syncs e
              WHERE (?1 IS NULL OR e.bucket_name = ?1) AND (?2 IS NULL OR e.bucket_prefix = ?2)
              ORDER BY e.created_at, e.id"
         ))?;
-        let rows = stmt.query_map(params![bucket, prefix], sync_from)?.collect::<Result<Vec<_>, _>>()?;
+        let rows = stmt
+            .query_map(params![bucket, prefix], sync_from)?
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(rows)
     }
 
     pub fn count_express_syncs(&self) -> StoreResult<i64> {
-        Ok(self.lock().query_row("SELECT COUNT(*) FROM express_syncs", [], |r| r.get(0))?)
+        Ok(self
+            .lock()
+            .query_row("SELECT COUNT(*) FROM express_syncs", [], |r| r.get(0))?)
     }
 
     /// Deletes a group with its memberships and records `task`, in one transaction.
@@ -664,9 +720,17 @@ impl Store {
     }
 
     /// Applies reports to the gateway's shares that are in a group; returns the names applied.
-    pub fn report_progress(&self, gateway_id: &str, reports: &[ProgressReport], now: i64) -> StoreResult<Vec<String>> {
+    pub fn report_progress(
+        &self,
+        gateway_id: &str,
+        reports: &[ProgressReport],
+        now: i64,
+    ) -> StoreResult<Vec<String>> {
         self.write(|tx| {
-            tx.execute("UPDATE gateways SET last_seen = ?2 WHERE id = ?1", params![gateway_id, now])?;
+            tx.execute(
+                "UPDATE gateways SET last_seen = ?2 WHERE id = ?1",
+                params![gateway_id, now],
+            )?;
             let mut applied = Vec::new();
             for r in reports {
                 let n = tx.execute(
@@ -683,8 +747,10 @@ impl Store {
     }
 
     pub fn touch_gateway(&self, gateway_id: &str, now: i64) -> StoreResult<()> {
-        self.lock()
-            .execute("UPDATE gateways SET last_seen = ?2 WHERE id = ?1", params![gateway_id, now])?;
+        self.lock().execute(
+            "UPDATE gateways SET last_seen = ?2 WHERE id = ?1",
+            params![gateway_id, now],
+        )?;
         Ok(())
     }
 
@@ -702,7 +768,13 @@ impl Store {
     }
 
     /// Tasks of `target_id`, newest first: (total, page).
-    pub fn tasks(&self, target_id: &str, task_id: Option<&str>, page: i64, size: i64) -> StoreResult<(i64, Vec<Task>)> {
+    pub fn tasks(
+        &self,
+        target_id: &str,
+        task_id: Option<&str>,
+        page: i64,
+        size: i64,
+    ) -> StoreResult<(i64, Vec<Task>)> {
         let conn = self.lock();
         let total: i64 = conn.query_row(
             "SELECT COUNT(*) FROM tasks WHERE target_id = ?1 AND (?2 IS NULL OR id = ?2)",
@@ -722,8 +794,12 @@ impl Store {
 }
 
 fn shares_of(tx: &Transaction<'_>, gateway_id: &str) -> StoreResult<Vec<Share>> {
-    let mut stmt = tx.prepare(&format!("SELECT {SHARE_COLUMNS} FROM shares s WHERE s.gateway_id = ?1 ORDER BY s.name"))?;
-    let rows = stmt.query_map([gateway_id], share_from)?.collect::<Result<Vec<_>, _>>()?;
+    let mut stmt = tx.prepare(&format!(
+        "SELECT {SHARE_COLUMNS} FROM shares s WHERE s.gateway_id = ?1 ORDER BY s.name"
+    ))?;
+    let rows = stmt
+        .query_map([gateway_id], share_from)?
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(rows)
 }
 
@@ -820,13 +896,25 @@ mod tests {
         {
             let store = Store::open_dir(dir.path()).expect("open");
             store.put_api_key("AK", "SK", 1).expect("key");
-            store.add_gateway(&gateway("gw-1"), "secret").expect("gateway");
-            assert!(store.insert_express_sync(&sync("sync-1", "g1")).expect("insert"));
+            store
+                .add_gateway(&gateway("gw-1"), "secret")
+                .expect("gateway");
+            assert!(
+                store
+                    .insert_express_sync(&sync("sync-1", "g1"))
+                    .expect("insert")
+            );
         }
         let store = Store::open_dir(dir.path()).expect("reopen");
         assert_eq!(store.api_secret("AK").expect("read"), Some("SK".into()));
-        assert_eq!(store.gateway_secret("gw-1").expect("read"), Some("secret".into()));
-        assert_eq!(store.express_sync("sync-1").expect("read").map(|s| s.name), Some("g1".into()));
+        assert_eq!(
+            store.gateway_secret("gw-1").expect("read"),
+            Some("secret".into())
+        );
+        assert_eq!(
+            store.express_sync("sync-1").expect("read").map(|s| s.name),
+            Some("g1".into())
+        );
     }
 
     #[test]
@@ -835,7 +923,8 @@ mod tests {
         let path = dir.path().join("control.db");
         drop(Store::open(&path).expect("create"));
         let conn = Connection::open(&path).expect("raw open");
-        conn.execute("INSERT INTO schema_version (version) VALUES (99)", []).expect("bump");
+        conn.execute("INSERT INTO schema_version (version) VALUES (99)", [])
+            .expect("bump");
         drop(conn);
         let err = Store::open(&path).err().expect("refused");
         assert!(err.0.contains("newer sgw-control"), "{err}");
@@ -844,8 +933,16 @@ mod tests {
     #[test]
     fn names_are_unique_and_nonces_single_use() {
         let store = Store::open_in_memory().expect("open");
-        assert!(store.insert_express_sync(&sync("sync-1", "g1")).expect("insert"));
-        assert!(!store.insert_express_sync(&sync("sync-2", "g1")).expect("dup name"));
+        assert!(
+            store
+                .insert_express_sync(&sync("sync-1", "g1"))
+                .expect("insert")
+        );
+        assert!(
+            !store
+                .insert_express_sync(&sync("sync-2", "g1"))
+                .expect("dup name")
+        );
         assert!(store.remember_nonce("n", 100, 10).expect("first"));
         assert!(!store.remember_nonce("n", 100, 50).expect("replay"));
         // Once expired, it is pruned (the time window refuses the replay by then).
@@ -857,23 +954,55 @@ mod tests {
         let store = Store::open_in_memory().expect("open");
         store.add_gateway(&gateway("gw-1"), "s").expect("gateway");
         let shares = store
-            .register("gw-1", Some("edge"), None, &[spec("a", "b1"), spec("b", "b1")], 9)
+            .register(
+                "gw-1",
+                Some("edge"),
+                None,
+                &[spec("a", "b1"), spec("b", "b1")],
+                9,
+            )
             .expect("register");
         assert_eq!(shares.len(), 2);
-        assert!(store.insert_express_sync(&sync("sync-1", "g1")).expect("sync"));
+        assert!(
+            store
+                .insert_express_sync(&sync("sync-1", "g1"))
+                .expect("sync")
+        );
         let a = store.share("gw-1", "a").expect("read").expect("share a");
-        store.add_members(&[member(a.id, "sync-1")], &task("t-1", "sync-1", 1)).expect("add");
+        store
+            .add_members(&[member(a.id, "sync-1")], &task("t-1", "sync-1", 1))
+            .expect("add");
         // Re-register with neither share: `b` goes, `a` stays because it is in a group.
-        let left = store.register("gw-1", None, None, &[], 10).expect("register");
-        assert_eq!(left.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(), vec!["a"]);
-        assert_eq!(store.gateway("gw-1").expect("read").map(|g| g.name), Some("edge".into()));
-        assert!(!store.remove_gateway("gw-1").expect("refused while in a group"));
+        let left = store
+            .register("gw-1", None, None, &[], 10)
+            .expect("register");
+        assert_eq!(
+            left.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(),
+            vec!["a"]
+        );
+        assert_eq!(
+            store.gateway("gw-1").expect("read").map(|g| g.name),
+            Some("edge".into())
+        );
+        assert!(
+            !store
+                .remove_gateway("gw-1")
+                .expect("refused while in a group")
+        );
         let applied = store
             .report_progress(
                 "gw-1",
                 &[
-                    ProgressReport { share_name: "a".into(), sync_progress: 40, state: "MNSFullSyncing".into() },
-                    ProgressReport { share_name: "zz".into(), sync_progress: 1, state: "MNSFullSyncing".into() },
+                    ProgressReport {
+                        share_name: "a".into(),
+                        sync_progress: 40,
+                        state: "MNSFullSyncing".into(),
+                    },
+                    ProgressReport {
+                        share_name: "zz".into(),
+                        sync_progress: 1,
+                        state: "MNSFullSyncing".into(),
+                    },
                 ],
                 11,
             )
@@ -882,7 +1011,9 @@ mod tests {
         let members = store.members("sync-1").expect("members");
         assert_eq!(members[0].member.sync_progress, 40);
         assert_eq!(members[0].member.state, "MNSFullSyncing");
-        store.delete_express_sync("sync-1", &task("t-2", "sync-1", 2)).expect("delete");
+        store
+            .delete_express_sync("sync-1", &task("t-2", "sync-1", 2))
+            .expect("delete");
         assert!(store.members("sync-1").expect("members").is_empty());
         assert!(store.remove_gateway("gw-1").expect("now allowed"));
     }
@@ -891,11 +1022,16 @@ mod tests {
     fn tasks_page_newest_first() {
         let store = Store::open_in_memory().expect("open");
         for i in 0..5 {
-            store.insert_task(&task(&format!("t-{i}"), "sync-1", i)).expect("task");
+            store
+                .insert_task(&task(&format!("t-{i}"), "sync-1", i))
+                .expect("task");
         }
         let (total, page) = store.tasks("sync-1", None, 2, 2).expect("page");
         assert_eq!(total, 5);
-        assert_eq!(page.iter().map(|t| t.id.as_str()).collect::<Vec<_>>(), vec!["t-2", "t-1"]);
+        assert_eq!(
+            page.iter().map(|t| t.id.as_str()).collect::<Vec<_>>(),
+            vec!["t-2", "t-1"]
+        );
         let (total, one) = store.tasks("sync-1", Some("t-4"), 1, 10).expect("by id");
         assert_eq!((total, one.len()), (1, 1));
     }

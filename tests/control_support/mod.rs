@@ -58,7 +58,12 @@ impl Control {
         let mut child = Command::new(control_bin())
             .args(["--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
-            .args(["--cloud-endpoint", &peer.endpoint, "--cloud-region", "us-east-1"])
+            .args([
+                "--cloud-endpoint",
+                &peer.endpoint,
+                "--cloud-region",
+                "us-east-1",
+            ])
             .args(extra)
             .envs(common::aws_env())
             .env("SGW_ACCESS_KEY_ID", AK)
@@ -71,7 +76,9 @@ impl Control {
             .expect("start sgw-control");
         let stdout = child.stdout.take().expect("stdout");
         let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).expect("read stdout");
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read stdout");
         let addr = line
             .trim()
             .strip_prefix("listening on http://")
@@ -132,7 +139,12 @@ impl Control {
             .spawn()
             .expect("run sdk_call.py");
         let input = serde_json::to_vec(&calls).expect("json");
-        child.stdin.take().expect("stdin").write_all(&input).expect("write calls");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(&input)
+            .expect("write calls");
         let out = child.wait_with_output().expect("sdk_call.py output");
         assert!(
             out.status.success(),
@@ -141,7 +153,10 @@ impl Control {
             self.log()
         );
         let results: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-            panic!("sdk_call.py printed no JSON ({e}): {}", String::from_utf8_lossy(&out.stdout))
+            panic!(
+                "sdk_call.py printed no JSON ({e}): {}",
+                String::from_utf8_lossy(&out.stdout)
+            )
         });
         assert_eq!(results.len(), calls.len());
         results
@@ -164,21 +179,50 @@ impl Control {
     /// `gateway add NAME` -> (id, secret).
     pub fn add_gateway(&self, name: &str) -> (String, String) {
         let out = self.admin(&["gateway", "add", name, "--region", "us-east-1"]);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let text = String::from_utf8_lossy(&out.stdout).to_string();
         let table: toml::Table = toml::from_str(&text).expect("gateway add prints TOML");
         (
             table["gateway_id"].as_str().expect("id").to_string(),
-            table["gateway_secret"].as_str().expect("secret").to_string(),
+            table["gateway_secret"]
+                .as_str()
+                .expect("secret")
+                .to_string(),
         )
     }
 
     /// One signed agent request -> (status, JSON body).
-    pub fn agent(&self, gateway: &(String, String), method: &str, path: &str, body: &Value) -> (u16, Value) {
-        let body = if method == "GET" { Vec::new() } else { serde_json::to_vec(body).expect("json") };
+    pub fn agent(
+        &self,
+        gateway: &(String, String),
+        method: &str,
+        path: &str,
+        body: &Value,
+    ) -> (u16, Value) {
+        let body = if method == "GET" {
+            Vec::new()
+        } else {
+            serde_json::to_vec(body).expect("json")
+        };
         let nonce = format!("{:x}", rand_u64());
-        let headers = sgw_agent::control::auth::sign_agent_request(method, path, &gateway.0, &gateway.1, now(), &nonce, &body);
-        let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {}\r\nContent-Length: {}\r\n", self.addr, body.len());
+        let headers = sgw_agent::control::auth::sign_agent_request(
+            method,
+            path,
+            &gateway.0,
+            &gateway.1,
+            now(),
+            &nonce,
+            &body,
+        );
+        let mut head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nContent-Length: {}\r\n",
+            self.addr,
+            body.len()
+        );
         for (n, v) in headers {
             head.push_str(&format!("{n}: {v}\r\n"));
         }
@@ -186,7 +230,10 @@ impl Control {
         let mut raw = head.into_bytes();
         raw.extend_from_slice(&body);
         let (status, text) = self.raw(&raw);
-        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
     }
 
     pub fn register(&self, gateway: &(String, String), shares: &[(&str, &str, &str)]) -> Value {
@@ -209,18 +256,29 @@ impl Control {
     /// Sends raw bytes; returns (status, body).
     pub fn raw(&self, request: &[u8]) -> (u16, String) {
         let mut s = TcpStream::connect(&self.addr).expect("connect");
-        s.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
+        s.set_read_timeout(Some(Duration::from_secs(30)))
+            .expect("timeout");
         let _ = s.write_all(request);
         let mut out = Vec::new();
         let _ = s.read_to_end(&mut out);
         let text = String::from_utf8_lossy(&out).to_string();
         let status = text.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
-        let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+        let body = text
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
         (status, body)
     }
 
     /// An RPC request signed the way aliyun-python-sdk-core does it (for replay tests).
-    pub fn rpc_signed(&self, action: &str, params: &[(&str, &str)], timestamp: i64, nonce: &str, secret: &str) -> Vec<u8> {
+    pub fn rpc_signed(
+        &self,
+        action: &str,
+        params: &[(&str, &str)],
+        timestamp: i64,
+        nonce: &str,
+        secret: &str,
+    ) -> Vec<u8> {
         use sgw_agent::control::params::{Params, percent_encode};
         let mut p = Params::new();
         for (k, v) in params {
@@ -240,12 +298,24 @@ impl Control {
             p.insert(k, v);
         }
         let sts = sgw_agent::control::auth::rpc_string_to_sign("POST", &p);
-        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY, format!("{secret}&").as_bytes());
+        let key = ring::hmac::Key::new(
+            ring::hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY,
+            format!("{secret}&").as_bytes(),
+        );
         use base64::Engine as _;
-        let sig = base64::engine::general_purpose::STANDARD.encode(ring::hmac::sign(&key, sts.as_bytes()).as_ref());
+        let sig = base64::engine::general_purpose::STANDARD
+            .encode(ring::hmac::sign(&key, sts.as_bytes()).as_ref());
         p.insert("Signature", &sig);
-        let query: Vec<String> = p.iter().map(|(k, v)| format!("{}={}", percent_encode(k), percent_encode(v))).collect();
-        format!("POST /?{} HTTP/1.1\r\nHost: {}\r\nContent-Length: 0\r\n\r\n", query.join("&"), self.addr).into_bytes()
+        let query: Vec<String> = p
+            .iter()
+            .map(|(k, v)| format!("{}={}", percent_encode(k), percent_encode(v)))
+            .collect();
+        format!(
+            "POST /?{} HTTP/1.1\r\nHost: {}\r\nContent-Length: 0\r\n\r\n",
+            query.join("&"),
+            self.addr
+        )
+        .into_bytes()
     }
 
     /// What is provisioned on the peer (tests/peer/sdk_cloud_state.py).
@@ -257,30 +327,50 @@ impl Control {
             .envs(common::aws_env())
             .output()
             .expect("sdk_cloud_state.py");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         serde_json::from_slice(&out.stdout).expect("json")
     }
 
     pub fn set_foreign_rule(&self, bucket: &str, prefix: &str) {
         let out = Command::new(common::venv_python())
             .arg(common::repo_root().join("tests/peer/sdk_cloud_state.py"))
-            .args(["--endpoint", &self.peer_endpoint, "--set-foreign-rule", bucket, prefix])
+            .args([
+                "--endpoint",
+                &self.peer_endpoint,
+                "--set-foreign-rule",
+                bucket,
+                prefix,
+            ])
             .envs(common::aws_env())
             .output()
             .expect("sdk_cloud_state.py");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     /// SIGTERM and wait; returns the exit code.
     pub fn terminate(&mut self) -> Option<i32> {
         let pid = self.child.id().to_string();
-        Command::new("kill").args(["-TERM", &pid]).status().expect("kill -TERM");
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill -TERM");
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
                 return status.code();
             }
-            assert!(Instant::now() < deadline, "sgw-control did not stop on SIGTERM");
+            assert!(
+                Instant::now() < deadline,
+                "sgw-control did not stop on SIGTERM"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -312,6 +402,11 @@ pub fn assert_ok(result: &Value) -> &Value {
     assert_eq!(result["ok"], json!(true), "{result}");
     assert_eq!(result["body"]["Success"], json!(true), "{result}");
     assert_eq!(result["body"]["Code"], json!("200"), "{result}");
-    assert!(result["body"]["RequestId"].as_str().is_some_and(|r| r.len() == 36), "{result}");
+    assert!(
+        result["body"]["RequestId"]
+            .as_str()
+            .is_some_and(|r| r.len() == 36),
+        "{result}"
+    );
     &result["body"]
 }
