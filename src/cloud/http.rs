@@ -130,8 +130,8 @@ pub fn build_agent() -> ureq::Agent {
         .user_agent(concat!("sgw-agent/", env!("CARGO_PKG_VERSION")))
         .timeout_resolve(Some(CONNECT_TIMEOUT))
         .timeout_connect(Some(CONNECT_TIMEOUT))
+        // Per-write, not a total: a large upload may take long, a stalled one may not.
         .timeout_send_request(Some(READ_TIMEOUT))
-        .timeout_send_body(Some(READ_TIMEOUT))
         .timeout_per_read(Some(READ_TIMEOUT))
         .timeout_per_write(Some(READ_TIMEOUT))
         .build();
