@@ -159,6 +159,19 @@ fn main() {
             Ok(creds) => {
                 let shutdown = Shutdown::new();
                 for share in &cfg.shares {
+                    if cfg.control.is_some() {
+                        // Its bucket comes from the control endpoint: only the path is ours.
+                        if !share.path.is_dir() {
+                            eprintln!(
+                                "sgw-agent: configuration error: {}: share {:?}: path: {} is not an existing directory",
+                                cfg.file.display(),
+                                share.name,
+                                share.path.display()
+                            );
+                            std::process::exit(EXIT_CONFIG);
+                        }
+                        continue;
+                    }
                     if let Err(e) =
                         runner::share_context(&cfg, share, &creds, &shutdown, Arc::new(Silent))
                     {

@@ -62,6 +62,7 @@
 //! proxy in front. SIGTERM/SIGINT stop it after the requests in progress.
 
 pub mod auth;
+pub mod client;
 pub mod error;
 pub mod http;
 pub mod params;
