@@ -863,3 +863,235 @@ fn state_survives_a_restart_and_sigterm_stops_cleanly() {
         json!(id)
     );
 }
+
+fn share_names(result: &Value) -> Vec<String> {
+    assert_ok(result)["Shares"]["Share"]
+        .as_array()
+        .map(|list| {
+            list.iter()
+                .filter_map(|s| s["ShareName"].as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn bucket_infos(result: &Value) -> Vec<(String, String)> {
+    assert_ok(result)["BucketInfos"]["BucketInfo"]
+        .as_array()
+        .map(|list| {
+            list.iter()
+                .map(|b| {
+                    (
+                        b["BucketName"].as_str().unwrap_or("?").to_string(),
+                        b["BucketPrefix"].as_str().unwrap_or("?").to_string(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Issue 3: an agent configured with only the control endpoint, its gateway id/secret and its
+/// share directories gets bucket, prefix and queue from the group an operator adds it to.
+#[test]
+fn an_unbound_share_gets_bucket_prefix_and_queue_from_its_group() {
+    let peer = Peer::start();
+    peer.make_bucket("photos");
+    peer.make_bucket("archive");
+    let c = Control::start(&peer);
+    let gw = c.add_gateway("edge-02");
+
+    // Half a bucket is refused, like any other bad registration.
+    let (status, body) = c.agent(
+        &gw,
+        "POST",
+        "/agent/v1/register",
+        &json!({"shares": [{"name": "free", "bucket_name": "photos"}]}),
+    );
+    assert_eq!(
+        (status, body["Code"].as_str()),
+        (400, Some("InvalidBody")),
+        "{body}"
+    );
+    // `free` names no bucket at all; `cam` is bound to photos.
+    let (status, body) = c.agent(
+        &gw,
+        "POST",
+        "/agent/v1/register",
+        &json!({"shares": [
+            {"name": "free"},
+            {"name": "cam", "bucket_region": "us-east-1", "bucket_name": "photos"},
+        ]}),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["shares"], json!(["cam", "free"]));
+
+    let created = c.sdk_batch(&[
+        (
+            "tea",
+            "CreateExpressSync",
+            create_params("on-photos", "photos", "data/"),
+        ),
+        (
+            "rpc",
+            "CreateExpressSync",
+            create_params("on-archive", "archive", ""),
+        ),
+    ]);
+    let on_photos = assert_ok(&created[0])["ExpressSyncId"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let on_archive = assert_ok(&created[1])["ExpressSyncId"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let free = json!({gw.0.clone(): "free"}).to_string();
+
+    let r = c.sdk_batch(&[
+        (
+            "tea",
+            "DescribeExpressSyncShares",
+            json!({"ExpressSyncIds": on_photos, "IsExternal": true}),
+        ),
+        (
+            "rpc",
+            "DescribeExpressSyncShares",
+            json!({"ExpressSyncIds": on_archive, "IsExternal": "True"}),
+        ),
+        ("tea", "DescribeSharesBucketInfoForExpressSync", json!({})),
+        (
+            "tea",
+            "AddSharesToExpressSync",
+            json!({"ExpressSyncId": on_photos, "GatewayShares": free}),
+        ),
+        (
+            "rpc",
+            "DescribeExpressSyncShares",
+            json!({"ExpressSyncIds": on_photos, "IsExternal": "False"}),
+        ),
+        (
+            "tea",
+            "DescribeExpressSyncShares",
+            json!({"ExpressSyncIds": on_archive, "IsExternal": true}),
+        ),
+        ("tea", "DescribeSharesBucketInfoForExpressSync", json!({})),
+    ]);
+    assert_eq!(share_names(&r[0]), vec!["cam", "free"]);
+    assert_eq!(
+        share_names(&r[1]),
+        vec!["free"],
+        "an unbound share can join a group on any bucket; cam cannot"
+    );
+    assert_eq!(
+        bucket_infos(&r[2]),
+        vec![("photos".to_string(), String::new())],
+        "an unbound share has no bucket to list"
+    );
+    let added = assert_ok(&r[3]);
+    let queue_name = added["MnsQueues"].as_str().expect("MnsQueues").to_string();
+    assert!(
+        queue_name.starts_with(&format!("sgw-express-sync-queue-{}-", gw.0)),
+        "{added}"
+    );
+    assert_eq!(share_names(&r[4]), vec!["free"]);
+    assert_eq!(
+        r[4]["body"]["Shares"]["Share"][0]["MnsQueue"],
+        json!(queue_name)
+    );
+    assert!(
+        share_names(&r[5]).is_empty(),
+        "a member is not addable elsewhere"
+    );
+    assert_eq!(
+        bucket_infos(&r[6]),
+        vec![
+            ("photos".to_string(), String::new()),
+            ("photos".to_string(), "data/".to_string())
+        ],
+        "bound by its group, the share shows the group's bucket and prefix"
+    );
+
+    // The agent learns everything from its assignments, and the queue really carries the
+    // bucket's events under the group's prefix.
+    let (status, assignments) = c.agent(&gw, "GET", "/agent/v1/assignments", &json!(null));
+    assert_eq!(status, 200, "{assignments}");
+    let list = assignments["assignments"].as_array().expect("assignments");
+    assert_eq!(list.len(), 1, "{assignments}");
+    let a = &list[0];
+    assert_eq!(a["share_name"], "free");
+    assert_eq!(a["express_sync_id"], json!(on_photos));
+    assert_eq!(a["bucket_region"], "us-east-1");
+    assert_eq!(a["bucket_name"], "photos");
+    assert_eq!(a["bucket_prefix"], "data/");
+    assert_eq!(a["queue_name"], json!(queue_name));
+    assert_eq!(a["endpoint"], json!(peer.endpoint));
+    assert_eq!(a["region"], "us-east-1");
+    let queue_url = a["queue_url"].as_str().expect("queue_url").to_string();
+    peer.put("photos", "data/new.txt", b"hello");
+    let mut keys = Vec::new();
+    common::wait_for(
+        Duration::from_secs(10),
+        "the S3 event in the unbound share's queue",
+        || {
+            for body in peer.receive(&queue_url, 30, true) {
+                for rec in body["Records"].as_array().into_iter().flatten() {
+                    let raw = rec["s3"]["object"]["key"].as_str().unwrap_or("");
+                    keys.push(sgw_agent::control::params::form_decode(raw).expect("encoded key"));
+                }
+            }
+            !keys.is_empty()
+        },
+    );
+    assert_eq!(keys, vec!["data/new.txt".to_string()]);
+
+    // Removed, it is unbound again: no assignment, no queue, addable to the other bucket.
+    let r = c.sdk_batch(&[
+        (
+            "rpc",
+            "RemoveSharesFromExpressSync",
+            json!({"ExpressSyncId": on_photos, "GatewayShares": free}),
+        ),
+        (
+            "tea",
+            "DescribeExpressSyncShares",
+            json!({"ExpressSyncIds": on_archive, "IsExternal": true}),
+        ),
+        ("tea", "DescribeSharesBucketInfoForExpressSync", json!({})),
+    ]);
+    assert_ok(&r[0]);
+    assert_eq!(share_names(&r[1]), vec!["free"]);
+    assert_eq!(
+        bucket_infos(&r[2]),
+        vec![("photos".to_string(), String::new())]
+    );
+    let (_, assignments) = c.agent(&gw, "GET", "/agent/v1/assignments", &json!(null));
+    assert_eq!(assignments["assignments"], json!([]), "{assignments}");
+    assert_eq!(c.cloud_state(&["photos"])["queues"], json!([]));
+
+    // Its next group decides its bucket; deleting that group unbinds it as well.
+    assert_ok(&c.sdk(
+        "tea",
+        "AddSharesToExpressSync",
+        json!({"ExpressSyncId": on_archive, "GatewayShares": free}),
+    ));
+    let (_, assignments) = c.agent(&gw, "GET", "/agent/v1/assignments", &json!(null));
+    assert_eq!(assignments["assignments"][0]["bucket_name"], "archive");
+    assert_eq!(assignments["assignments"][0]["bucket_prefix"], "");
+    let r = c.sdk_batch(&[
+        (
+            "rpc",
+            "DeleteExpressSync",
+            json!({"ExpressSyncId": on_archive}),
+        ),
+        (
+            "tea",
+            "DescribeExpressSyncShares",
+            json!({"ExpressSyncIds": on_photos, "IsExternal": true}),
+        ),
+    ]);
+    assert_ok(&r[0]);
+    assert_eq!(share_names(&r[1]), vec!["cam", "free"]);
+    let (_, assignments) = c.agent(&gw, "GET", "/agent/v1/assignments", &json!(null));
+    assert_eq!(assignments["assignments"], json!([]), "{assignments}");
+}

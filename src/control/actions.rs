@@ -369,7 +369,11 @@ impl ControlService {
         let mut to_add: Vec<&Share> = Vec::new();
         let mut queue_names: Vec<String> = Vec::new();
         for share in &shares {
-            if share.bucket_name != sync.bucket_name || share.bucket_region != sync.bucket_region {
+            // An unbound share takes this group's bucket by joining it (see `Share`).
+            if share.is_bound()
+                && (share.bucket_name != sync.bucket_name
+                    || share.bucket_region != sync.bucket_region)
+            {
                 return Err(ApiError::conflict_express_sync_config());
             }
             match self.store.member_of_share(share.id)? {

@@ -4,7 +4,7 @@ use super::actions::{plausible_region, valid_bucket_name, valid_prefix, valid_sh
 use super::error::{ApiError, printable};
 use super::protocol::{
     AssignmentEntry, AssignmentsResponse, MAX_SHARES_PER_GATEWAY, ProgressRequest,
-    ProgressResponse, RegisterRequest, RegisterResponse, SYNC_STATES,
+    ProgressResponse, RegisterRequest, RegisterResponse, RegisteredShare, SYNC_STATES,
 };
 use super::service::ControlService;
 use super::store::{ProgressReport, ShareSpec};
@@ -28,6 +28,51 @@ fn to_json<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, ApiError> {
 
 fn invalid(field: &str, why: String) -> ApiError {
     ApiError::new(400, "InvalidBody", format!("{field}: {why}"))
+}
+
+/// A bound share's bucket is checked as `CreateExpressSync` checks one; an unbound share
+/// (neither region nor bucket) must not carry a prefix, since it takes its group's.
+fn check_share_bucket(s: &RegisteredShare) -> Result<(), ApiError> {
+    if !s.is_bound() {
+        if !s.bucket_prefix.is_empty() {
+            return Err(invalid(
+                "shares[].bucket_prefix",
+                format!(
+                    "share {} has a prefix but no bucket; an unbound share takes its group's prefix",
+                    printable(&s.name)
+                ),
+            ));
+        }
+        return Ok(());
+    }
+    if s.bucket_region.is_empty() || s.bucket_name.is_empty() {
+        return Err(invalid(
+            "shares[]",
+            format!(
+                "share {}: give both bucket_region and bucket_name, or neither",
+                printable(&s.name)
+            ),
+        ));
+    }
+    if !plausible_region(&s.bucket_region) {
+        return Err(invalid(
+            "shares[].bucket_region",
+            format!("{} is not a region id", printable(&s.bucket_region)),
+        ));
+    }
+    if !valid_bucket_name(&s.bucket_name) {
+        return Err(invalid(
+            "shares[].bucket_name",
+            format!("{} is not a valid bucket name", printable(&s.bucket_name)),
+        ));
+    }
+    if !valid_prefix(&s.bucket_prefix) {
+        return Err(invalid(
+            "shares[].bucket_prefix",
+            "at most 1024 bytes, no control characters, no leading '/'".into(),
+        ));
+    }
+    Ok(())
 }
 
 impl ControlService {
@@ -77,24 +122,7 @@ impl ControlService {
                     format!("{} is listed twice", printable(&s.name)),
                 ));
             }
-            if !plausible_region(&s.bucket_region) {
-                return Err(invalid(
-                    "shares[].bucket_region",
-                    format!("{} is not a region id", printable(&s.bucket_region)),
-                ));
-            }
-            if !valid_bucket_name(&s.bucket_name) {
-                return Err(invalid(
-                    "shares[].bucket_name",
-                    format!("{} is not a valid bucket name", printable(&s.bucket_name)),
-                ));
-            }
-            if !valid_prefix(&s.bucket_prefix) {
-                return Err(invalid(
-                    "shares[].bucket_prefix",
-                    "at most 1024 bytes, no control characters, no leading '/'".into(),
-                ));
-            }
+            check_share_bucket(s)?;
             specs.push(ShareSpec {
                 name: s.name.clone(),
                 bucket_region: s.bucket_region.clone(),

@@ -53,6 +53,15 @@
 //! [`protocol::PROGRESS_PATH`] with each share's `SyncProgress` and `ExpressSyncState`, which
 //! `DescribeExpressSyncShares` shows.
 //!
+//! A registered share may name its bucket (`bucket_region` + `bucket_name`, optional
+//! `bucket_prefix`): it can then only join a group on that bucket (`ConflictExpressSyncConfig`
+//! otherwise). Or it may name none ("unbound": the agent is configured with only the control
+//! endpoint, its gateway id/secret and its share directories): `IsExternal=true` lists it as
+//! addable to every group, `AddSharesToExpressSync` binds it to the group's bucket, region and
+//! prefix, which its assignment carries, and leaving the group (`RemoveSharesFromExpressSync`,
+//! `DeleteExpressSync`) unbinds it again. The binding lives in the membership, not in the
+//! share's registration, so an agent re-registering its unbound shares never undoes it.
+//!
 //! # Running
 //!
 //! `sgw-control -c control.toml` (see `--help`), with `--listen`, `--data-dir`,

@@ -31,14 +31,46 @@ pub const SYNC_STATES: &[&str] = &[
 ];
 
 /// One share as the agent has it configured.
+///
+/// A share is either *bound* (`bucket_region` and `bucket_name` both given: it may only join a
+/// group on that bucket) or *unbound* (both absent, `null` or empty: the agent knows only its
+/// local directory). An unbound share takes the bucket, region and prefix of the group an
+/// operator adds it to, and is unbound again when it is removed from that group.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RegisteredShare {
     /// Share name, unique per gateway: 1-128 of `A-Z a-z 0-9 . _ -`.
     pub name: String,
+    /// Empty for an unbound share.
+    #[serde(default, deserialize_with = "null_as_empty")]
     pub bucket_region: String,
+    /// Empty for an unbound share.
+    #[serde(default, deserialize_with = "null_as_empty")]
     pub bucket_name: String,
-    #[serde(default)]
+    /// Only for a bound share; an unbound share gets its group's prefix.
+    #[serde(default, deserialize_with = "null_as_empty")]
     pub bucket_prefix: String,
+}
+
+impl RegisteredShare {
+    /// A share that takes its bucket from the group it is added to.
+    pub fn unbound(name: &str) -> RegisteredShare {
+        RegisteredShare {
+            name: name.to_string(),
+            bucket_region: String::new(),
+            bucket_name: String::new(),
+            bucket_prefix: String::new(),
+        }
+    }
+
+    /// `false` when the share leaves its bucket to the control endpoint.
+    pub fn is_bound(&self) -> bool {
+        !self.bucket_name.is_empty() || !self.bucket_region.is_empty()
+    }
+}
+
+/// `null` reads as "not given", the same as an absent field.
+fn null_as_empty<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    Ok(Option::<String>::deserialize(d)?.unwrap_or_default())
 }
 
 /// `POST /agent/v1/register`: the gateway's shares. Replaces the registered set (shares left
@@ -124,4 +156,55 @@ pub struct AgentError {
     pub code: String,
     pub message: String,
     pub request_id: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(json: &str) -> Result<RegisteredShare, serde_json::Error> {
+        serde_json::from_str(json)
+    }
+
+    #[test]
+    fn a_share_without_a_bucket_reads_as_unbound() {
+        for json in [
+            r#"{"name":"s"}"#,
+            r#"{"name":"s","bucket_region":null,"bucket_name":null,"bucket_prefix":null}"#,
+            r#"{"name":"s","bucket_region":"","bucket_name":"","bucket_prefix":""}"#,
+        ] {
+            let share = parse(json).expect(json);
+            assert_eq!(share, RegisteredShare::unbound("s"), "{json}");
+            assert!(!share.is_bound(), "{json}");
+        }
+        let bound =
+            parse(r#"{"name":"s","bucket_region":"us-east-1","bucket_name":"b1"}"#).expect("bound");
+        assert!(bound.is_bound());
+        // Half a bucket still counts as bound, so the server checks (and refuses) it.
+        assert!(
+            parse(r#"{"name":"s","bucket_region":"us-east-1"}"#)
+                .expect("half")
+                .is_bound()
+        );
+        // What the agent sends for an unbound share reads back the same.
+        let sent = serde_json::to_string(&RegisteredShare::unbound("s")).expect("json");
+        assert_eq!(
+            parse(&sent).expect("round trip"),
+            RegisteredShare::unbound("s")
+        );
+    }
+
+    #[test]
+    fn wrong_types_are_errors_not_unbound_shares() {
+        for json in [
+            r#"{"name":"s","bucket_name":5}"#,
+            r#"{"name":"s","bucket_name":["b1"]}"#,
+            r#"{"name":"s","bucket_region":{"r":"us-east-1"}}"#,
+            r#"{"name":"s","bucket_prefix":false}"#,
+            r#"{"bucket_name":"b1"}"#,
+            r#"{"name":null}"#,
+        ] {
+            assert!(parse(json).is_err(), "{json}");
+        }
+    }
 }

@@ -488,6 +488,183 @@ mod tests {
         );
     }
 
+    fn register(
+        s: &ControlService,
+        gw: &str,
+        body: serde_json::Value,
+    ) -> Result<Vec<String>, String> {
+        let body = serde_json::to_vec(&body).expect("json");
+        match s.agent_register(gw, &body, unix_now()) {
+            Ok(out) => {
+                let r: protocol::RegisterResponse = serde_json::from_slice(&out).expect("answer");
+                Ok(r.shares)
+            }
+            Err(e) => Err(format!("{} {}", e.code, e.message)),
+        }
+    }
+
+    fn assignments(s: &ControlService, gw: &str) -> Vec<protocol::AssignmentEntry> {
+        let out = s.agent_assignments(gw, unix_now()).expect("assignments");
+        serde_json::from_slice::<protocol::AssignmentsResponse>(&out)
+            .expect("answer")
+            .assignments
+    }
+
+    fn external_names(s: &ControlService, id: &str) -> Vec<String> {
+        let r = call(
+            s,
+            "DescribeExpressSyncShares",
+            &[("ExpressSyncIds", id), ("IsExternal", "true")],
+        );
+        r["Shares"]["Share"]
+            .as_array()
+            .expect("shares")
+            .iter()
+            .filter_map(|x| x["ShareName"].as_str().map(String::from))
+            .collect()
+    }
+
+    #[test]
+    fn an_unbound_share_joins_any_group_and_is_unbound_when_it_leaves() {
+        let p = Arc::new(MemoryProvisioner::new());
+        let (s, gw, on_bk1) = setup(&p);
+        // The agent knows only its share names: absent, null and empty all mean "no bucket".
+        let shares = register(
+            &s,
+            &gw,
+            serde_json::json!({"shares": [
+                {"name": "a", "bucket_region": "us-east-1", "bucket_name": "bk1"},
+                {"name": "u"},
+                {"name": "v", "bucket_region": null, "bucket_name": null, "bucket_prefix": null},
+                {"name": "w", "bucket_region": "", "bucket_name": "", "bucket_prefix": ""},
+            ]}),
+        )
+        .expect("unbound shares register");
+        assert_eq!(shares, vec!["a", "u", "v", "w"]);
+        let on_bk2 = call(
+            &s,
+            "CreateExpressSync",
+            &[
+                ("Name", "g2"),
+                ("BucketRegion", "us-east-1"),
+                ("BucketName", "bk2"),
+                ("BucketPrefix", "in/"),
+            ],
+        )["ExpressSyncId"]
+            .as_str()
+            .expect("created")
+            .to_string();
+        assert_eq!(external_names(&s, &on_bk1), vec!["a", "u", "v", "w"]);
+        assert_eq!(external_names(&s, &on_bk2), vec!["u", "v", "w"]);
+
+        // Joining bk2's group binds `u` to bk2/in/; `a` is bound to bk1 and stays refused.
+        let add = |id: &str, names: &str| {
+            let shares = format!("{{\"{gw}\":\"{names}\"}}");
+            call(
+                &s,
+                "AddSharesToExpressSync",
+                &[("ExpressSyncId", id), ("GatewayShares", &shares)],
+            )
+        };
+        let refused = add(&on_bk2, "u,a");
+        assert_eq!(refused["Code"], "ConflictExpressSyncConfig", "{refused}");
+        assert!(
+            assignments(&s, &gw).is_empty(),
+            "a refused add binds nothing"
+        );
+        let added = add(&on_bk2, "u");
+        assert_eq!(added["Success"], true, "{added}");
+        let got = assignments(&s, &gw);
+        assert_eq!(got.len(), 1);
+        assert_eq!(
+            (
+                got[0].share_name.as_str(),
+                got[0].bucket_name.as_str(),
+                got[0].bucket_prefix.as_str(),
+                got[0].express_sync_id.as_str()
+            ),
+            ("u", "bk2", "in/", on_bk2.as_str())
+        );
+        assert!(!got[0].queue_url.is_empty());
+        // While a member it is nobody's candidate, and cannot join a second group.
+        assert_eq!(external_names(&s, &on_bk1), vec!["a", "v", "w"]);
+        let twice = add(&on_bk1, "u");
+        assert_eq!(twice["Code"], "ConflictExpressSyncConfig", "{twice}");
+
+        // Removed, it is unbound again and can join the group on the other bucket.
+        let shares = format!("{{\"{gw}\":\"u\"}}");
+        let removed = call(
+            &s,
+            "RemoveSharesFromExpressSync",
+            &[("ExpressSyncId", &on_bk2), ("GatewayShares", &shares)],
+        );
+        assert_eq!(removed["Success"], true, "{removed}");
+        assert!(assignments(&s, &gw).is_empty());
+        assert_eq!(external_names(&s, &on_bk1), vec!["a", "u", "v", "w"]);
+        assert_eq!(add(&on_bk1, "u")["Success"], true);
+        assert_eq!(assignments(&s, &gw)[0].bucket_name, "bk1");
+        // Deleting that group unbinds it too.
+        let deleted = call(&s, "DeleteExpressSync", &[("ExpressSyncId", &on_bk1)]);
+        assert_eq!(deleted["Success"], true, "{deleted}");
+        assert_eq!(external_names(&s, &on_bk2), vec!["u", "v", "w"]);
+        assert!(p.snapshot().queues.is_empty());
+    }
+
+    #[test]
+    fn a_half_given_bucket_is_refused_and_changes_nothing() {
+        let p = Arc::new(MemoryProvisioner::new());
+        let (s, gw, _id) = setup(&p);
+        let before = s.store().shares_of_gateway(&gw).expect("shares");
+        let long_prefix = "p".repeat(2000);
+        for (share, why) in [
+            (
+                serde_json::json!({"name": "x", "bucket_name": "bk1"}),
+                "bucket without region",
+            ),
+            (
+                serde_json::json!({"name": "x", "bucket_region": "us-east-1"}),
+                "region without bucket",
+            ),
+            (
+                serde_json::json!({"name": "x", "bucket_region": "us-east-1", "bucket_name": ""}),
+                "empty bucket",
+            ),
+            (
+                serde_json::json!({"name": "x", "bucket_prefix": "photos/"}),
+                "prefix without bucket",
+            ),
+            (
+                serde_json::json!({"name": "x", "bucket_prefix": long_prefix}),
+                "oversized prefix without bucket",
+            ),
+            (
+                serde_json::json!({"name": "x", "bucket_region": "us-east-1", "bucket_name": "Bad_Bucket"}),
+                "bad bucket",
+            ),
+            (
+                serde_json::json!({"name": "x", "bucket_region": "us east 1", "bucket_name": "bk1"}),
+                "bad region",
+            ),
+            (
+                serde_json::json!({"name": "x", "bucket_region": "us-east-1", "bucket_name": "   "}),
+                "blank bucket",
+            ),
+            (
+                serde_json::json!({"name": "x", "bucket_region": 7, "bucket_name": "bk1"}),
+                "region of the wrong type",
+            ),
+            (
+                serde_json::json!({"name": "x", "bucket_name": ["bk1"]}),
+                "bucket of the wrong type",
+            ),
+        ] {
+            let body = serde_json::json!({"shares": [share]});
+            let err = register(&s, &gw, body).expect_err(why);
+            assert!(err.starts_with("InvalidBody "), "{why}: {err}");
+        }
+        assert_eq!(s.store().shares_of_gateway(&gw).expect("shares"), before);
+    }
+
     #[test]
     fn a_failed_provisioning_leaves_no_member_and_no_queue() {
         let p = Arc::new(MemoryProvisioner::new());

@@ -47,6 +47,11 @@ pub struct Gateway {
 }
 
 /// A share as its gateway registered it.
+///
+/// An *unbound* share (empty `bucket_region` and `bucket_name`) is never given a bucket in this
+/// row: while it is in a group it uses the group's bucket, region and prefix, so leaving the
+/// group (remove or delete) unbinds it with no further write, and a re-registration cannot
+/// undo a binding made by an operator.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Share {
     pub id: i64,
@@ -57,7 +62,14 @@ pub struct Share {
     pub bucket_prefix: String,
 }
 
-/// What an agent registers for one share.
+impl Share {
+    /// `false` for a share registered without a bucket.
+    pub fn is_bound(&self) -> bool {
+        !self.bucket_name.is_empty()
+    }
+}
+
+/// What an agent registers for one share (empty region and bucket: unbound).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ShareSpec {
     pub name: String,
@@ -529,7 +541,8 @@ impl Store {
             .optional()?)
     }
 
-    /// Shares on `bucket_region`/`bucket_name` in no group: what `IsExternal=true` lists.
+    /// Shares in no group that could join one on `bucket_region`/`bucket_name`: those bound to
+    /// that bucket and every unbound one. What `IsExternal=true` lists.
     pub fn candidate_shares(
         &self,
         bucket_region: &str,
@@ -538,7 +551,7 @@ impl Store {
         let conn = self.lock();
         let mut stmt = conn.prepare(&format!(
             "SELECT {SHARE_COLUMNS}, g.* FROM shares s JOIN gateways g ON g.id = s.gateway_id
-             WHERE s.bucket_region = ?1 AND s.bucket_name = ?2
+             WHERE ((s.bucket_region = ?1 AND s.bucket_name = ?2) OR s.bucket_name = '')
                AND NOT EXISTS (SELECT 1 FROM members m WHERE m.share_id = s.id)
              ORDER BY s.gateway_id, s.name"
         ))?;
@@ -550,7 +563,9 @@ impl Store {
         Ok(rows)
     }
 
-    /// Distinct (region, bucket, prefix) of registered shares, optionally filtered.
+    /// Distinct (region, bucket, prefix) the shares are bound to, optionally filtered: a bound
+    /// share's own, an unbound share's group's while it is in one (an unbound share in no
+    /// group has no bucket to show).
     pub fn bucket_infos(
         &self,
         region: Option<&str>,
@@ -558,9 +573,17 @@ impl Store {
     ) -> StoreResult<Vec<(String, String, String)>> {
         let conn = self.lock();
         let mut stmt = conn.prepare(
-            "SELECT DISTINCT bucket_region, bucket_name, bucket_prefix FROM shares
-             WHERE (?1 IS NULL OR bucket_region = ?1) AND (?2 IS NULL OR bucket_name = ?2)
-             ORDER BY bucket_region, bucket_name, bucket_prefix",
+            "SELECT DISTINCT region, bucket, prefix FROM (
+                 SELECT bucket_region AS region, bucket_name AS bucket, bucket_prefix AS prefix
+                 FROM shares WHERE bucket_name <> ''
+                 UNION ALL
+                 SELECT e.bucket_region, e.bucket_name, e.bucket_prefix
+                 FROM shares s JOIN members m ON m.share_id = s.id
+                 JOIN express_syncs e ON e.id = m.sync_id
+                 WHERE s.bucket_name = ''
+             )
+             WHERE (?1 IS NULL OR region = ?1) AND (?2 IS NULL OR bucket = ?2)
+             ORDER BY region, bucket, prefix",
         )?;
         let rows = stmt
             .query_map(params![region, bucket], |r| {
@@ -1016,6 +1039,110 @@ mod tests {
             .expect("delete");
         assert!(store.members("sync-1").expect("members").is_empty());
         assert!(store.remove_gateway("gw-1").expect("now allowed"));
+    }
+
+    fn unbound(name: &str) -> ShareSpec {
+        ShareSpec {
+            name: name.into(),
+            bucket_region: String::new(),
+            bucket_name: String::new(),
+            bucket_prefix: String::new(),
+        }
+    }
+
+    fn candidate_names(store: &Store, bucket: &str) -> Vec<String> {
+        store
+            .candidate_shares("us-east-1", bucket)
+            .expect("candidates")
+            .into_iter()
+            .map(|(s, _)| s.name)
+            .collect()
+    }
+
+    #[test]
+    fn an_unbound_share_takes_its_groups_bucket_only_while_it_is_a_member() {
+        let store = Store::open_in_memory().expect("open");
+        store.add_gateway(&gateway("gw-1"), "s").expect("gateway");
+        store
+            .register(
+                "gw-1",
+                None,
+                None,
+                &[spec("on-b1", "b1"), spec("on-b2", "b2"), unbound("free")],
+                1,
+            )
+            .expect("register");
+        // Addable to a group on any bucket; a bound share only to its own bucket's.
+        assert_eq!(candidate_names(&store, "b1"), vec!["free", "on-b1"]);
+        assert_eq!(candidate_names(&store, "b2"), vec!["free", "on-b2"]);
+        // No bucket of its own: nothing to show in the bucket list, no empty entry.
+        let infos = |store: &Store| store.bucket_infos(None, None).expect("infos");
+        let b = |bucket: &str, prefix: &str| {
+            (
+                "us-east-1".to_string(),
+                bucket.to_string(),
+                prefix.to_string(),
+            )
+        };
+        assert_eq!(infos(&store), vec![b("b1", ""), b("b2", "")]);
+
+        let group = ExpressSync {
+            bucket_prefix: "photos/".into(),
+            ..sync("sync-1", "g1")
+        };
+        assert!(store.insert_express_sync(&group).expect("sync"));
+        let free = store.share("gw-1", "free").expect("read").expect("share");
+        assert!(!free.is_bound());
+        store
+            .add_members(&[member(free.id, "sync-1")], &task("t-1", "sync-1", 1))
+            .expect("add");
+        assert_eq!(
+            candidate_names(&store, "b2"),
+            vec!["on-b2"],
+            "a member is not addable"
+        );
+        assert_eq!(
+            infos(&store),
+            vec![b("b1", ""), b("b1", "photos/"), b("b2", "")],
+            "bound by the group, it shows the group's bucket and prefix"
+        );
+        let assigned = store.assignments("gw-1").expect("assignments");
+        assert_eq!(assigned.len(), 1);
+        assert_eq!(
+            (
+                assigned[0].sync.bucket_name.as_str(),
+                assigned[0].sync.bucket_prefix.as_str()
+            ),
+            ("b1", "photos/")
+        );
+        // The agent registering again (still without a bucket) changes nothing.
+        store
+            .register(
+                "gw-1",
+                None,
+                None,
+                &[spec("on-b1", "b1"), spec("on-b2", "b2"), unbound("free")],
+                2,
+            )
+            .expect("re-register");
+        assert_eq!(store.assignments("gw-1").expect("assignments").len(), 1);
+
+        // Leaving the group unbinds it: addable to other buckets again, no bucket shown.
+        store
+            .remove_members(&[free.id], &task("t-2", "sync-1", 2))
+            .expect("remove");
+        assert_eq!(candidate_names(&store, "b2"), vec!["free", "on-b2"]);
+        assert_eq!(infos(&store), vec![b("b1", ""), b("b2", "")]);
+        // Deleting the group does the same.
+        store
+            .add_members(&[member(free.id, "sync-1")], &task("t-3", "sync-1", 3))
+            .expect("add again");
+        store
+            .delete_express_sync("sync-1", &task("t-4", "sync-1", 4))
+            .expect("delete");
+        assert_eq!(candidate_names(&store, "b2"), vec!["free", "on-b2"]);
+        assert_eq!(infos(&store), vec![b("b1", ""), b("b2", "")]);
+        assert!(store.assignments("gw-1").expect("assignments").is_empty());
     }
 
     #[test]
