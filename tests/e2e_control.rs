@@ -82,13 +82,8 @@ fn an_sdk_created_group_drives_a_running_agent_to_mns_healthy() {
     let gw = control.add_gateway("edge-01");
     let share = tmp.path().join("share1");
     std::fs::create_dir_all(&share).unwrap();
-    let cfg = agent_config(
-        tmp.path(),
-        &control,
-        &gw,
-        &share,
-        "bucket = \"photos\"\nregion = \"us-east-1\"\n",
-    );
+    // The agent knows only the control endpoint, its gateway and the share directory.
+    let cfg = agent_config(tmp.path(), &control, &gw, &share, "");
 
     let check = agent_command(&cfg).arg("check-config").output().unwrap();
     assert!(
