@@ -85,6 +85,14 @@ fn files_under(dir: &Path) -> BTreeMap<String, Vec<u8>> {
     out
 }
 
+/// What is left in the agent's staging directory of `share`.
+fn staged_names(share: &Path) -> Vec<std::ffi::OsString> {
+    std::fs::read_dir(share.join(".sgw/staging"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect()
+}
+
 const AWKWARD: &[&str] = &[
     "odd/with space.txt",
     "odd/plus+sign.txt",
@@ -155,10 +163,7 @@ fn full_sync_mirrors_the_bucket_then_resync_downloads_nothing() {
         .as_secs() as i64;
     assert_eq!(Some(mtime), head["last_modified"].as_i64(), "{head}");
 
-    let leftovers: Vec<_> = std::fs::read_dir(s.share.join(".sgw/staging"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
+    let leftovers = staged_names(&s.share);
     assert!(
         leftovers.is_empty(),
         "a converged sync leaves nothing staged: {leftovers:?}"
@@ -251,10 +256,7 @@ fn an_object_failing_its_crc_is_never_published() {
         vec!["good.txt"],
         "only verified bytes are visible"
     );
-    let staged: Vec<_> = std::fs::read_dir(s.share.join(".sgw/staging"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
+    let staged = staged_names(&s.share);
     assert!(
         staged.is_empty(),
         "a failed download leaves no staged bytes: {staged:?}"

@@ -319,11 +319,7 @@ impl Peer {
     /// ObjectCreated:* / ObjectRemoved:* under `prefix`. Returns `(topic_arn, queue_url)`.
     /// The s3:TestEvent stays in the queue.
     pub fn wire_events(&self, bucket: &str, prefix: &str, name: &str) -> (String, String) {
-        let out = self.ctl(&["wire-events", bucket, "--prefix", prefix, "--name", name]);
-        match (out["topic_arn"].as_str(), out["queue_url"].as_str()) {
-            (Some(topic), Some(queue)) => (topic.to_owned(), queue.to_owned()),
-            _ => panic!("wire-events printed no topic_arn/queue_url: {out}"),
-        }
+        self.wire_events_with_visibility(bucket, prefix, name, 30)
     }
 
     /// Like [`Peer::wire_events`] with the queue's VisibilityTimeout set (redelivery tests).
