@@ -56,7 +56,32 @@ pub struct Config {
     pub state_dir: PathBuf,
     pub log_level: log::LevelFilter,
     pub credentials_file: Option<PathBuf>,
+    /// Set when the shares' buckets and queues come from `sgw-control`.
+    pub control: Option<ControlSettings>,
     pub shares: Vec<ShareConfig>,
+}
+
+/// How the agent reaches the control endpoint (`control_endpoint`, `gateway_id`, …).
+#[derive(Clone, PartialEq, Eq)]
+pub struct ControlSettings {
+    pub endpoint: String,
+    pub gateway_id: String,
+    pub gateway_secret: String,
+    pub gateway_name: Option<String>,
+    /// Plain `http://` for the control endpoint and for the S3/SQS endpoints it assigns.
+    pub allow_http: bool,
+}
+
+impl fmt::Debug for ControlSettings {
+    // The secret never reaches a log line.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ControlSettings")
+            .field("endpoint", &self.endpoint)
+            .field("gateway_id", &self.gateway_id)
+            .field("gateway_name", &self.gateway_name)
+            .field("allow_http", &self.allow_http)
+            .finish_non_exhaustive()
+    }
 }
 
 /// One share: a local directory mirrored from `bucket/prefix`.
@@ -82,6 +107,12 @@ struct RawConfig {
     state_dir: Option<String>,
     log_level: Option<String>,
     credentials_file: Option<String>,
+    control_endpoint: Option<String>,
+    gateway_id: Option<String>,
+    gateway_secret: Option<String>,
+    gateway_secret_file: Option<String>,
+    gateway_name: Option<String>,
+    control_allow_http: Option<bool>,
     #[serde(default)]
     share: Vec<RawShare>,
 }
@@ -133,7 +164,8 @@ impl Config {
             key,
             problem,
         };
-        let raw: RawConfig = toml::from_str(text).map_err(|e| toml_error(file, text, &e))?;
+        let mut raw: RawConfig = toml::from_str(text).map_err(|e| toml_error(file, text, &e))?;
+        let control = control_settings(file, &mut raw)?;
 
         let state_dir = match raw.state_dir {
             Some(s) => absolute_path(&s).map_err(|p| at("state_dir".into(), p))?,
@@ -158,6 +190,7 @@ impl Config {
             Some(s) => Some(absolute_path(&s).map_err(|p| at("credentials_file".into(), p))?),
             None => None,
         };
+
         if raw.share.is_empty() {
             return Err(at(
                 "share".into(),
@@ -178,7 +211,7 @@ impl Config {
         let mut shares = Vec::with_capacity(raw.share.len());
         for (i, s) in raw.share.into_iter().enumerate() {
             let key = |k: &str| format!("share[{}].{k}", i + 1);
-            let share = validate_share(s, &key).map_err(|(k, p)| at(k, p))?;
+            let share = validate_share(s, &key, control.is_some()).map_err(|(k, p)| at(k, p))?;
             if !names.insert(share.name.clone()) {
                 return Err(at(
                     key("name"),
@@ -207,6 +240,7 @@ impl Config {
             state_dir,
             log_level,
             credentials_file,
+            control,
             shares,
         })
     }
@@ -241,6 +275,7 @@ impl Config {
 fn validate_share(
     s: RawShare,
     key: &dyn Fn(&str) -> String,
+    controlled: bool,
 ) -> Result<ShareConfig, (String, String)> {
     let required =
         |v: Option<String>, k: &str, example: &str| -> Result<String, (String, String)> {
@@ -269,8 +304,13 @@ fn validate_share(
         "the absolute path of the local share directory",
     )?;
     let path = absolute_path(&path).map_err(|p| (key("path"), p))?;
-    let bucket = required(s.bucket, "bucket", "the bucket name")?;
-    if !valid_bucket(&bucket) {
+    // Under a control endpoint the bucket, endpoint and region come from it; given here, they
+    // are registered with it and must be valid.
+    let bucket = match (controlled, s.bucket) {
+        (true, None) => String::new(),
+        (_, b) => required(b, "bucket", "the bucket name")?,
+    };
+    if !bucket.is_empty() && !valid_bucket(&bucket) {
         return Err((
             key("bucket"),
             format!(
@@ -291,18 +331,22 @@ fn validate_share(
             ),
         ));
     }
-    let endpoint = required(
-        s.endpoint,
-        "endpoint",
-        "the S3 endpoint URL, e.g. \"https://s3.eu-west-1.amazonaws.com\"",
-    )?;
+    let endpoint = match (controlled, s.endpoint) {
+        (true, None) => String::new(),
+        (_, e) => required(
+            e,
+            "endpoint",
+            "the S3 endpoint URL, e.g. \"https://s3.eu-west-1.amazonaws.com\"",
+        )?,
+    };
     let allow_http = s.allow_http.unwrap_or(false);
-    check_url(&endpoint, allow_http).map_err(|p| (key("endpoint"), p))?;
-    let region = required(
-        s.region,
-        "region",
-        "the bucket's region, e.g. \"eu-west-1\"",
-    )?;
+    if !endpoint.is_empty() {
+        check_url(&endpoint, allow_http).map_err(|p| (key("endpoint"), p))?;
+    }
+    let region = match (controlled, s.region) {
+        (true, None) => String::new(),
+        (_, r) => required(r, "region", "the bucket's region, e.g. \"eu-west-1\"")?,
+    };
     if region.len() > 64
         || !region
             .chars()
@@ -428,6 +472,106 @@ fn toml_error(file: &Path, text: &str, e: &toml::de::Error) -> ConfigError {
         key: String::new(),
         problem,
     }
+}
+
+fn control_settings(
+    file: &Path,
+    raw: &mut RawConfig,
+) -> Result<Option<ControlSettings>, ConfigError> {
+    let at = |key: &str, problem: String| ConfigError {
+        file: file.to_owned(),
+        key: key.into(),
+        problem,
+    };
+    let Some(endpoint) = raw.control_endpoint.take() else {
+        for (k, set) in [
+            ("gateway_id", raw.gateway_id.is_some()),
+            ("gateway_secret", raw.gateway_secret.is_some()),
+            ("gateway_secret_file", raw.gateway_secret_file.is_some()),
+        ] {
+            if set {
+                return Err(at(
+                    k,
+                    "is only used with control_endpoint, which is not set".into(),
+                ));
+            }
+        }
+        return Ok(None);
+    };
+    let allow_http = raw.control_allow_http.unwrap_or(false);
+    check_url(&endpoint, allow_http).map_err(|p| {
+        at(
+            "control_endpoint",
+            p.replace("allow_http", "control_allow_http"),
+        )
+    })?;
+    let gateway_id = match raw.gateway_id.take() {
+        Some(g)
+            if !g.is_empty()
+                && g.len() <= 128
+                && g.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') =>
+        {
+            g
+        }
+        Some(g) => {
+            return Err(at(
+                "gateway_id",
+                format!(
+                    "expected the id printed by `sgw-control gateway add`, e.g. \"gw-…\"; got {g:?}"
+                ),
+            ));
+        }
+        None => {
+            return Err(at(
+                "gateway_id",
+                "missing: expected the gateway id printed by `sgw-control gateway add`".into(),
+            ));
+        }
+    };
+    let gateway_secret = match (raw.gateway_secret.take(), raw.gateway_secret_file.take()) {
+        (Some(_), Some(_)) => return Err(at("gateway_secret_file", "set either gateway_secret or gateway_secret_file, not both".into())),
+        (Some(s), None) if !s.is_empty() && s.len() <= 256 => s,
+        (None, Some(f)) => read_secret_file(&absolute_path(&f).map_err(|p| at("gateway_secret_file", p))?)?,
+        _ => return Err(at("gateway_secret", "missing: expected gateway_secret (or gateway_secret_file) as printed by `sgw-control gateway add`".into())),
+    };
+    Ok(Some(ControlSettings {
+        endpoint: endpoint.trim_end_matches('/').to_owned(),
+        gateway_id,
+        gateway_secret,
+        gateway_name: raw.gateway_name.take(),
+        allow_http,
+    }))
+}
+
+/// Read a one-line secret file (the gateway secret). Refuses files that others can read.
+fn read_secret_file(path: &Path) -> Result<String, ConfigError> {
+    use std::os::unix::fs::PermissionsExt;
+    let err = |problem: String| ConfigError {
+        file: path.to_owned(),
+        key: String::new(),
+        problem,
+    };
+    let meta =
+        std::fs::metadata(path).map_err(|e| err(format!("cannot read the secret file: {e}")))?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        return Err(err(format!(
+            "permissions are {:o}: the secret file must not be readable by group or others (chmod 600)",
+            meta.permissions().mode() & 0o777
+        )));
+    }
+    if meta.len() > 4096 {
+        return Err(err(
+            "is larger than 4 KiB; expected the gateway secret on one line".into(),
+        ));
+    }
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| err(format!("cannot read the secret file: {e}")))?;
+    let secret = text.trim();
+    if secret.is_empty() || secret.contains(char::is_whitespace) {
+        return Err(err("expected the gateway secret on a single line".into()));
+    }
+    Ok(secret.to_owned())
 }
 
 /// Read an AWS-style INI credentials file. Refuses files that others can read.

@@ -13,6 +13,8 @@
 //! - [`status`]: per-share status files written by the agent and read by `sgw-agent status`.
 //! - [`runner`]: the `sync` and `run` commands: one thread per share, graceful stop.
 //! - [`service`]: signals and graceful shutdown; logging set-up for terminals and journald.
+//! - [`control`]: the control endpoint `sgw-control` (seed APIs, provisioning, agent API) and
+//!   the agent<->control protocol types.
 //!
 //! The binaries in `src/bin/` only parse arguments and call into this library.
 
@@ -21,6 +23,7 @@
 pub mod cache;
 pub mod cloud;
 pub mod config;
+pub mod control;
 pub mod engine;
 pub mod model;
 pub mod runner;

@@ -358,6 +358,14 @@ fn download(store: &dyn ObjectStore, dir: &ShareDir, job: &Job, shutdown: &Shutd
         if offset == 0 {
             expected_crc = got.crc64nvme;
         }
+        // No CRC-64 from the server: a single-part ETag is the MD5 of the bytes, so check
+        // that instead of the size alone (only for a whole-object GET).
+        let mut md5 = match (&expected_crc, &got.etag) {
+            (None, Some(etag)) if offset == 0 && is_md5_etag(etag) => {
+                Some(<md5::Md5 as md5::Digest>::new())
+            }
+            _ => None,
+        };
         let mut reader = body.body;
         let mut buf = vec![0u8; 256 * 1024];
         let streamed: std::io::Result<()> = (|| {
@@ -365,6 +373,9 @@ fn download(store: &dyn ObjectStore, dir: &ShareDir, job: &Job, shutdown: &Shutd
                 let n = reader.read(&mut buf)?;
                 if n == 0 {
                     return Ok(());
+                }
+                if let Some(m) = md5.as_mut() {
+                    md5::Digest::update(m, &buf[..n]);
                 }
                 staged.write_all(&buf[..n])?;
             }
@@ -382,6 +393,25 @@ fn download(store: &dyn ObjectStore, dir: &ShareDir, job: &Job, shutdown: &Shutd
             drop(staged);
             shutdown.sleep(Duration::from_millis(200 * u64::from(body_failures)));
             continue;
+        }
+        if let (Some(m), Some(etag)) = (md5, &got.etag) {
+            let actual: String = md5::Digest::finalize(m)
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            if !actual.eq_ignore_ascii_case(etag) {
+                staged.discard();
+                crc_failures += 1;
+                warn!(
+                    "share download: {key:?}: MD5 {actual} does not match ETag {etag}; not published"
+                );
+                if crc_failures >= MAX_CRC_ATTEMPTS {
+                    return JobOutcome::Failed(format!(
+                        "{key:?} failed its MD5 (ETag) check {crc_failures} times"
+                    ));
+                }
+                continue;
+            }
         }
         let expected = Expected {
             size: got.size,
@@ -433,6 +463,9 @@ pub struct Share {
     batch_ok: Vec<bool>,
     /// A status change was not written yet (writes are rate-limited).
     status_stale: bool,
+    /// Keys published whose records are not durable yet: their publish intents are dropped
+    /// after the next state sync.
+    intents_pending: Vec<String>,
 }
 
 impl Share {
@@ -475,6 +508,11 @@ impl Share {
             idle: Arc::new(AtomicBool::new(false)),
             batch_ok: Vec::new(),
             status_stale: false,
+            intents_pending: Vec::new(),
+        })
+        .and_then(|mut share| {
+            share.recover_intents()?;
+            Ok(share)
         })
     }
 
@@ -505,6 +543,67 @@ impl Share {
             self.state.sync()?;
             self.unsynced_records = 0;
             self.last_state_sync = Instant::now();
+            for key in std::mem::take(&mut self.intents_pending) {
+                if let Err(e) = self.dir.forget_intent(&key) {
+                    warn!(
+                        "share {}: cannot drop the publish intent of {key:?}: {e}",
+                        self.ctx.cfg.name
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// After a crash: files published whose records never reached the journal. A file still
+    /// at its path with the published Last-Modified is recorded (hashing it), so it is known
+    /// as the agent's (and deleted when the bucket deletes it) without being downloaded again.
+    fn recover_intents(&mut self) -> Result<(), ShareError> {
+        let intents = self.dir.intents()?;
+        if intents.is_empty() {
+            return Ok(());
+        }
+        let mut recovered = 0;
+        for intent in &intents {
+            let known = self.state.get(&intent.key)?;
+            let already = known
+                .as_ref()
+                .is_some_and(|r| r.etag == intent.etag && r.last_modified == intent.last_modified);
+            if !already
+                && let Ok(KeyPath::File(rel)) = key_to_relpath(&intent.key, &self.ctx.cfg.prefix)
+                && let Ok(Some(facts)) = self.dir.file_facts(&rel)
+                && crate::engine::events::publish_completed(
+                    &ObjectMeta {
+                        key: intent.key.clone(),
+                        size: facts.size,
+                        etag: intent.etag.clone(),
+                        last_modified: intent.last_modified,
+                        crc64nvme: None,
+                    },
+                    Some(facts),
+                )
+            {
+                let crc = crc_of_file(&self.ctx.cfg.path.join(&rel))?;
+                self.state.put(LocalRecord {
+                    key: intent.key.clone(),
+                    size: facts.size,
+                    etag: intent.etag.clone(),
+                    last_modified: intent.last_modified,
+                    crc64nvme: crc,
+                    sequencer: known.and_then(|r| r.sequencer),
+                })?;
+                recovered += 1;
+            }
+        }
+        self.state.sync()?;
+        for intent in intents {
+            self.dir.forget_intent(&intent.key)?;
+        }
+        if recovered > 0 {
+            info!(
+                "share {}: recorded {recovered} file(s) published just before an interruption",
+                self.ctx.cfg.name
+            );
         }
         Ok(())
     }
@@ -850,6 +949,7 @@ impl Share {
                         r.job.sequencer.as_deref(),
                         r.job.old.as_ref(),
                     );
+                    self.intents_pending.push(meta.key.clone());
                     self.state.put(rec)?;
                     self.unsynced_records += 1;
                     true
@@ -1336,6 +1436,12 @@ impl Iterator for Listing {
             }
         }
     }
+}
+
+/// A 32-hex-digit ETag (no `-N` multipart suffix) is the MD5 of the object's bytes on S3 for
+/// single-part uploads without SSE-KMS.
+fn is_md5_etag(etag: &str) -> bool {
+    etag.len() == 32 && etag.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 fn crc_of_file(path: &Path) -> std::io::Result<u64> {

@@ -85,6 +85,14 @@ fn files_under(dir: &Path) -> BTreeMap<String, Vec<u8>> {
     out
 }
 
+/// What is left in the agent's staging directory of `share`.
+fn staged_names(share: &Path) -> Vec<std::ffi::OsString> {
+    std::fs::read_dir(share.join(".sgw/staging"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect()
+}
+
 const AWKWARD: &[&str] = &[
     "odd/with space.txt",
     "odd/plus+sign.txt",
@@ -155,6 +163,11 @@ fn full_sync_mirrors_the_bucket_then_resync_downloads_nothing() {
         .as_secs() as i64;
     assert_eq!(Some(mtime), head["last_modified"].as_i64(), "{head}");
 
+    let leftovers = staged_names(&s.share);
+    assert!(
+        leftovers.is_empty(),
+        "a converged sync leaves nothing staged: {leftovers:?}"
+    );
     let st = status(&s);
     assert_eq!(st["state"], "healthy", "{st}");
     assert_eq!(st["sync_progress"], 100, "{st}");
@@ -243,12 +256,9 @@ fn an_object_failing_its_crc_is_never_published() {
         vec!["good.txt"],
         "only verified bytes are visible"
     );
-    let staged: Vec<_> = std::fs::read_dir(s.share.join(".sgw/staging"))
-        .map(|d| d.flatten().count())
-        .into_iter()
-        .collect();
+    let staged = staged_names(&s.share);
     assert!(
-        staged.iter().all(|n| *n == 0),
+        staged.is_empty(),
         "a failed download leaves no staged bytes: {staged:?}"
     );
     let st = status(&s);
@@ -482,4 +492,173 @@ fn bad_configuration_exits_78_with_file_and_key() {
     assert_eq!(out.status.code(), Some(78));
     let out = agent_command(&cfg).arg("frobnicate").output().unwrap();
     assert_eq!(out.status.code(), Some(64));
+}
+
+#[test]
+fn files_published_just_before_a_kill_are_still_the_agents_own() {
+    // A kill lands between a publish and its journal record; the bucket then deletes those
+    // keys. The restart must still know the files as its own and remove them (not leave
+    // them behind as if a user had written them).
+    let peer = Peer::start();
+    peer.make_bucket("intent");
+    let total = peer.put_many("intent", "", 1500, 4 * 1024);
+    let s = setup(&peer, "intent", "", None);
+    let mut child = agent_command(&s.config)
+        .args(["sync", "--quiet"])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for(
+        Duration::from_secs(60),
+        "some files to be published",
+        || files_under(&s.share).len() >= 300,
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let published: Vec<String> = files_under(&s.share).into_keys().collect();
+    assert!(published.len() < total, "the kill must land mid-sync");
+    assert_eq!(peer.delete_many("intent", &published), published.len());
+    let (code, log) = sync(&s);
+    assert!(code.success(), "{log}");
+    let files = files_under(&s.share);
+    let left: Vec<_> = published
+        .iter()
+        .filter(|k| files.contains_key(*k))
+        .collect();
+    assert!(
+        left.is_empty(),
+        "{} deleted object(s) left behind, e.g. {:?}",
+        left.len(),
+        left.first()
+    );
+    assert_eq!(files.len(), total - published.len());
+    let st = status(&s);
+    assert_eq!(st["unknown_local_files"], 0, "{st}");
+}
+
+#[test]
+fn malformed_messages_never_wedge_the_share() {
+    let peer = Peer::start();
+    peer.make_bucket("poison");
+    let (_topic, queue) = peer.wire_events_with_visibility("poison", "", "poison-share", 1);
+    let s = setup(&peer, "poison", "", Some(&queue));
+    let agent = spawn_run(&s);
+    wait_for(Duration::from_secs(30), "agent to be healthy", || {
+        status(&s)["state"] == "healthy"
+    });
+    for body in [
+        "not json at all",
+        "{\"Records\": \"wrong type\"}",
+        &"{".repeat(100 * 1024),
+        "{\"Records\":[{\"eventVersion\":\"9.0\"}]}",
+    ] {
+        peer.send(&queue, body);
+    }
+    // Good events behind the poison still arrive promptly.
+    peer.put("poison", "after-poison.txt", "still flowing");
+    wait_for(
+        Duration::from_secs(10),
+        "a good event behind malformed ones",
+        || read(&s.share.join("after-poison.txt")).as_deref() == Some(b"still flowing"),
+    );
+    // Each malformed message is removed after a bounded number of receives.
+    wait_for(
+        Duration::from_secs(60),
+        "malformed messages to be removed",
+        || peer.queue_depth(&queue) == 0,
+    );
+    let (code, log) = stop(agent);
+    assert!(code.success(), "{log}");
+    assert!(log.contains("malformed message"), "the log says why: {log}");
+    let st = status(&s);
+    assert_eq!(st["messages_discarded"], 4, "{st}");
+    assert_eq!(st["state"], "healthy", "{st}");
+}
+
+/// Bytes staged so far under the share's `.sgw/staging`.
+fn staged_bytes(share: &Path) -> u64 {
+    std::fs::read_dir(share.join(".sgw/staging"))
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.path().extension().is_some_and(|x| x == "part"))
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn an_interrupted_large_download_resumes_with_a_ranged_get() {
+    let peer = Peer::start();
+    peer.make_bucket("big");
+    const SIZE: usize = 128 * 1024 * 1024;
+    peer.put_many("big", "", 1, SIZE);
+    let key = many_key("", 0);
+    let s = setup(&peer, "big", "", None);
+    let mut child = agent_command(&s.config)
+        .args(["sync", "--quiet"])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Past the first 8 MiB checkpoint, but not finished.
+    wait_for(
+        Duration::from_secs(60),
+        "the download to be under way",
+        || staged_bytes(&s.share) > 20 * 1024 * 1024 || s.share.join(&key).exists(),
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        !s.share.join(&key).exists(),
+        "the kill must land mid-download (make the object bigger)"
+    );
+    let (code, log) = agent_command(&s.config)
+        .args(["sync", "--quiet"])
+        .output()
+        .map(|o| (o.status, String::from_utf8_lossy(&o.stderr).into_owned()))
+        .unwrap();
+    assert!(code.success(), "{log}");
+    assert!(
+        log.contains("resuming at byte"),
+        "the second run resumes instead of starting over:\n{log}"
+    );
+    let got = std::fs::read(s.share.join(&key)).unwrap();
+    assert!(
+        got == content_for_key(&key, SIZE),
+        "the resumed file must be the object's bytes"
+    );
+}
+
+#[test]
+fn objects_without_a_crc64_are_checked_by_their_md5_etag_and_counted() {
+    let peer = Peer::start();
+    peer.make_bucket("nocrc");
+    peer.ctl(&[
+        "put",
+        "nocrc",
+        "plain.txt",
+        "--text",
+        "no checksum stored",
+        "--checksum",
+        "none",
+    ]);
+    let head = peer.head("nocrc", "plain.txt");
+    assert!(
+        head["crc64nvme"].is_null(),
+        "fixture must have no CRC-64: {head}"
+    );
+    peer.put("nocrc", "with-crc.txt", "checksum stored");
+    let s = setup(&peer, "nocrc", "", None);
+    let (code, log) = sync(&s);
+    assert!(code.success(), "{log}");
+    assert_eq!(
+        read(&s.share.join("plain.txt")).as_deref(),
+        Some(&b"no checksum stored"[..])
+    );
+    let st = status(&s);
+    assert_eq!(
+        st["verified_without_crc"], 1,
+        "status says which downloads had no CRC-64: {st}"
+    );
 }

@@ -159,6 +159,19 @@ fn main() {
             Ok(creds) => {
                 let shutdown = Shutdown::new();
                 for share in &cfg.shares {
+                    if cfg.control.is_some() {
+                        // Its bucket comes from the control endpoint: only the path is ours.
+                        if !share.path.is_dir() {
+                            eprintln!(
+                                "sgw-agent: configuration error: {}: share {:?}: path: {} is not an existing directory",
+                                cfg.file.display(),
+                                share.name,
+                                share.path.display()
+                            );
+                            std::process::exit(EXIT_CONFIG);
+                        }
+                        continue;
+                    }
                     if let Err(e) =
                         runner::share_context(&cfg, share, &creds, &shutdown, Arc::new(Silent))
                     {
@@ -265,7 +278,7 @@ fn status(cfg: &Config, json: bool) -> i32 {
         );
         if s.verified_without_crc > 0 {
             println!(
-                "  no CRC-64:      {} object(s) had no server CRC-64 and were checked by size only",
+                "  no CRC-64:      {} object(s) had no server CRC-64 (checked by MD5 ETag or size)",
                 s.verified_without_crc
             );
         }

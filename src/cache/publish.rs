@@ -118,6 +118,14 @@ pub struct ShareDir {
     staging: PathBuf,
 }
 
+/// A publish that may not have reached the state journal (see [`ShareDir::intents`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Intent {
+    pub key: String,
+    pub etag: Option<String>,
+    pub last_modified: i64,
+}
+
 /// The sidecar of a staged download.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 struct StagedMeta {
@@ -388,6 +396,43 @@ impl ShareDir {
         ))
     }
 
+    /// Publish intents left behind: sidecars whose data file is gone because it was renamed
+    /// to its final path, and whose key's record may not have reached the state journal
+    /// (the agent crashed in between). Each names the key, ETag and Last-Modified that were
+    /// published; the caller checks the file and records it, then forgets the intent.
+    pub fn intents(&self) -> io::Result<Vec<Intent>> {
+        let mut out = Vec::new();
+        for entry in fs::read_dir(&self.staging)? {
+            let path = entry?.path();
+            if path.extension().and_then(|e| e.to_str()) != Some(META_EXT)
+                || path.with_extension(DATA_EXT).exists()
+            {
+                continue;
+            }
+            if let Some(m) = read_meta(&path) {
+                out.push(Intent {
+                    key: m.key,
+                    etag: m.etag,
+                    last_modified: m.last_modified,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Drop the publish intent of `key` once its record is durable. A download of the same
+    /// key that has started since (its data file exists) is left alone.
+    pub fn forget_intent(&self, key: &str) -> io::Result<()> {
+        let stem = staging_stem(key);
+        if self.staging.join(format!("{stem}.{DATA_EXT}")).exists() {
+            return Ok(());
+        }
+        match fs::remove_file(self.staging.join(format!("{stem}.{META_EXT}"))) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
     /// Remove staged downloads whose key `keep` rejects, plus orphans and temporaries.
     /// Returns how many files were removed. Do not run it while downloads are in progress
     /// unless `keep` accepts their keys.
@@ -488,10 +533,11 @@ impl Staged {
     ) -> Result<Published, PublishError> {
         let result = self.verify_and_move(expect, rel, mtime);
         match &result {
-            // After success only the sidecar is left; a leftover one is harmless anyway
-            // (without its data file the next begin starts fresh).
-            Ok(_)
-            | Err(
+            // After success the sidecar stays behind as the publish INTENT: until the
+            // caller has made its record durable and calls `ShareDir::forget_intent`, a crash
+            // leaves a trace of which key was published (see `ShareDir::intents`).
+            Ok(_) => {}
+            Err(
                 PublishError::SizeMismatch { .. }
                 | PublishError::ChecksumMismatch { .. }
                 | PublishError::UnsafePath { .. },
@@ -780,6 +826,17 @@ mod tests {
         let dest = dir.path().join("sub/deeper/a.txt");
         assert_eq!(fs::read(&dest).expect("read"), data);
         assert_eq!(fs::metadata(&dest).expect("meta").mtime(), 1_700_000_000);
+        // Only the publish intent is left until the caller's record is durable.
+        assert_eq!(
+            share.intents().expect("intents"),
+            vec![Intent {
+                key: "k/a.txt".into(),
+                etag: Some("e1".into()),
+                last_modified: 1_700_000_000
+            }]
+        );
+        share.forget_intent("k/a.txt").expect("forget");
+        assert!(share.intents().expect("intents").is_empty());
         assert!(
             staged_files(&share).is_empty(),
             "{:?}",

@@ -300,6 +300,17 @@ impl Peer {
         self.ctl(&["put-corrupt", bucket, key, "--text", text])
     }
 
+    /// Deletes each key with its own DeleteObject (one event each).
+    pub fn delete_many(&self, bucket: &str, keys: &[String]) -> usize {
+        let mut file = tempfile::NamedTempFile::new()
+            .unwrap_or_else(|e| panic!("cannot create a temp file: {e}"));
+        file.write_all(keys.join("\n").as_bytes())
+            .unwrap_or_else(|e| panic!("cannot write a temp file: {e}"));
+        let path = file.path().to_string_lossy().into_owned();
+        let out = self.ctl(&["delete-many", bucket, "--keys-file", &path]);
+        out["deleted"].as_u64().unwrap_or(0) as usize
+    }
+
     pub fn delete(&self, bucket: &str, key: &str) {
         self.ctl(&["delete", bucket, key]);
     }
@@ -308,11 +319,37 @@ impl Peer {
     /// ObjectCreated:* / ObjectRemoved:* under `prefix`. Returns `(topic_arn, queue_url)`.
     /// The s3:TestEvent stays in the queue.
     pub fn wire_events(&self, bucket: &str, prefix: &str, name: &str) -> (String, String) {
-        let out = self.ctl(&["wire-events", bucket, "--prefix", prefix, "--name", name]);
+        self.wire_events_with_visibility(bucket, prefix, name, 30)
+    }
+
+    /// Like [`Peer::wire_events`] with the queue's VisibilityTimeout set (redelivery tests).
+    pub fn wire_events_with_visibility(
+        &self,
+        bucket: &str,
+        prefix: &str,
+        name: &str,
+        secs: u32,
+    ) -> (String, String) {
+        let secs = secs.to_string();
+        let out = self.ctl(&[
+            "wire-events",
+            bucket,
+            "--prefix",
+            prefix,
+            "--name",
+            name,
+            "--visibility",
+            &secs,
+        ]);
         match (out["topic_arn"].as_str(), out["queue_url"].as_str()) {
             (Some(topic), Some(queue)) => (topic.to_owned(), queue.to_owned()),
             _ => panic!("wire-events printed no topic_arn/queue_url: {out}"),
         }
+    }
+
+    /// Sends a raw message body to a queue.
+    pub fn send(&self, queue_url: &str, body: &str) {
+        self.ctl(&["send", queue_url, "--body", body]);
     }
 
     /// Visible + in-flight messages in the queue.

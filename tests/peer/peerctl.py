@@ -168,6 +168,22 @@ def cmd_delete(args):
     return {"deleted": args.key}
 
 
+def cmd_send(args):
+    """Put a raw message into a queue (malformed-message tests)."""
+    sqs = client(args.endpoint, "sqs")
+    out = sqs.send_message(QueueUrl=args.queue_url, MessageBody=args.body)
+    return {"message_id": out["MessageId"]}
+
+
+def cmd_delete_many(args):
+    """One DeleteObject per key (not DeleteObjects), so each emits its own event."""
+    keys = read_keys_file(args.keys_file)
+    s3 = client(args.endpoint, "s3", pool=8)
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(lambda k: s3.delete_object(Bucket=args.bucket, Key=k), keys))
+    return {"deleted": len(keys)}
+
+
 def cmd_head(args):
     s3 = client(args.endpoint, "s3")
     head = s3.head_object(Bucket=args.bucket, Key=args.key, ChecksumMode="ENABLED")
@@ -310,7 +326,9 @@ def cmd_wire_events(args):
     sqs = client(args.endpoint, "sqs")
     s3 = client(args.endpoint, "s3")
     topic_arn = sns.create_topic(Name=args.name)["TopicArn"]
-    queue_url = sqs.create_queue(QueueName=args.name)["QueueUrl"]
+    queue_url = sqs.create_queue(
+        QueueName=args.name, Attributes={"VisibilityTimeout": str(args.visibility)}
+    )["QueueUrl"]
     queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])[
         "Attributes"
     ]["QueueArn"]
@@ -431,6 +449,11 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("key")
     s.set_defaults(func=cmd_delete)
 
+    s = sub.add_parser("delete-many")
+    s.add_argument("bucket")
+    s.add_argument("--keys-file", required=True)
+    s.set_defaults(func=cmd_delete_many)
+
     s = sub.add_parser("head")
     s.add_argument("bucket")
     s.add_argument("key")
@@ -458,7 +481,13 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("bucket")
     s.add_argument("--prefix", default="")
     s.add_argument("--name", required=True, help="name of both the SNS topic and the SQS queue")
+    s.add_argument("--visibility", type=int, default=30, help="queue VisibilityTimeout (s)")
     s.set_defaults(func=cmd_wire_events)
+
+    s = sub.add_parser("send")
+    s.add_argument("queue_url")
+    s.add_argument("--body", required=True)
+    s.set_defaults(func=cmd_send)
 
     s = sub.add_parser("queue-depth")
     s.add_argument("queue_url")

@@ -1,0 +1,86 @@
+//! The control endpoint (`sgw-control`): the Cloud Storage Gateway express-sync API for
+//! operators, the provisioning of the messaging behind it, and the API agents poll.
+//!
+//! # Operators: the API (`POST /`)
+//!
+//! Served exactly as the official SDKs call it: `alibabacloud-sgw20180511` (tea-openapi,
+//! `Authorization: ACS3-HMAC-SHA256 …`, action in `x-acs-action`) and
+//! `aliyun-python-sdk-sgw` (classic RPC, `Action=…&Signature=…` HMAC-SHA1), both version
+//! `2018-05-11`; see [`auth`]. Timestamps must be within ±15 minutes and each nonce is accepted
+//! once (nonces are kept in the database, so a restart does not reopen the window).
+//! Actions ([`actions`](self)): `CreateExpressSync`, `AddSharesToExpressSync`,
+//! `DescribeExpressSyncShares` (the seeds, with their documented errors), and
+//! `DescribeExpressSyncs`, `DeleteExpressSync`, `RemoveSharesFromExpressSync`,
+//! `ValidateExpressSyncConfig`, `DescribeSharesBucketInfoForExpressSync`, `DescribeTasks`.
+//! Answers are JSON, or XML with `Format=XML` ([`render`]). Every action validates everything
+//! before it changes anything; each change is one SQLite transaction ([`store`]). Actions run
+//! synchronously, so the `TaskId` they return is already `task.state.completed` (or
+//! `task.state.failed`) in `DescribeTasks`.
+//!
+//! API keys: the bootstrap key from `SGW_ACCESS_KEY_ID`/`SGW_ACCESS_KEY_SECRET` (installed at
+//! start-up), or `sgw-control key add [ID]`.
+//!
+//! # Provisioning ([`provision`])
+//!
+//! Per group: one topic `sgw-express-sync-topic-<ExpressSyncId>` and one bucket notification
+//! rule `sgw-express-sync-<ExpressSyncId>` (`s3:ObjectCreated:*`, `s3:ObjectRemoved:*`, prefix
+//! filter = `BucketPrefix`). Per share: one queue `sgw-express-sync-queue-<GatewayId>-<n>`
+//! subscribed to the topic with raw delivery (the queue receives plain S3 event JSON). Another
+//! rule on the bucket whose events and prefix overlap is refused with
+//! `ExpressSyncNotificationEventConflict`; other rules are kept byte for byte. Removing a
+//! share deletes its subscription and queue; deleting a group deletes them all, the rule and the
+//! topic. Today on the AWS protocol (S3 + SNS + SQS); the [`provision::Provisioner`] trait is
+//! the seam for OSS + MNS.
+//!
+//! # Agents ([`protocol`])
+//!
+//! An operator creates a gateway with `sgw-control gateway add NAME [--region R]`, which prints
+//! `gateway_id` and `gateway_secret` (shown once). The agent signs each request with that
+//! secret ([`auth::sign_agent_request`]):
+//!
+//! ```text
+//! x-sgw-gateway-id: gw-…
+//! x-sgw-date: 2026-11-21T05:22:09Z            (UTC, within ±15 min of the server)
+//! x-sgw-nonce: <unique per request, ≤128 printable ASCII>
+//! authorization: SGW-HMAC-SHA256 Signature=<hex HMAC-SHA256(secret, string_to_sign)>
+//! string_to_sign = "SGW-HMAC-SHA256\n" METHOD "\n" PATH "\n" GATEWAY_ID "\n" DATE "\n"
+//!                  NONCE "\n" hex(SHA-256(body))
+//! ```
+//!
+//! It then `POST`s [`protocol::REGISTER_PATH`] with its shares, polls
+//! [`protocol::ASSIGNMENTS_PATH`] every `poll_interval_secs` (a share that appears there starts
+//! its full sync from the queue given; one that disappears stops), and `POST`s
+//! [`protocol::PROGRESS_PATH`] with each share's `SyncProgress` and `ExpressSyncState`, which
+//! `DescribeExpressSyncShares` shows.
+//!
+//! A registered share may name its bucket (`bucket_region` + `bucket_name`, optional
+//! `bucket_prefix`): it can then only join a group on that bucket (`ConflictExpressSyncConfig`
+//! otherwise). Or it may name none ("unbound": the agent is configured with only the control
+//! endpoint, its gateway id/secret and its share directories): `IsExternal=true` lists it as
+//! addable to every group, `AddSharesToExpressSync` binds it to the group's bucket, region and
+//! prefix, which its assignment carries, and leaving the group (`RemoveSharesFromExpressSync`,
+//! `DeleteExpressSync`) unbinds it again. The binding lives in the membership, not in the
+//! share's registration, so an agent re-registering its unbound shares never undoes it.
+//!
+//! # Running
+//!
+//! `sgw-control -c control.toml` (see `--help`), with `--listen`, `--data-dir`,
+//! `--cloud-endpoint`, `--cloud-region` overriding the file and `AWS_*` credentials for
+//! provisioning. It serves plain HTTP ([`http`]: one request per connection, a fixed worker
+//! pool, bounded header/body sizes and time): bind it to loopback or put a TLS-terminating
+//! proxy in front. SIGTERM/SIGINT stop it after the requests in progress.
+
+pub mod auth;
+pub mod client;
+pub mod error;
+pub mod http;
+pub mod params;
+pub mod protocol;
+pub mod provision;
+pub mod render;
+pub mod server;
+pub mod service;
+pub mod store;
+
+mod actions;
+mod agent;

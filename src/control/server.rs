@@ -1,0 +1,363 @@
+//! `sgw-control`'s configuration (`control.toml` plus command-line overrides) and start-up:
+//! open the store, install the bootstrap API key, build the provisioner, serve.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::Deserialize;
+
+use super::http::{Handler, Server};
+use super::provision::{AwsProvisioner, Provisioner};
+use super::service::{ControlService, Settings, unix_now};
+use super::store::Store;
+use crate::cloud::sigv4::Credentials;
+
+/// Exit status for a configuration error (`EX_CONFIG`).
+pub const EXIT_CONFIG: i32 = 78;
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/sgw-control/control.toml";
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8480";
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/sgw-control";
+
+/// A configuration problem: which file, which key, what was expected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: String,
+    pub key: String,
+    pub expected: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}: {}", self.file, self.key, self.expected)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    listen: Option<String>,
+    data_dir: Option<String>,
+    workers: Option<i64>,
+    max_express_syncs: Option<i64>,
+    poll_interval_secs: Option<i64>,
+    cloud: Option<RawCloud>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawCloud {
+    endpoint: Option<String>,
+    region: Option<String>,
+    allow_http: Option<bool>,
+    regions: Option<Vec<String>>,
+}
+
+/// Command-line values that win over the file.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub listen: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    pub cloud_endpoint: Option<String>,
+    pub cloud_region: Option<String>,
+}
+
+/// The effective configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ControlConfig {
+    pub listen: String,
+    pub data_dir: PathBuf,
+    pub workers: usize,
+    pub max_express_syncs: i64,
+    pub poll_interval_secs: u64,
+    pub cloud_endpoint: String,
+    pub cloud_region: String,
+    pub allow_http: bool,
+    /// Accepted `BucketRegion` values.
+    pub regions: Vec<String>,
+}
+
+impl ControlConfig {
+    /// Reads `file` (if given) and applies `overrides`. Without a file, everything comes from
+    /// the defaults and the overrides; the cloud endpoint must be set one way or the other.
+    pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<ControlConfig, ConfigError> {
+        let shown = file.map_or_else(|| "command line".to_string(), |p| p.display().to_string());
+        let err = |key: &str, expected: String| ConfigError {
+            file: shown.clone(),
+            key: key.to_string(),
+            expected,
+        };
+        let raw: RawConfig = match file {
+            None => RawConfig::default(),
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| err("(file)", format!("a readable TOML file ({e})")))?;
+                toml::from_str(&text).map_err(|e| {
+                    let (key, what) = describe_toml_error(&text, &e);
+                    err(&key, what)
+                })?
+            }
+        };
+        let cloud = raw.cloud.unwrap_or_default();
+
+        let listen = overrides
+            .listen
+            .clone()
+            .or(raw.listen)
+            .unwrap_or_else(|| DEFAULT_LISTEN.to_string());
+        if listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(err(
+                "listen",
+                format!("an address like 127.0.0.1:8480, got {listen:?}"),
+            ));
+        }
+        let data_dir = overrides
+            .data_dir
+            .clone()
+            .or(raw.data_dir.map(PathBuf::from))
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+        if data_dir.as_os_str().is_empty() {
+            return Err(err("data_dir", "a directory path".into()));
+        }
+        let workers = match raw.workers {
+            None => 8,
+            Some(n @ 1..=256) => usize::try_from(n).unwrap_or(8),
+            Some(n) => return Err(err("workers", format!("a number from 1 to 256, got {n}"))),
+        };
+        let max_express_syncs = match raw.max_express_syncs {
+            None => 100,
+            Some(n @ 1..=100_000) => n,
+            Some(n) => {
+                return Err(err(
+                    "max_express_syncs",
+                    format!("a number from 1 to 100000, got {n}"),
+                ));
+            }
+        };
+        let poll_interval_secs = match raw.poll_interval_secs {
+            None => 30,
+            Some(n @ 1..=3600) => u64::try_from(n).unwrap_or(30),
+            Some(n) => {
+                return Err(err(
+                    "poll_interval_secs",
+                    format!("seconds from 1 to 3600, got {n}"),
+                ));
+            }
+        };
+
+        // An http:// endpoint typed on the command line is the operator's explicit choice; in
+        // the file it needs `allow_http = true` next to it.
+        let (cloud_endpoint, endpoint_from_cli) = match (&overrides.cloud_endpoint, cloud.endpoint)
+        {
+            (Some(cli), _) => (cli.clone(), true),
+            (None, Some(file)) => (file, false),
+            (None, None) => {
+                return Err(err(
+                    "cloud.endpoint",
+                    "the S3/SNS/SQS endpoint URL to provision on (or --cloud-endpoint URL)".into(),
+                ));
+            }
+        };
+        let allow_http = cloud.allow_http.unwrap_or(false) || endpoint_from_cli;
+        crate::cloud::http::Endpoint::parse(&cloud_endpoint, allow_http)
+            .map_err(|e| err("cloud.endpoint", e))?;
+        let cloud_region = overrides
+            .cloud_region
+            .clone()
+            .or(cloud.region)
+            .or_else(|| std::env::var("AWS_REGION").ok().filter(|r| !r.is_empty()))
+            .unwrap_or_else(|| "us-east-1".to_string());
+        if !super::actions::plausible_region(&cloud_region) {
+            return Err(err(
+                "cloud.region",
+                format!("a region id like us-east-1, got {cloud_region:?}"),
+            ));
+        }
+        let regions = cloud.regions.unwrap_or_else(|| vec![cloud_region.clone()]);
+        if regions.is_empty() || regions.iter().any(|r| !super::actions::plausible_region(r)) {
+            return Err(err(
+                "cloud.regions",
+                "a non-empty list of region ids like [\"us-east-1\"]".into(),
+            ));
+        }
+        Ok(ControlConfig {
+            listen,
+            data_dir,
+            workers,
+            max_express_syncs,
+            poll_interval_secs,
+            cloud_endpoint,
+            cloud_region,
+            allow_http,
+            regions,
+        })
+    }
+}
+
+/// `(key, expected)` from a TOML error, naming the line's key when the parser does not.
+fn describe_toml_error(text: &str, e: &toml::de::Error) -> (String, String) {
+    let message = e.message().to_string();
+    let key = e
+        .span()
+        .and_then(|span| {
+            let line_start = text[..span.start.min(text.len())]
+                .rfind('\n')
+                .map_or(0, |i| i + 1);
+            let line = text[line_start..].lines().next().unwrap_or("");
+            line.split('=').next().map(|k| k.trim().to_string())
+        })
+        .filter(|k| !k.is_empty())
+        .unwrap_or_else(|| "(syntax)".to_string());
+    (key, message)
+}
+
+/// Provisioning credentials from `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY` /
+/// `AWS_SESSION_TOKEN`.
+pub fn aws_credentials_from_env() -> Result<Credentials, ConfigError> {
+    let get = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    match (get("AWS_ACCESS_KEY_ID"), get("AWS_SECRET_ACCESS_KEY")) {
+        (Some(access_key_id), Some(secret_access_key)) => Ok(Credentials {
+            access_key_id,
+            secret_access_key,
+            session_token: get("AWS_SESSION_TOKEN"),
+        }),
+        _ => Err(ConfigError {
+            file: "environment".into(),
+            key: "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY".into(),
+            expected: "credentials for the cloud endpoint (provisioning topics, queues and bucket notifications)".into(),
+        }),
+    }
+}
+
+/// The bootstrap API key from `SGW_ACCESS_KEY_ID` / `SGW_ACCESS_KEY_SECRET`, if both are set.
+pub fn bootstrap_key_from_env() -> Result<Option<(String, String)>, ConfigError> {
+    let get = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    match (get("SGW_ACCESS_KEY_ID"), get("SGW_ACCESS_KEY_SECRET")) {
+        (Some(id), Some(secret)) => {
+            if id.len() > 128 || !id.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(ConfigError {
+                    file: "environment".into(),
+                    key: "SGW_ACCESS_KEY_ID".into(),
+                    expected: "at most 128 printable ASCII characters".into(),
+                });
+            }
+            Ok(Some((id, secret)))
+        }
+        (None, None) => Ok(None),
+        _ => Err(ConfigError {
+            file: "environment".into(),
+            key: "SGW_ACCESS_KEY_ID / SGW_ACCESS_KEY_SECRET".into(),
+            expected: "both set (the bootstrap API key) or neither".into(),
+        }),
+    }
+}
+
+/// A running control endpoint.
+pub struct Running {
+    pub server: Server,
+    pub service: Arc<ControlService>,
+}
+
+/// Opens the store in `config.data_dir` and builds the service over `provisioner`.
+pub fn build_service(
+    config: &ControlConfig,
+    provisioner: Arc<dyn Provisioner>,
+) -> Result<ControlService, String> {
+    let store = Store::open_dir(&config.data_dir).map_err(|e| e.to_string())?;
+    let settings = Settings {
+        regions: config.regions.clone(),
+        max_express_syncs: config.max_express_syncs,
+        poll_interval_secs: config.poll_interval_secs,
+        host_id: config.listen.clone(),
+    };
+    Ok(ControlService::new(store, provisioner, settings))
+}
+
+/// Everything `sgw-control serve` does before waiting for a signal.
+pub fn start(
+    config: &ControlConfig,
+    credentials: Credentials,
+    bootstrap: Option<(String, String)>,
+) -> Result<Running, String> {
+    let provisioner = AwsProvisioner::new(
+        &config.cloud_endpoint,
+        &config.cloud_region,
+        config.allow_http,
+        credentials,
+    )?;
+    let service = Arc::new(build_service(config, Arc::new(provisioner))?);
+    if let Some((id, secret)) = bootstrap {
+        service
+            .store()
+            .put_api_key(&id, &secret, unix_now())
+            .map_err(|e| format!("cannot store the bootstrap API key: {e}"))?;
+        log::info!("bootstrap API key {id} installed from SGW_ACCESS_KEY_ID");
+    }
+    let handler_service = Arc::clone(&service);
+    let handler: Arc<Handler> = Arc::new(move |req| handler_service.handle(req));
+    let server = Server::start(&config.listen, config.workers, handler)
+        .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+    Ok(Running { server, service })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str, o: &Overrides) -> Result<ControlConfig, ConfigError> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("control.toml");
+        std::fs::write(&path, text).expect("write");
+        ControlConfig::load(Some(&path), o)
+    }
+
+    #[test]
+    fn command_line_wins_over_the_file() {
+        let o = Overrides {
+            listen: Some("127.0.0.1:0".into()),
+            data_dir: Some("/tmp/x".into()),
+            cloud_endpoint: Some("http://127.0.0.1:5000".into()),
+            cloud_region: Some("eu-west-1".into()),
+        };
+        let c = load("listen = \"0.0.0.0:1\"\ndata_dir = \"/a\"\n[cloud]\nendpoint = \"https://s3.example\"\n", &o).expect("valid");
+        assert_eq!(c.listen, "127.0.0.1:0");
+        assert_eq!(c.data_dir, PathBuf::from("/tmp/x"));
+        assert_eq!(c.cloud_endpoint, "http://127.0.0.1:5000");
+        assert_eq!(c.regions, vec!["eu-west-1".to_string()]);
+        assert!(c.allow_http);
+    }
+
+    #[test]
+    fn errors_name_the_key_and_what_was_expected() {
+        let none = Overrides::default();
+        let e = load(
+            "listen = \"nowhere\"\n[cloud]\nendpoint = \"https://x\"\n",
+            &none,
+        )
+        .expect_err("bad listen");
+        assert_eq!(e.key, "listen");
+        let e =
+            load("[cloud]\nendpoint = \"http://x\"\n", &none).expect_err("http needs allow_http");
+        assert_eq!(e.key, "cloud.endpoint");
+        assert!(e.expected.contains("allow_http"), "{e}");
+        load(
+            "[cloud]\nendpoint = \"http://x\"\nallow_http = true\n",
+            &none,
+        )
+        .expect("explicit http");
+        let e =
+            load("workers = 0\n[cloud]\nendpoint = \"https://x\"\n", &none).expect_err("workers");
+        assert_eq!(e.key, "workers");
+        let e = load("colour = \"blue\"\n", &none).expect_err("unknown key");
+        assert_eq!(e.key, "colour");
+        let e = load("listen = [\n", &none).expect_err("syntax");
+        assert!(!e.expected.is_empty());
+        let e = load("", &none).expect_err("no endpoint");
+        assert_eq!(e.key, "cloud.endpoint");
+        let e = ControlConfig::load(Some(Path::new("/nonexistent/control.toml")), &none)
+            .expect_err("missing file");
+        assert_eq!(e.file, "/nonexistent/control.toml");
+    }
+}

@@ -1,0 +1,132 @@
+//! The `sgw-control` command line: help, configuration errors (exit 78 naming file and key),
+//! and the admin subcommands.
+
+use std::process::Command;
+
+fn control() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_sgw-control"));
+    c.env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("SGW_ACCESS_KEY_ID")
+        .env_remove("SGW_ACCESS_KEY_SECRET");
+    c
+}
+
+#[test]
+fn help_explains_the_contract() {
+    let out = control().arg("--help").output().expect("run");
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    for needle in [
+        "--listen",
+        "--data-dir",
+        "--cloud-endpoint",
+        "--cloud-region",
+        "SGW_ACCESS_KEY_ID",
+        "AWS_ACCESS_KEY_ID",
+        "gateway add",
+        "78",
+    ] {
+        assert!(text.contains(needle), "--help lacks {needle}");
+    }
+}
+
+#[test]
+fn configuration_errors_exit_78_with_file_key_and_expectation() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("control.toml");
+    std::fs::write(
+        &file,
+        "listen = \"not an address\"\n[cloud]\nendpoint = \"https://s3.example\"\n",
+    )
+    .expect("write");
+    let out = control()
+        .arg("-c")
+        .arg(&file)
+        .env("AWS_ACCESS_KEY_ID", "a")
+        .env("AWS_SECRET_ACCESS_KEY", "b")
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(78));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&file.display().to_string())
+            && err.contains("listen")
+            && err.contains("127.0.0.1:8480"),
+        "{err}"
+    );
+
+    // No credentials for provisioning.
+    let out = control()
+        .args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path().join("d"))
+        .args(["--cloud-endpoint", "http://127.0.0.1:9"])
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(78));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("AWS_ACCESS_KEY_ID"));
+
+    // Half a bootstrap key.
+    let out = control()
+        .args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path().join("d"))
+        .args(["--cloud-endpoint", "http://127.0.0.1:9"])
+        .env("AWS_ACCESS_KEY_ID", "a")
+        .env("AWS_SECRET_ACCESS_KEY", "b")
+        .env("SGW_ACCESS_KEY_ID", "only-the-id")
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(78));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("SGW_ACCESS_KEY_SECRET"));
+
+    let out = control().arg("frobnicate").output().expect("run");
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn gateways_and_keys_are_managed_from_the_command_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let run = |args: &[&str]| {
+        control()
+            .arg("--data-dir")
+            .arg(dir.path())
+            .args(args)
+            .output()
+            .expect("run")
+    };
+    let added = run(&["gateway", "add", "edge-01", "--region", "cn-hangzhou"]);
+    assert!(
+        added.status.success(),
+        "{}",
+        String::from_utf8_lossy(&added.stderr)
+    );
+    let table: toml::Table =
+        toml::from_str(&String::from_utf8_lossy(&added.stdout)).expect("TOML output");
+    let id = table["gateway_id"].as_str().expect("id").to_string();
+    assert!(id.starts_with("gw-"));
+    assert!(
+        table["gateway_secret"]
+            .as_str()
+            .is_some_and(|s| s.len() == 40)
+    );
+    let listed = String::from_utf8_lossy(&run(&["gateway", "list"]).stdout).to_string();
+    assert!(
+        listed.contains(&id) && listed.contains("edge-01") && listed.contains("cn-hangzhou"),
+        "{listed}"
+    );
+    assert!(run(&["gateway", "remove", &id]).status.success());
+    assert!(
+        !run(&["gateway", "remove", &id]).status.success(),
+        "already gone"
+    );
+
+    let key = run(&["key", "add", "ops-team"]);
+    assert!(key.status.success());
+    assert!(String::from_utf8_lossy(&key.stdout).contains("access_key_id = \"ops-team\""));
+    assert_eq!(
+        String::from_utf8_lossy(&run(&["key", "list"]).stdout).trim(),
+        "ops-team"
+    );
+    assert!(run(&["key", "remove", "ops-team"]).status.success());
+    assert_eq!(run(&["gateway", "add", ""]).status.code(), Some(2));
+}

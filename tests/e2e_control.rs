@@ -1,0 +1,229 @@
+//! End-to-end with the control endpoint: an operator drives `sgw-control` with the official
+//! SDK, a running `sgw-agent` that knows only the control endpoint, its gateway id/secret and
+//! its share directories picks up the assignment, mirrors the bucket, follows its events and
+//! reports progress; deleting the group removes the messaging from the peer.
+
+mod common;
+mod control_support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::Duration;
+
+use common::{Peer, agent_command, wait_for};
+use control_support::{Control, assert_ok};
+use serde_json::{Value, json};
+
+/// A moto peer with bucket `photos`, a `sgw-control` polling every second, one gateway, and an
+/// agent configuration for its share `share1`.
+struct Rig {
+    peer: Peer,
+    control: Control,
+    gateway_id: String,
+    share: PathBuf,
+    config: PathBuf,
+    tmp: tempfile::TempDir,
+}
+
+fn rig(share_keys: &str) -> Rig {
+    let peer = Peer::start();
+    peer.make_bucket("photos");
+    let tmp = tempfile::tempdir().unwrap();
+    let control_cfg = tmp.path().join("control.toml");
+    std::fs::write(&control_cfg, "poll_interval_secs = 1\n").unwrap();
+    let control = Control::start_in(
+        &peer,
+        &tmp.path().join("control-data"),
+        &["-c", control_cfg.to_str().unwrap()],
+    );
+    let (gateway_id, secret) = control.add_gateway("edge-01");
+    let share = tmp.path().join("share1");
+    std::fs::create_dir_all(&share).unwrap();
+    let secret_file = tmp.path().join("gateway.secret");
+    std::fs::write(&secret_file, format!("{secret}\n")).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&secret_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let config = tmp.path().join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "state_dir = {:?}\ncontrol_endpoint = \"http://{}\"\ncontrol_allow_http = true\ngateway_id = {gateway_id:?}\n\
+             gateway_secret_file = {secret_file:?}\n\n[[share]]\nname = \"share1\"\npath = {share:?}\n{share_keys}",
+            tmp.path().join("state"),
+            control.addr,
+        ),
+    )
+    .unwrap();
+    Rig {
+        peer,
+        control,
+        gateway_id,
+        share,
+        config,
+        tmp,
+    }
+}
+
+impl Rig {
+    fn spawn_agent(&self) -> Child {
+        agent_command(&self.config)
+            .arg("run")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    }
+
+    fn create_group(&self, params: Value) -> String {
+        let created = self.control.sdk("tea", "CreateExpressSync", params);
+        assert_ok(&created)["ExpressSyncId"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    fn shares(&self, sync_id: &str, external: bool) -> Vec<Value> {
+        let r = self.control.sdk(
+            "tea",
+            "DescribeExpressSyncShares",
+            json!({"ExpressSyncIds": sync_id, "IsExternal": external}),
+        );
+        assert_ok(&r)["Shares"]["Share"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Waits for the agent to register `share1`, then adds it to the group (classic RPC SDK).
+    fn add_share_once_registered(&self, sync_id: &str) {
+        wait_for(
+            Duration::from_secs(20),
+            "the agent to register its share",
+            || {
+                self.shares(sync_id, true)
+                    .iter()
+                    .any(|s| s["ShareName"] == "share1")
+            },
+        );
+        let gw_shares = json!({ self.gateway_id.clone(): "share1" }).to_string();
+        assert_ok(&self.control.sdk(
+            "rpc",
+            "AddSharesToExpressSync",
+            json!({"ExpressSyncId": sync_id, "GatewayShares": gw_shares}),
+        ));
+    }
+}
+
+fn read(p: &Path) -> Option<Vec<u8>> {
+    std::fs::read(p).ok()
+}
+
+fn stop(mut child: Child) -> i32 {
+    std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    child.wait().unwrap().code().unwrap_or(-1)
+}
+
+#[test]
+fn an_sdk_created_group_drives_a_running_agent_to_mns_healthy() {
+    // The agent knows only the control endpoint, its gateway and the share directory.
+    let r = rig("");
+    r.peer.put_many("photos", "data/", 200, 2048);
+    r.peer
+        .put("photos", "elsewhere/not-mine.txt", "outside the prefix");
+    let check = agent_command(&r.config)
+        .arg("check-config")
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let agent = r.spawn_agent();
+
+    let sync_id = r.create_group(json!({"Name": "photos-sync", "BucketRegion": "us-east-1", "BucketName": "photos", "BucketPrefix": "data/"}));
+    r.add_share_once_registered(&sync_id);
+
+    // Full sync of the prefix, then MNSHealthy / 100 in DescribeExpressSyncShares.
+    wait_for(
+        Duration::from_secs(60),
+        "the full sync to reach the share",
+        || std::fs::read_dir(&r.share).map(|d| d.count()).unwrap_or(0) >= 201,
+    );
+    wait_for(Duration::from_secs(30), "MNSHealthy and 100", || {
+        r.shares(&sync_id, false).iter().any(|s| {
+            s["ShareName"] == "share1"
+                && s["ExpressSyncState"] == "MNSHealthy"
+                && s["SyncProgress"] == 100
+        })
+    });
+    assert!(
+        !r.share.join("elsewhere").exists() && !r.share.join("data").exists(),
+        "paths are relative to the group's prefix"
+    );
+
+    // Events through the provisioned topic and queue.
+    r.peer
+        .put("photos", "data/live.txt", "through the group's queue");
+    wait_for(Duration::from_secs(15), "an event to arrive", || {
+        read(&r.share.join("live.txt")).as_deref() == Some(b"through the group's queue")
+    });
+    r.peer.delete("photos", "data/live.txt");
+    wait_for(Duration::from_secs(15), "a delete to arrive", || {
+        !r.share.join("live.txt").exists()
+    });
+
+    // Deleting the group removes the messaging from the peer and stops the share cleanly.
+    assert_ok(&r.control.sdk(
+        "tea",
+        "DeleteExpressSync",
+        json!({"ExpressSyncId": sync_id}),
+    ));
+    let state = r.control.cloud_state(&["photos"]);
+    assert_eq!(state["topics"], json!([]), "{state}");
+    assert_eq!(state["notifications"]["photos"], json!([]), "{state}");
+    assert!(
+        state["queues"].as_array().is_none_or(|q| q.is_empty()),
+        "{state}"
+    );
+    assert_eq!(stop(agent), 0);
+    // The files stay: stopping a share never deletes the local copy.
+    assert!(std::fs::read_dir(&r.share).unwrap().count() >= 200);
+}
+
+#[test]
+fn an_unreachable_control_endpoint_never_stops_syncing() {
+    let mut r = rig("bucket = \"photos\"\nregion = \"us-east-1\"\n");
+    let agent = r.spawn_agent();
+    let sync_id =
+        r.create_group(json!({"Name": "g1", "BucketRegion": "us-east-1", "BucketName": "photos"}));
+    r.add_share_once_registered(&sync_id);
+    r.peer.put("photos", "first.txt", "1");
+    wait_for(Duration::from_secs(30), "the first object", || {
+        r.share.join("first.txt").exists()
+    });
+
+    // The control endpoint goes away; bucket changes still arrive.
+    r.control.terminate();
+    r.peer.put("photos", "second.txt", "2");
+    wait_for(
+        Duration::from_secs(15),
+        "an event while the control endpoint is down",
+        || r.share.join("second.txt").exists(),
+    );
+    // A restart of the agent without the control endpoint uses the last assignments: its
+    // full sync brings in what changed while it was down.
+    assert_eq!(stop(agent), 0);
+    r.peer.put("photos", "third.txt", "3");
+    let agent = r.spawn_agent();
+    wait_for(
+        Duration::from_secs(30),
+        "sync after a restart without the control endpoint",
+        || r.share.join("third.txt").exists(),
+    );
+    assert_eq!(stop(agent), 0);
+    assert!(r.tmp.path().join("state/assignments.json").exists());
+}
