@@ -136,8 +136,11 @@ pub fn build_agent() -> ureq::Agent {
         .timeout_send_request(Some(READ_TIMEOUT))
         .timeout_per_read(Some(READ_TIMEOUT))
         .timeout_per_write(Some(READ_TIMEOUT))
+        // Keep a connection per download worker (ureq keeps 3 per host by default, so a pool
+        // of 4+ workers plus the listing closed and reopened connections all the time).
+        .max_idle_connections(MAX_IDLE_CONNECTIONS)
+        .max_idle_connections_per_host(MAX_IDLE_CONNECTIONS)
         .build();
-    use ureq::unversioned::resolver::DefaultResolver;
     use ureq::unversioned::transport::{ConnectProxyConnector, Connector, RustlsConnector};
     // ureq's default chain minus the parts this build has no feature for (SOCKS, native-tls),
     // with our TCP transport in place of its own.
@@ -145,7 +148,64 @@ pub fn build_agent() -> ureq::Agent {
         ().chain(ConnectProxyConnector::default())
             .chain(quick_ack::QuickAckTcpConnector)
             .chain(RustlsConnector::default());
-    ureq::Agent::with_parts(config, connector, DefaultResolver::default())
+    ureq::Agent::with_parts(config, connector, CachingResolver::default())
+}
+
+/// Idle connections kept per agent: the largest download concurrency plus the listing's.
+const MAX_IDLE_CONNECTIONS: usize = 72;
+/// How long a resolved address is reused without asking the resolver again.
+const RESOLVE_TTL: Duration = Duration::from_secs(30);
+/// Hosts remembered per agent (an agent talks to one endpoint; proxies add one).
+const RESOLVE_CACHE_HOSTS: usize = 8;
+
+/// ureq resolves the host before every request, even one that then reuses a pooled
+/// connection, and with a resolve timeout set it does so on a new thread: a thread spawn
+/// (and, for a host name, a DNS query) per GET. IP literals need no lookup at all, and names
+/// are remembered for [`RESOLVE_TTL`].
+#[derive(Debug, Default)]
+struct CachingResolver {
+    inner: ureq::unversioned::resolver::DefaultResolver,
+    cache: std::sync::Mutex<Vec<(String, std::time::Instant, ResolvedAddrs)>>,
+}
+
+type ResolvedAddrs = ureq::unversioned::resolver::ResolvedSocketAddrs;
+
+impl ureq::unversioned::resolver::Resolver for CachingResolver {
+    fn resolve(
+        &self,
+        uri: &Uri,
+        config: &ureq::config::Config,
+        timeout: ureq::unversioned::transport::NextTimeout,
+    ) -> Result<ResolvedAddrs, ureq::Error> {
+        use ureq::unversioned::resolver::DefaultResolver;
+        let key = match (uri.scheme(), uri.authority()) {
+            (Some(scheme), Some(authority)) => DefaultResolver::host_and_port(scheme, authority),
+            _ => None,
+        };
+        let Some(key) = key else {
+            return self.inner.resolve(uri, config, timeout);
+        };
+        if let Ok(addr) = key.parse::<std::net::SocketAddr>() {
+            let mut one = self.empty();
+            one.push(addr);
+            return Ok(one);
+        }
+        if let Ok(cache) = self.cache.lock()
+            && let Some((_, _, addrs)) = cache
+                .iter()
+                .find(|(host, at, _)| *host == key && at.elapsed() < RESOLVE_TTL)
+        {
+            return Ok(addrs.clone());
+        }
+        let addrs = self.inner.resolve(uri, config, timeout)?;
+        if let Ok(mut cache) = self.cache.lock() {
+            cache.retain(|(host, at, _)| *host != key && at.elapsed() < RESOLVE_TTL);
+            if cache.len() < RESOLVE_CACHE_HOSTS {
+                cache.push((key, std::time::Instant::now(), addrs.clone()));
+            }
+        }
+        Ok(addrs)
+    }
 }
 
 /// A plain TCP transport for ureq that sets `TCP_QUICKACK` after every send and receive.
@@ -1031,6 +1091,38 @@ mod tests {
             assert_eq!(get(&client), 100);
         }
         assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 3);
+    }
+
+    #[test]
+    fn resolver_takes_ip_literals_as_they_are_and_remembers_names() {
+        use ureq::unversioned::resolver::Resolver;
+        let resolver = CachingResolver::default();
+        let config = ureq::config::Config::default();
+        let timeout = ureq::unversioned::transport::NextTimeout::default();
+        let resolve = |url: &str| {
+            let uri: Uri = url.parse().expect("uri");
+            resolver
+                .resolve(&uri, &config, timeout)
+                .map(|a| a.iter().copied().collect::<Vec<_>>())
+        };
+        assert_eq!(
+            resolve("http://127.0.0.1:9000/b/k").expect("v4"),
+            vec!["127.0.0.1:9000".parse().expect("addr")]
+        );
+        assert_eq!(
+            resolve("https://[::1]/b").expect("v6"),
+            vec!["[::1]:443".parse().expect("addr")]
+        );
+        assert!(resolver.cache.lock().expect("lock").is_empty());
+        let first = resolve("http://localhost:9000/").expect("localhost");
+        assert!(!first.is_empty());
+        assert_eq!(
+            resolve("http://localhost:9000/other").expect("cached"),
+            first
+        );
+        assert_eq!(resolver.cache.lock().expect("lock").len(), 1);
+        assert!(resolve("http://no-such-host.invalid/").is_err());
+        assert_eq!(resolver.cache.lock().expect("lock").len(), 1);
     }
 
     #[test]
