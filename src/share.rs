@@ -625,28 +625,31 @@ impl Share {
             self.ctx.cfg.bucket, self.ctx.cfg.prefix
         );
 
-        // Pass 1: count, so SyncProgress can rise steadily to 100.
-        let mut progress = Progress::default();
-        for obj in Listing::new(
+        // The count for SyncProgress runs beside the merge instead of before it: downloads
+        // start at once, and the totals arrive when the count is done (the meter never goes
+        // backwards meanwhile). The merge tallies the listing itself for the final totals.
+        let counted = count_in_background(
             Arc::clone(&self.ctx.store),
             &self.ctx.cfg.prefix,
             &self.ctx.shutdown,
-        ) {
-            let obj = obj?;
-            progress.total_objects += 1;
-            progress.total_bytes += obj.size;
-        }
-        self.status.objects_total = progress.total_objects;
-        self.status.bytes_total = progress.total_bytes;
+        );
+        let mut progress = Progress::default();
+        let listed = std::rc::Rc::new(std::cell::Cell::new((0u64, 0u64)));
+        let tally = std::rc::Rc::clone(&listed);
 
-        // Pass 2: the streaming merge.
         let mut report = SyncReport::default();
         let mode = self.ctx.cfg.consistency_check;
         let remote = Listing::new(
             Arc::clone(&self.ctx.store),
             &self.ctx.cfg.prefix,
             &self.ctx.shutdown,
-        );
+        )
+        .inspect(move |item| {
+            if let Ok(o) = item {
+                let (objects, bytes) = tally.get();
+                tally.set((objects + 1, bytes + o.size));
+            }
+        });
         let local = self
             .state
             .iter_sorted()?
@@ -658,6 +661,12 @@ impl Share {
             if self.ctx.shutdown.is_triggered() {
                 outcome = Err(ShareError::Stopped);
                 break;
+            }
+            if let Ok((objects, bytes)) = counted.try_recv() {
+                progress.total_objects = objects;
+                progress.total_bytes = bytes;
+                self.status.objects_total = objects;
+                self.status.bytes_total = bytes;
             }
             let action = match action {
                 Ok(a) => a,
@@ -682,6 +691,10 @@ impl Share {
         }
         // Drain what is in flight even when stopping: finished downloads are kept.
         while self.pool.in_flight > 0 {
+            if let Ok((objects, bytes)) = counted.try_recv() {
+                progress.total_objects = objects;
+                progress.total_bytes = bytes;
+            }
             self.collect_results(&mut report, &mut progress, Duration::from_millis(200))?;
             if last_progress.elapsed() >= Duration::from_secs(1) {
                 self.show_progress(&mut meter, &progress, false);
@@ -689,6 +702,14 @@ impl Share {
             }
         }
         self.sync_state(true)?;
+        if outcome.is_ok() {
+            // The whole listing went through the merge: its tally is the exact total.
+            let (objects, bytes) = listed.get();
+            progress.total_objects = objects;
+            progress.total_bytes = bytes;
+            self.status.objects_total = objects;
+            self.status.bytes_total = bytes;
+        }
         if let Err(e) = outcome {
             self.status.state = if matches!(e, ShareError::Stopped) {
                 ShareState::Stopped
@@ -1378,6 +1399,29 @@ impl Share {
         }
         Ok(())
     }
+}
+
+/// Count the objects and bytes under `prefix` on a helper thread; the receiver gets the
+/// totals once the listing is through (nothing if it fails: the merge reports that).
+fn count_in_background(
+    store: Arc<dyn ObjectStore>,
+    prefix: &str,
+    shutdown: &Shutdown,
+) -> Receiver<(u64, u64)> {
+    let (tx, rx) = sync_channel(1);
+    let listing = Listing::new(store, prefix, shutdown);
+    // If the thread cannot start, progress just stays without totals until the merge ends.
+    let _ = std::thread::Builder::new()
+        .name("sgw-count".into())
+        .spawn(move || {
+            let mut totals = (0u64, 0u64);
+            for item in listing {
+                let Ok(o) = item else { return };
+                totals = (totals.0 + 1, totals.1 + o.size);
+            }
+            let _ = tx.send(totals);
+        });
+    rx
 }
 
 /// The remote listing as a key-ordered stream, page by page. Owns its handles so the share
