@@ -34,6 +34,8 @@ use crate::status::{ShareState, ShareStatus, read_status, unix_now, write_status
 pub const DRAIN_DEADLINE: Duration = Duration::from_secs(30);
 /// Poll interval for assignments until the control endpoint names one.
 const DEFAULT_CONTROL_POLL: Duration = Duration::from_secs(30);
+/// How often share progress is checked and, when it changed, reported.
+const PROGRESS_EVERY: Duration = Duration::from_secs(2);
 
 /// Build the clients of one share. Errors here are configuration errors.
 pub fn share_context(
@@ -473,6 +475,8 @@ pub fn run_daemon(cfg: &Config, creds: &Credentials, shutdown: &Shutdown) -> i32
             let mut control_down = false;
             let mut poll = DEFAULT_CONTROL_POLL;
             let mut next = Instant::now();
+            let mut last_report: Option<ProgressRequest> = None;
+            let mut last_report_check = Instant::now();
             while !shutdown.is_triggered() {
                 if Instant::now() >= next {
                     let result = (|| {
@@ -489,9 +493,6 @@ pub fn run_daemon(cfg: &Config, creds: &Credentials, shutdown: &Shutdown) -> i32
                         save_assignments(cfg, &a);
                         poll = Duration::from_secs(a.poll_interval_secs.clamp(1, 3600));
                         set.apply(cfg, creds, &effective_shares(cfg, Some(&a)));
-                        if !set.is_empty() {
-                            client.progress(&set.progress_report(cfg))?;
-                        }
                         Ok::<(), crate::cloud::CloudError>(())
                     })();
                     match result {
@@ -515,6 +516,22 @@ pub fn run_daemon(cfg: &Config, creds: &Credentials, shutdown: &Shutdown) -> i32
                         } else {
                             poll
                         };
+                }
+                // Progress goes out as it changes (not only at each poll), so an operator
+                // watching DescribeExpressSyncShares sees it move.
+                if !control_down
+                    && registered
+                    && last_report_check.elapsed() >= PROGRESS_EVERY
+                    && !set.is_empty()
+                {
+                    last_report_check = Instant::now();
+                    let report = set.progress_report(cfg);
+                    if last_report.as_ref() != Some(&report) {
+                        match client.progress(&report) {
+                            Ok(_) => last_report = Some(report),
+                            Err(e) => warn!("control endpoint: progress report failed: {e}"),
+                        }
+                    }
                 }
                 std::thread::sleep(Duration::from_millis(200));
             }
