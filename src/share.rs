@@ -22,7 +22,7 @@ use crate::cache::paths::{KeyPath, key_to_relpath};
 use crate::cache::publish::{Expected, PublishError, ShareDir};
 use crate::cache::state::{StateError, StateStore};
 use crate::cloud::events::{ParsedMessage, parse_message};
-use crate::cloud::{CloudError, EventQueue, ObjectStore, QueueMessage};
+use crate::cloud::{CloudError, EventQueue, ListPage, ObjectStore, QueueMessage};
 use crate::config::ShareConfig;
 use crate::engine::events::{
     EventDecision, HeadDecision, after_head, on_event, record_after_download,
@@ -625,28 +625,31 @@ impl Share {
             self.ctx.cfg.bucket, self.ctx.cfg.prefix
         );
 
-        // Pass 1: count, so SyncProgress can rise steadily to 100.
-        let mut progress = Progress::default();
-        for obj in Listing::new(
+        // The count for SyncProgress runs beside the merge instead of before it: downloads
+        // start at once, and the totals arrive when the count is done (the meter never goes
+        // backwards meanwhile). The merge tallies the listing itself for the final totals.
+        let counted = count_in_background(
             Arc::clone(&self.ctx.store),
             &self.ctx.cfg.prefix,
             &self.ctx.shutdown,
-        ) {
-            let obj = obj?;
-            progress.total_objects += 1;
-            progress.total_bytes += obj.size;
-        }
-        self.status.objects_total = progress.total_objects;
-        self.status.bytes_total = progress.total_bytes;
+        );
+        let mut progress = Progress::default();
+        let listed = std::rc::Rc::new(std::cell::Cell::new((0u64, 0u64)));
+        let tally = std::rc::Rc::clone(&listed);
 
-        // Pass 2: the streaming merge.
         let mut report = SyncReport::default();
         let mode = self.ctx.cfg.consistency_check;
         let remote = Listing::new(
             Arc::clone(&self.ctx.store),
             &self.ctx.cfg.prefix,
             &self.ctx.shutdown,
-        );
+        )
+        .inspect(move |item| {
+            if let Ok(o) = item {
+                let (objects, bytes) = tally.get();
+                tally.set((objects + 1, bytes + o.size));
+            }
+        });
         let local = self
             .state
             .iter_sorted()?
@@ -658,6 +661,12 @@ impl Share {
             if self.ctx.shutdown.is_triggered() {
                 outcome = Err(ShareError::Stopped);
                 break;
+            }
+            if let Ok((objects, bytes)) = counted.try_recv() {
+                progress.total_objects = objects;
+                progress.total_bytes = bytes;
+                self.status.objects_total = objects;
+                self.status.bytes_total = bytes;
             }
             let action = match action {
                 Ok(a) => a,
@@ -682,6 +691,10 @@ impl Share {
         }
         // Drain what is in flight even when stopping: finished downloads are kept.
         while self.pool.in_flight > 0 {
+            if let Ok((objects, bytes)) = counted.try_recv() {
+                progress.total_objects = objects;
+                progress.total_bytes = bytes;
+            }
             self.collect_results(&mut report, &mut progress, Duration::from_millis(200))?;
             if last_progress.elapsed() >= Duration::from_secs(1) {
                 self.show_progress(&mut meter, &progress, false);
@@ -689,6 +702,14 @@ impl Share {
             }
         }
         self.sync_state(true)?;
+        if outcome.is_ok() {
+            // The whole listing went through the merge: its tally is the exact total.
+            let (objects, bytes) = listed.get();
+            progress.total_objects = objects;
+            progress.total_bytes = bytes;
+            self.status.objects_total = objects;
+            self.status.bytes_total = bytes;
+        }
         if let Err(e) = outcome {
             self.status.state = if matches!(e, ShareError::Stopped) {
                 ShareState::Stopped
@@ -1380,25 +1401,67 @@ impl Share {
     }
 }
 
+/// Count the objects and bytes under `prefix` on a helper thread; the receiver gets the
+/// totals once the listing is through (nothing if it fails: the merge reports that).
+fn count_in_background(
+    store: Arc<dyn ObjectStore>,
+    prefix: &str,
+    shutdown: &Shutdown,
+) -> Receiver<(u64, u64)> {
+    let (tx, rx) = sync_channel(1);
+    let listing = Listing::new(store, prefix, shutdown);
+    // If the thread cannot start, progress just stays without totals until the merge ends.
+    let _ = std::thread::Builder::new()
+        .name("sgw-count".into())
+        .spawn(move || {
+            let mut totals = (0u64, 0u64);
+            for item in listing {
+                let Ok(o) = item else { return };
+                totals = (totals.0 + 1, totals.1 + o.size);
+            }
+            let _ = tx.send(totals);
+        });
+    rx
+}
+
 /// The remote listing as a key-ordered stream, page by page. Owns its handles so the share
 /// can keep working (and writing its state) while it iterates.
+///
+/// A helper thread fetches the next page while the caller works through the current one, so
+/// the listing's round trips overlap the downloads. At most one fetched page waits in the
+/// channel: memory stays at a few pages whatever the bucket size.
 pub struct Listing {
-    store: Arc<dyn ObjectStore>,
     prefix: String,
     shutdown: Shutdown,
+    pages: Receiver<Result<ListPage, CloudError>>,
     page: std::vec::IntoIter<ObjectMeta>,
-    next: Option<String>,
     done: bool,
 }
 
 impl Listing {
     pub fn new(store: Arc<dyn ObjectStore>, prefix: &str, shutdown: &Shutdown) -> Listing {
+        let (tx, pages) = sync_channel::<Result<ListPage, CloudError>>(1);
+        let (fetch_prefix, stop) = (prefix.to_owned(), shutdown.clone());
+        // If the thread cannot start, the closed channel becomes an error item below.
+        let _ = std::thread::Builder::new()
+            .name("sgw-list".into())
+            .spawn(move || {
+                let mut token: Option<String> = None;
+                while !stop.is_triggered() {
+                    let page = store.list_page(&fetch_prefix, token.as_deref());
+                    let more = page.as_ref().ok().and_then(|p| p.next.clone());
+                    // A send fails once the Listing is dropped: nobody wants the rest.
+                    if tx.send(page).is_err() || more.is_none() {
+                        return;
+                    }
+                    token = more;
+                }
+            });
         Listing {
-            store,
             prefix: prefix.to_owned(),
             shutdown: shutdown.clone(),
+            pages,
             page: Vec::new().into_iter(),
-            next: None,
             done: false,
         }
     }
@@ -1423,15 +1486,24 @@ impl Iterator for Listing {
                 self.done = true;
                 return Some(Err(ShareError::Stopped));
             }
-            match self.store.list_page(&self.prefix, self.next.as_deref()) {
-                Ok(page) => {
+            match self.pages.recv() {
+                Ok(Ok(page)) => {
                     self.done = page.next.is_none();
-                    self.next = page.next;
                     self.page = page.objects.into_iter();
                 }
-                Err(e) => {
+                Ok(Err(e)) => {
                     self.done = true;
                     return Some(Err(ShareError::Cloud(e)));
+                }
+                // The fetcher ended without the last page: never mistake that for the end
+                // of the bucket (a short listing would turn into deletes).
+                Err(_) => {
+                    self.done = true;
+                    return Some(Err(if self.shutdown.is_triggered() {
+                        ShareError::Stopped
+                    } else {
+                        ShareError::Plan("the listing ended before its last page".into())
+                    }));
                 }
             }
         }
@@ -1454,5 +1526,134 @@ fn crc_of_file(path: &Path) -> std::io::Result<u64> {
             return Ok(crc.finish());
         }
         crc.update(&buf[..n]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// A bucket of `keys` served `per_page` at a time; `fail_at` makes that page an error,
+    /// `panic_at` kills the fetching thread there.
+    struct PagedStore {
+        keys: Vec<String>,
+        per_page: usize,
+        fail_at: Option<usize>,
+        panic_at: Option<usize>,
+        calls: Mutex<usize>,
+    }
+
+    impl PagedStore {
+        fn new(n: usize, per_page: usize) -> PagedStore {
+            PagedStore {
+                keys: (0..n).map(|i| format!("p/{i:05}")).collect(),
+                per_page,
+                fail_at: None,
+                panic_at: None,
+                calls: Mutex::new(0),
+            }
+        }
+    }
+
+    impl ObjectStore for PagedStore {
+        fn list_page(&self, _prefix: &str, token: Option<&str>) -> Result<ListPage, CloudError> {
+            let start: usize = token.map_or(0, |t| t.parse().expect("our token"));
+            let index = start / self.per_page;
+            *self.calls.lock().expect("lock") += 1;
+            if self.fail_at == Some(index) {
+                return Err(CloudError::Transport("page lost".into()));
+            }
+            assert_ne!(self.panic_at, Some(index), "fetcher dies");
+            let end = (start + self.per_page).min(self.keys.len());
+            Ok(ListPage {
+                objects: self.keys[start..end]
+                    .iter()
+                    .map(|k| ObjectMeta {
+                        key: k.clone(),
+                        size: 1,
+                        etag: None,
+                        last_modified: 0,
+                        crc64nvme: None,
+                    })
+                    .collect(),
+                next: (end < self.keys.len()).then(|| end.to_string()),
+            })
+        }
+        fn head(&self, _: &str) -> Result<Option<ObjectMeta>, CloudError> {
+            unreachable!()
+        }
+        fn get(
+            &self,
+            _: &str,
+            _: u64,
+            _: Option<&str>,
+        ) -> Result<crate::cloud::ObjectBody, CloudError> {
+            unreachable!()
+        }
+    }
+
+    fn collect(store: PagedStore) -> Vec<Result<String, String>> {
+        Listing::new(Arc::new(store), "p/", &Shutdown::new())
+            .map(|r| r.map(|o| o.key).map_err(|e| e.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn listing_yields_every_key_in_order_across_pages() {
+        let got = collect(PagedStore::new(2345, 1000));
+        assert_eq!(got.len(), 2345);
+        assert!(got.iter().all(Result::is_ok));
+        assert_eq!(got[0].as_deref(), Ok("p/00000"));
+        assert_eq!(got[2344].as_deref(), Ok("p/02344"));
+        assert!(collect(PagedStore::new(0, 1000)).is_empty());
+    }
+
+    #[test]
+    fn a_failed_page_ends_the_listing_with_an_error() {
+        let mut store = PagedStore::new(3000, 1000);
+        store.fail_at = Some(1);
+        let got = collect(store);
+        assert_eq!(got.len(), 1001, "first page, then the error, then nothing");
+        assert!(got[1000].as_ref().is_err_and(|e| e.contains("page lost")));
+    }
+
+    #[test]
+    fn a_fetcher_that_dies_is_an_error_not_the_end_of_the_bucket() {
+        let mut store = PagedStore::new(3000, 1000);
+        store.panic_at = Some(2);
+        let got = collect(store);
+        assert_eq!(got.len(), 2001);
+        assert!(
+            got[2000]
+                .as_ref()
+                .is_err_and(|e| e.contains("before its last page"))
+        );
+    }
+
+    #[test]
+    fn the_fetcher_stays_at_most_a_page_ahead() {
+        let store = Arc::new(PagedStore::new(10_000, 100));
+        let mut listing = Listing::new(
+            Arc::clone(&store) as Arc<dyn ObjectStore>,
+            "p/",
+            &Shutdown::new(),
+        );
+        assert!(listing.next().is_some_and(|r| r.is_ok()));
+        std::thread::sleep(Duration::from_millis(100));
+        // One page being read, one waiting in the channel, one fetched and blocked on send.
+        assert!(*store.calls.lock().expect("lock") <= 3);
+        drop(listing);
+    }
+
+    #[test]
+    fn a_stopped_share_stops_listing() {
+        let shutdown = Shutdown::new();
+        let mut listing = Listing::new(Arc::new(PagedStore::new(5000, 1000)), "p/", &shutdown);
+        assert!(listing.next().is_some_and(|r| r.is_ok()));
+        shutdown.trigger();
+        let rest: Vec<_> = listing.by_ref().skip_while(Result::is_ok).collect();
+        assert_eq!(rest.len(), 1);
+        assert!(matches!(rest[0], Err(ShareError::Stopped)));
     }
 }

@@ -585,8 +585,20 @@ struct ExactLengthReader<R> {
 
 impl<R: Read> Read for ExactLengthReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if self.remaining == 0 || buf.is_empty() {
+        if buf.is_empty() {
             return Ok(0);
+        }
+        if self.remaining == 0 {
+            // Let the HTTP body see its own end: only then does ureq hand the connection back
+            // to its pool (otherwise every GET pays a new TCP, and TLS, handshake).
+            let mut probe = [0u8; 1];
+            return match self.inner.read(&mut probe)? {
+                0 => Ok(0),
+                _ => Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("object body is longer than its {} bytes", self.expected),
+                )),
+            };
         }
         let want = usize::try_from(self.remaining).map_or(buf.len(), |r| r.min(buf.len()));
         let n = self.inner.read(&mut buf[..want])?;
@@ -939,15 +951,48 @@ mod tests {
         assert_eq!(out, b"12345");
         assert!(err.to_string().contains("5 of 8"));
 
-        // Extra bytes past the announced length are never handed out.
+        // Extra bytes past the announced length are never handed out, and are an error.
         let mut r = ExactLengthReader {
             inner: &b"123456789"[..],
             remaining: 4,
             expected: 4,
         };
         let mut out = Vec::new();
-        r.read_to_end(&mut out).expect("exact");
+        let err = r.read_to_end(&mut out).expect_err("long");
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
         assert_eq!(out, b"1234");
+    }
+
+    /// A reader that remembers whether it was asked past its end.
+    struct EofWitness<'a> {
+        data: &'a [u8],
+        saw_eof: bool,
+    }
+
+    impl Read for EofWitness<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let n = self.data.read(buf)?;
+            self.saw_eof |= n == 0 && !buf.is_empty();
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn exact_body_is_read_to_its_end_so_the_connection_can_be_reused() {
+        // ureq returns a connection to its pool only once the body reader has seen its end.
+        let mut r = ExactLengthReader {
+            inner: EofWitness {
+                data: b"12345678",
+                saw_eof: false,
+            },
+            remaining: 8,
+            expected: 8,
+        };
+        let mut buf = [0u8; 8];
+        assert_eq!(r.read(&mut buf).expect("body"), 8);
+        assert!(!r.inner.saw_eof);
+        assert_eq!(r.read(&mut buf).expect("end"), 0);
+        assert!(r.inner.saw_eof);
     }
 
     #[test]
