@@ -25,7 +25,7 @@ use crate::control::protocol::{
     AssignmentEntry, AssignmentsResponse, ProgressRequest, RegisterRequest, RegisteredShare,
     ShareProgress,
 };
-use crate::service::Shutdown;
+use crate::service::{Notifier, ReloadRequest, Shutdown};
 use crate::share::{ProgressSink, Share, ShareContext};
 use crate::status::{ShareState, ShareStatus, read_status, unix_now, write_status};
 
@@ -34,6 +34,8 @@ use crate::status::{ShareState, ShareStatus, read_status, unix_now, write_status
 pub const DRAIN_DEADLINE: Duration = Duration::from_secs(30);
 /// Poll interval for assignments until the control endpoint names one.
 const DEFAULT_CONTROL_POLL: Duration = Duration::from_secs(30);
+/// How often share progress is checked and, when it changed, reported.
+const PROGRESS_EVERY: Duration = Duration::from_secs(2);
 
 /// Build the clients of one share. Errors here are configuration errors.
 pub fn share_context(
@@ -201,6 +203,8 @@ pub fn sync_once(
 
 struct Running {
     cfg: ShareConfig,
+    /// Rotated credentials restart the share (its clients sign with them).
+    creds: Credentials,
     shutdown: Shutdown,
     idle: Arc<AtomicBool>,
     handle: JoinHandle<()>,
@@ -219,6 +223,8 @@ pub struct ShareSet {
     /// Stopped shares whose threads may still be finishing a long poll; a share of the same
     /// name is not started again until its old thread is gone (one writer per state store).
     stopping: Vec<(String, JoinHandle<()>)>,
+    /// Shares that could not start, and when that was last tried.
+    failed: BTreeMap<String, Instant>,
 }
 
 impl Default for ShareSet {
@@ -232,6 +238,7 @@ impl ShareSet {
         ShareSet {
             running: BTreeMap::new(),
             stopping: Vec::new(),
+            failed: BTreeMap::new(),
         }
     }
 
@@ -247,35 +254,94 @@ impl ShareSet {
         self.running.keys().cloned().collect()
     }
 
+    /// Build every share of `desired` that would start, without starting anything: a
+    /// configuration error in one share must not take the working ones down (reload is all or
+    /// nothing).
+    pub fn check(
+        &self,
+        cfg: &Config,
+        creds: &Credentials,
+        desired: &[ShareConfig],
+    ) -> Result<(), ConfigError> {
+        let silent: Arc<dyn ProgressSink> = Arc::new(crate::share::Silent);
+        for share in desired {
+            if !self
+                .running
+                .get(&share.name)
+                .is_some_and(|r| r.cfg == *share && r.creds == *creds)
+            {
+                share_context(cfg, share, creds, &Shutdown::new(), Arc::clone(&silent))?;
+            }
+        }
+        Ok(())
+    }
+
     /// Make the running set equal `desired`: stop shares no longer wanted (or whose
-    /// configuration changed), start new ones. Returns false if a share could not start.
-    pub fn apply(&mut self, cfg: &Config, creds: &Credentials, desired: &[ShareConfig]) -> bool {
+    /// configuration or credentials changed), start new ones. Returns the plan it carried out.
+    pub fn apply(
+        &mut self,
+        cfg: &Config,
+        creds: &Credentials,
+        desired: &[ShareConfig],
+    ) -> ReloadPlan {
         self.stopping.retain(|(_, h)| !h.is_finished());
-        let unwanted: Vec<String> = self
+        let current: BTreeMap<String, (ShareConfig, Credentials)> = self
             .running
             .iter()
-            .filter(|(name, r)| !desired.iter().any(|d| &d.name == *name && *d == r.cfg))
-            .map(|(n, _)| n.clone())
+            .map(|(n, r)| (n.clone(), (r.cfg.clone(), r.creds.clone())))
             .collect();
-        for name in unwanted {
-            if let Some(r) = self.running.remove(&name) {
+        let wanted: BTreeMap<String, (ShareConfig, Credentials)> = desired
+            .iter()
+            .map(|s| (s.name.clone(), (s.clone(), creds.clone())))
+            .collect();
+        let plan = plan_reload(&current, &wanted);
+        for name in &plan.stop {
+            if let Some(r) = self.running.remove(name) {
                 info!("share {name}: stopping (no longer assigned or its configuration changed)");
                 r.shutdown.trigger();
-                self.stopping.push((name, r.handle));
+                self.stopping.push((name.clone(), r.handle));
             }
         }
-        let mut ok = true;
+        // Also retries shares that could not start (or waited for their old thread) earlier.
         for share in desired {
-            if self.running.contains_key(&share.name) {
+            if self.running.contains_key(&share.name)
+                || self.stopping.iter().any(|(n, _)| n == &share.name)
+            {
+                // Running, or its old thread is still in a long poll: started on a later round.
                 continue;
             }
-            if self.stopping.iter().any(|(n, _)| n == &share.name) {
-                // Its old thread is still in a long poll: start it on a later round.
+            if let Some(at) = self.failed.get(&share.name)
+                && at.elapsed() < START_RETRY
+            {
                 continue;
             }
-            ok &= self.start(cfg, creds, share);
+            if self.start(cfg, creds, share) {
+                self.failed.remove(&share.name);
+            } else {
+                self.failed.insert(share.name.clone(), Instant::now());
+            }
         }
-        ok
+        plan
+    }
+
+    /// A share whose thread ended although nobody stopped it (it died).
+    pub fn died(&self) -> Option<String> {
+        self.running
+            .iter()
+            .find(|(_, r)| r.handle.is_finished())
+            .map(|(n, _)| n.clone())
+    }
+
+    /// For `systemctl status`.
+    pub fn status_line(&self) -> String {
+        let mut line = format!("{} share(s) running", self.running.len());
+        if !self.stopping.is_empty() {
+            line.push_str(&format!(", {} stopping", self.stopping.len()));
+        }
+        if !self.failed.is_empty() {
+            line.push_str(&format!(", {} failed to start", self.failed.len()));
+        }
+        line
     }
 
     fn start(&mut self, cfg: &Config, creds: &Credentials, share: &ShareConfig) -> bool {
@@ -304,6 +370,7 @@ impl ShareSet {
                     share.name.clone(),
                     Running {
                         cfg: share.clone(),
+                        creds: creds.clone(),
                         shutdown,
                         idle,
                         handle,
@@ -327,7 +394,8 @@ impl ShareSet {
     }
 
     /// Stop everything; wait for in-flight work up to `deadline`.
-    pub fn stop_all(self, deadline: Duration) {
+    pub fn stop_all(self, deadline: Duration, notifier: &mut Notifier) {
+        notifier.stopping("finishing in-flight work");
         for r in self.running.values() {
             r.shutdown.trigger();
         }
@@ -348,6 +416,7 @@ impl ShareSet {
                 );
                 break;
             }
+            notifier.feed_watchdog();
             std::thread::sleep(Duration::from_millis(100));
         }
         for (_, r) in self.running {
@@ -439,92 +508,332 @@ fn register_request(cfg: &Config) -> RegisterRequest {
     }
 }
 
-/// `sgw-agent run`: keep every share in step until SIGTERM/SIGINT.
+/// Which shares a change of configuration or assignments stops and which it starts (a
+/// changed share is in both).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ReloadPlan {
+    pub stop: Vec<String>,
+    pub start: Vec<String>,
+    pub unchanged: usize,
+}
+
+pub fn plan_reload<S: PartialEq>(
+    current: &BTreeMap<String, S>,
+    wanted: &BTreeMap<String, S>,
+) -> ReloadPlan {
+    let mut plan = ReloadPlan::default();
+    for (name, spec) in current {
+        match wanted.get(name) {
+            Some(w) if w == spec => plan.unchanged += 1,
+            _ => plan.stop.push(name.clone()),
+        }
+    }
+    for (name, spec) in wanted {
+        if current.get(name) != Some(spec) {
+            plan.start.push(name.clone());
+        }
+    }
+    plan
+}
+
+/// Poll granularity of the daemon's main loop (watchdog, reload, control).
+const TICK: Duration = Duration::from_millis(200);
+/// A share that could not start (its disk not mounted yet, …) is tried again this often.
+const START_RETRY: Duration = Duration::from_secs(60);
+
+/// `sgw-agent run`: keep every share in step until SIGTERM/SIGINT. SIGHUP re-reads the
+/// configuration: shares added, removed or changed are started and stopped without a restart.
+/// Under systemd (`Type=notify`) it reports READY once every share's state is loaded, RELOADING
+/// and STOPPING, and feeds the watchdog from this loop.
 pub fn run_daemon(cfg: &Config, creds: &Credentials, shutdown: &Shutdown) -> i32 {
+    let mut notifier = Notifier::from_env();
+    let reload = ReloadRequest::new();
+    if let Err(e) = reload.on_sighup() {
+        error!("cannot install the SIGHUP (reload) handler: {e}");
+        return 1;
+    }
+    let mut cfg = cfg.clone();
+    let mut creds = creds.clone();
     let mut set = ShareSet::new();
+    let mut control = cfg.control.as_ref().map(ControlLoop::new);
+    let mut assignments = control.as_ref().and_then(|_| load_assignments(&cfg));
+    let mut desired = effective_shares(&cfg, assignments.as_ref());
+    // Check every share before starting any: a bad configuration exits 78 with nothing started.
+    if let Err(e) = set.check(&cfg, &creds, &desired) {
+        error!("{e}");
+        return EXIT_CONFIG;
+    }
+    set.apply(&cfg, &creds, &desired);
+    if cfg.control.is_none() && set.is_empty() {
+        error!("no share could be started");
+        return EXIT_NOT_CONVERGED;
+    }
     match &cfg.control {
-        None => {
-            set.apply(cfg, creds, &cfg.shares);
-            if set.is_empty() {
-                error!("no share could be started");
-                return EXIT_NOT_CONVERGED;
-            }
-            info!(
-                "sgw-agent {} running with {} share(s)",
-                env!("CARGO_PKG_VERSION"),
-                set.len()
-            );
-            while !shutdown.is_triggered() {
-                std::thread::sleep(Duration::from_millis(200));
-            }
-        }
-        Some(control) => {
-            info!(
-                "sgw-agent {} running as gateway {} of {}",
-                env!("CARGO_PKG_VERSION"),
-                control.gateway_id,
-                control.endpoint
-            );
-            let client = ControlClient::new(control);
-            if let Some(cached) = load_assignments(cfg) {
-                set.apply(cfg, creds, &effective_shares(cfg, Some(&cached)));
-            }
-            let mut registered = false;
-            let mut control_down = false;
-            let mut poll = DEFAULT_CONTROL_POLL;
-            let mut next = Instant::now();
-            while !shutdown.is_triggered() {
-                if Instant::now() >= next {
-                    let result = (|| {
-                        if !registered {
-                            let r = client.register(&register_request(cfg))?;
-                            info!(
-                                "registered gateway {} with {} share(s)",
-                                r.gateway_id,
-                                r.shares.len()
-                            );
-                            registered = true;
-                        }
-                        let a = client.assignments()?;
-                        save_assignments(cfg, &a);
-                        poll = Duration::from_secs(a.poll_interval_secs.clamp(1, 3600));
-                        set.apply(cfg, creds, &effective_shares(cfg, Some(&a)));
-                        if !set.is_empty() {
-                            client.progress(&set.progress_report(cfg))?;
-                        }
-                        Ok::<(), crate::cloud::CloudError>(())
-                    })();
-                    match result {
-                        Ok(()) if control_down => {
-                            info!("control endpoint reachable again");
-                            control_down = false;
-                        }
-                        Ok(()) => {}
-                        Err(e) if !control_down => {
-                            warn!(
-                                "control endpoint: {e}; shares keep syncing, retrying every {}s",
-                                poll.as_secs()
-                            );
-                            control_down = true;
-                        }
-                        Err(_) => {}
+        Some(c) => info!(
+            "sgw-agent {} running as gateway {} of {}",
+            env!("CARGO_PKG_VERSION"),
+            c.gateway_id,
+            c.endpoint
+        ),
+        None => info!(
+            "sgw-agent {} running with {} share(s)",
+            env!("CARGO_PKG_VERSION"),
+            set.len()
+        ),
+    }
+    notifier.ready(&set.status_line());
+    let mut code = 0;
+    while !shutdown.is_triggered() {
+        notifier.feed_watchdog();
+        if reload.take() {
+            info!("SIGHUP: re-reading {}", cfg.file.display());
+            notifier.reloading("re-reading the configuration");
+            let reloaded = Config::load(&cfg.file).and_then(|new| {
+                let new_creds = new.credentials()?;
+                let desired = effective_shares(&new, assignments.as_ref());
+                set.check(&new, &new_creds, &desired)?;
+                Ok((new, new_creds, desired))
+            });
+            match reloaded {
+                Ok((new, new_creds, wanted)) => {
+                    let plan = set.apply(&new, &new_creds, &wanted);
+                    desired = wanted;
+                    info!(
+                        "configuration reloaded: {} share(s) to start, {} to stop, {} unchanged",
+                        plan.start.len(),
+                        plan.stop.len(),
+                        plan.unchanged
+                    );
+                    crate::service::set_log_level(crate::service::effective_log_level(
+                        new.log_level,
+                    ));
+                    if new.control != cfg.control {
+                        control = new.control.as_ref().map(ControlLoop::new);
+                    } else if let Some(c) = control.as_mut() {
+                        // The shares may have changed: register them again.
+                        c.registered = false;
+                        c.next_poll = Instant::now();
                     }
-                    next = Instant::now()
-                        + if control_down {
-                            poll.min(DEFAULT_CONTROL_POLL)
-                        } else {
-                            poll
-                        };
+                    cfg = new;
+                    creds = new_creds;
                 }
-                std::thread::sleep(Duration::from_millis(200));
+                Err(e) => error!("reload refused, the previous configuration stays in force: {e}"),
             }
+            notifier.ready(&set.status_line());
         }
+        if let Some(c) = control.as_mut()
+            && let Some(a) = c.tick(&cfg, &set)
+        {
+            if assignments.as_ref() != Some(&a) {
+                save_assignments(&cfg, &a);
+                desired = effective_shares(&cfg, Some(&a));
+            }
+            assignments = Some(a);
+        }
+        // Starts new assignments, stops withdrawn ones, retries shares that failed to start.
+        set.apply(&cfg, &creds, &desired);
+        // A share thread ends only when told to; one that ended by itself died. Exit non-zero
+        // so systemd (Restart=on-failure) starts a fresh agent rather than run without it.
+        if let Some(name) = set.died() {
+            error!("share {name}: its thread ended unexpectedly; stopping the agent");
+            code = 1;
+            break;
+        }
+        std::thread::sleep(TICK);
     }
     info!(
         "stopping: finishing in-flight work (at most {}s)",
         DRAIN_DEADLINE.as_secs()
     );
-    set.stop_all(DRAIN_DEADLINE);
+    set.stop_all(DRAIN_DEADLINE, &mut notifier);
     info!("stopped");
-    0
+    code
+}
+
+/// The daemon's conversation with the control endpoint: register, poll assignments, report
+/// progress as it changes. Never blocks syncing: failures are logged once and retried.
+struct ControlLoop {
+    client: ControlClient,
+    registered: bool,
+    down: bool,
+    poll: Duration,
+    next_poll: Instant,
+    last_report: Option<ProgressRequest>,
+    last_report_check: Instant,
+}
+
+impl ControlLoop {
+    fn new(settings: &crate::config::ControlSettings) -> ControlLoop {
+        ControlLoop {
+            client: ControlClient::new(settings),
+            registered: false,
+            down: false,
+            poll: DEFAULT_CONTROL_POLL,
+            next_poll: Instant::now(),
+            last_report: None,
+            last_report_check: Instant::now(),
+        }
+    }
+
+    /// One step; returns fresh assignments when a poll brought them.
+    fn tick(&mut self, cfg: &Config, set: &ShareSet) -> Option<AssignmentsResponse> {
+        let mut fresh = None;
+        if Instant::now() >= self.next_poll {
+            let result = (|| {
+                if !self.registered {
+                    let r = self.client.register(&register_request(cfg))?;
+                    info!(
+                        "registered gateway {} with {} share(s)",
+                        r.gateway_id,
+                        r.shares.len()
+                    );
+                    self.registered = true;
+                }
+                let a = self.client.assignments()?;
+                self.poll = Duration::from_secs(a.poll_interval_secs.clamp(1, 3600));
+                Ok::<_, crate::cloud::CloudError>(a)
+            })();
+            match result {
+                Ok(a) => {
+                    if self.down {
+                        info!("control endpoint reachable again");
+                        self.down = false;
+                    }
+                    fresh = Some(a);
+                }
+                Err(e) => {
+                    if !self.down {
+                        warn!(
+                            "control endpoint: {e}; shares keep syncing, retrying every {}s",
+                            self.poll.min(DEFAULT_CONTROL_POLL).as_secs()
+                        );
+                        self.down = true;
+                    }
+                }
+            }
+            self.next_poll = Instant::now()
+                + if self.down {
+                    self.poll.min(DEFAULT_CONTROL_POLL)
+                } else {
+                    self.poll
+                };
+        }
+        // Progress goes out as it changes (not only at each poll), so an operator watching
+        // DescribeExpressSyncShares sees it move.
+        if !self.down
+            && self.registered
+            && self.last_report_check.elapsed() >= PROGRESS_EVERY
+            && !set.is_empty()
+        {
+            self.last_report_check = Instant::now();
+            let report = set.progress_report(cfg);
+            if self.last_report.as_ref() != Some(&report) {
+                match self.client.progress(&report) {
+                    Ok(_) => self.last_report = Some(report),
+                    Err(e) => warn!("control endpoint: progress report failed: {e}"),
+                }
+            }
+        }
+        fresh
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(entries: &[(&str, u32)]) -> BTreeMap<String, u32> {
+        entries.iter().map(|(n, v)| (n.to_string(), *v)).collect()
+    }
+
+    #[test]
+    fn reload_starts_added_stops_removed_and_restarts_changed_shares() {
+        let current = map(&[("docs", 1), ("photos", 1), ("video", 1)]);
+        let wanted = map(&[("docs", 1), ("photos", 2), ("music", 1)]);
+        let plan = plan_reload(&current, &wanted);
+        assert_eq!(plan.stop, vec!["photos".to_string(), "video".to_string()]);
+        assert_eq!(plan.start, vec!["music".to_string(), "photos".to_string()]);
+        assert_eq!(plan.unchanged, 1);
+    }
+
+    #[test]
+    fn reload_of_the_same_configuration_touches_nothing() {
+        let current = map(&[("docs", 1), ("photos", 1)]);
+        assert_eq!(
+            plan_reload(&current, &current.clone()),
+            ReloadPlan {
+                stop: vec![],
+                start: vec![],
+                unchanged: 2
+            }
+        );
+    }
+
+    #[test]
+    fn express_sync_states_follow_the_share_status() {
+        let mut s = ShareStatus::new("a");
+        assert_eq!(express_sync_state(&s), ("MNSFullSyncInit", -1));
+        s.state = ShareState::FullSyncing;
+        s.sync_progress = 42;
+        assert_eq!(express_sync_state(&s), ("MNSFullSyncing", 42));
+        s.state = ShareState::Healthy;
+        s.sync_progress = 100;
+        assert_eq!(express_sync_state(&s), ("MNSHealthy", 100));
+        s.state = ShareState::QueueFailure;
+        assert_eq!(express_sync_state(&s).0, "QueueFailure");
+        s.state = ShareState::Error;
+        s.sync_progress = 57;
+        assert_eq!(express_sync_state(&s), ("MNSFullSyncing", 57));
+    }
+
+    #[test]
+    fn assignments_fill_in_bucket_queue_and_endpoint_of_configured_shares_only() {
+        let cfg = Config::parse(
+            std::path::Path::new("agent.toml"),
+            "state_dir = \"/var/lib/sgw\"\ncontrol_endpoint = \"https://control\"\ngateway_id = \"gw-1\"\ngateway_secret = \"s\"\n\
+             [[share]]\nname = \"a\"\npath = \"/srv/a\"\nconsistency_check = \"crc64\"\n",
+        )
+        .unwrap();
+        assert!(
+            effective_shares(&cfg, None).is_empty(),
+            "nothing runs before an assignment"
+        );
+        let entry = |name: &str| AssignmentEntry {
+            share_name: name.into(),
+            express_sync_id: "sync-1".into(),
+            express_sync_name: "g".into(),
+            bucket_region: "us-east-1".into(),
+            bucket_name: "photos".into(),
+            bucket_prefix: "data/".into(),
+            queue_name: "q".into(),
+            queue_url: "https://sqs/q".into(),
+            endpoint: "https://s3/".into(),
+            region: "us-east-1".into(),
+            express_sync_state: "MNSFullSyncInit".into(),
+            sync_progress: -1,
+        };
+        let a = AssignmentsResponse {
+            gateway_id: "gw-1".into(),
+            poll_interval_secs: 30,
+            assignments: vec![entry("a"), entry("unknown")],
+        };
+        let shares = effective_shares(&cfg, Some(&a));
+        assert_eq!(
+            shares.len(),
+            1,
+            "an assignment for a share this agent lacks is ignored"
+        );
+        let s = &shares[0];
+        assert_eq!(
+            (s.bucket.as_str(), s.prefix.as_str(), s.endpoint.as_str()),
+            ("photos", "data/", "https://s3")
+        );
+        assert_eq!(s.queue_url.as_deref(), Some("https://sqs/q"));
+        assert_eq!(
+            s.consistency_check,
+            crate::model::ConsistencyCheck::Crc64,
+            "local settings stay"
+        );
+        assert_eq!(s.path, PathBuf::from("/srv/a"));
+    }
 }
