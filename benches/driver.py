@@ -265,9 +265,20 @@ class Tools:
         return out
 
 
+def warm_page_cache(root, bucket):
+    """Read the dataset once, so the first tool of the first repetition does not pay for the
+    server's disk reads that every later run gets from the page cache."""
+    for dirpath, _, filenames in os.walk(root / bucket):
+        for name in filenames:
+            with open(os.path.join(dirpath, name), "rb") as f:
+                while f.read(1 << 20):
+                    pass
+
+
 def bench_sync(tools, bucket, dataset, reps, names, results, work):
     """Full sync into an empty directory, then a no-op re-sync, per tool, alternating."""
     count, size = DATASETS[dataset]
+    warm_page_cache(work / "s3root", bucket)
     variants = tools.variants()
     names = [n for n in names if n in variants]
     for rep in range(reps):
@@ -660,10 +671,20 @@ def markdown(r):
             )
             if a.get("mb_per_s"):
                 lines.append("")
-                lines.append(
-                    f"{agent_name} reaches {100 * a['mb_per_s'] / best['mb_per_s']:.0f} % of the raw GET "
-                    "throughput (it also writes, fsyncs and CRC-checks every byte)."
+                same = {c["parallel"]: c for c in ceil}
+                text = (
+                    f"{agent_name} (4 download workers, the default) reaches "
+                    f"{100 * a['mb_per_s'] / best['mb_per_s']:.0f} % of the best raw GET throughput"
                 )
+                if 4 in same:
+                    text += f", {100 * a['mb_per_s'] / same[4]['mb_per_s']:.0f} % of curl with 4 streams"
+                a16 = res.get("sgw-agent-16", {})
+                if a16.get("mb_per_s") and 16 in same:
+                    text += (
+                        f"; with 16 workers {100 * a16['mb_per_s'] / same[16]['mb_per_s']:.0f} % of "
+                        "curl with 16 streams"
+                    )
+                lines.append(text + ". Unlike curl it also writes, fsyncs and CRC-checks every byte.")
         lines.append("")
     ev = r.get("events")
     if ev:
@@ -755,6 +776,11 @@ def judge(r):
     if ceil and a:
         best = max(c["mb_per_s"] for c in ceil)
         add("≥ 90 % of raw GET throughput, large objects", f"{100 * a / best:.0f} %", a >= 0.9 * best)
+        a16 = r["sync"].get("large", {}).get("sgw-agent-16", {}).get("mb_per_s")
+        c16 = next((c["mb_per_s"] for c in ceil if c["parallel"] == 16), None)
+        if a16 and c16:
+            add("the same with 16 workers against 16 curl streams", f"{100 * a16 / c16:.0f} %",
+                a16 >= 0.9 * c16)
     ev = r.get("events")
     if ev and ev["p50_ms"] is not None:
         add("event→visible p50 ≤ 100 ms", f"{ev['p50_ms']} ms", ev["p50_ms"] <= 100 and not ev["missed"])
