@@ -354,7 +354,8 @@ pub fn run_daemon(cfg: &Config, creds: &Credentials, shutdown: &Shutdown) -> i32
         env!("CARGO_PKG_VERSION"),
         daemon.running.len()
     );
-    notifier.ready(&daemon.status_line());
+    let mut last_status = daemon.status_line();
+    notifier.ready(&last_status);
     let mut code = 0;
     while !shutdown.is_triggered() {
         notifier.feed_watchdog();
@@ -367,12 +368,18 @@ pub fn run_daemon(cfg: &Config, creds: &Credentials, shutdown: &Shutdown) -> i32
             }
             daemon.reap_stopping();
             daemon.start_pending();
-            notifier.ready(&daemon.status_line());
+            last_status = daemon.status_line();
+            notifier.ready(&last_status);
         }
         daemon.reap_stopping();
         if !daemon.pending.is_empty() {
             daemon.start_pending();
-            notifier.status(&daemon.status_line());
+        }
+        // STATUS= only when it changes: this loop runs five times a second.
+        let status = daemon.status_line();
+        if status != last_status {
+            notifier.status(&status);
+            last_status = status;
         }
         // A share thread ends only when told to; one that ended by itself died. Exit non-zero
         // so systemd (Restart=on-failure) starts a fresh agent rather than run without it.
