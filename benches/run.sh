@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # sgw-agent against `rclone sync` and `aws s3 sync`, in one run on this machine (issue 5).
 #
-#   benches/run.sh [--reps N] [--events N] [--only SECTIONS] [--quick]
+#   benches/run.sh [--reps N] [--events N] [--only SECTIONS] [--quick] [--before AGENT_BIN]
 #
 # Installs what it needs (rclone, curl and GNU time from apt; s3s-fs from crates.io into
 # target/bench/tools; moto into .venv via scripts/setup-peer.sh; awscli from PyPI into
@@ -9,6 +9,9 @@
 # benches/driver.py. Writes benches/results/latest.md and benches/results/latest.json.
 # Takes 20-40 minutes on 2 cores; not part of the test suite. Sections (default: all):
 # crc, small, large, ceiling, memory, events. --quick: 1 repetition, 100 events.
+# --before: another sgw-agent binary (e.g. a build of an older commit) measured side by side
+# as "sgw-agent-before" in the sync tables. --variant "NAME:toml line;…": another agent
+# configuration, e.g. --variant "sgw-agent-16:download_concurrency = 16".
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -17,13 +20,16 @@ cd "$repo"
 reps=3
 events=500
 only="crc,small,large,ceiling,memory,events"
+variants=()
 while (($#)); do
     case "$1" in
         --reps) reps="$2"; shift 2 ;;
         --events) events="$2"; shift 2 ;;
         --only) only="$2"; shift 2 ;;
         --quick) reps=1; events=100; shift ;;
-        -h | --help) sed -n '2,12p' "$0"; exit 0 ;;
+        --before) variants+=(--agent-variant "sgw-agent-before:bin=$(realpath "$2")"); shift 2 ;;
+        --variant) variants+=(--agent-variant "$2"); shift 2 ;;
+        -h | --help) sed -n '2,14p' "$0"; exit 0 ;;
         *) echo "run.sh: unknown argument $1 (see --help)" >&2; exit 64 ;;
     esac
 done
@@ -106,5 +112,5 @@ step "driver: sections ${sections:-none}, $reps repetitions, $events events"
     --reps "$reps" \
     --events "$events" \
     --only "${sections:-none}" \
-    "${crc_args[@]}"
+    "${crc_args[@]}" "${variants[@]}"
 step "wrote $out/latest.md and $out/latest.json"

@@ -257,6 +257,7 @@ mod quick_ack {
                 buffers: LazyBuffers::new(config.input_buffer_size(), config.output_buffer_size()),
                 read_timeout: None,
                 write_timeout: None,
+                ack_next_read: false,
             })))
         }
     }
@@ -307,6 +308,8 @@ mod quick_ack {
         /// The socket's current timeouts, so they are only set when they change.
         read_timeout: Option<Duration>,
         write_timeout: Option<Duration>,
+        /// A request went out and its answer has not been read yet.
+        ack_next_read: bool,
     }
 
     impl std::fmt::Debug for QuickAckTransport {
@@ -354,8 +357,9 @@ mod quick_ack {
                 Err(e) if is_timeout(&e) => return Err(Error::Timeout(timeout.reason)),
                 Err(e) => return Err(e.into()),
             }
-            // The answer is coming: make sure its first segment is acknowledged at once.
+            // The answer is coming: make sure its first segments are acknowledged at once.
             quick_ack(&self.stream);
+            self.ack_next_read = true;
             Ok(())
         }
 
@@ -387,8 +391,11 @@ mod quick_ack {
                     Err(e) => return Err(e.into()),
                 }
             };
-            if amount > 0 {
+            // Once more after the first data of an answer (its headers): the body's first
+            // segment may be waiting on exactly that ACK. Bulk reads after it need no help.
+            if amount > 0 && self.ack_next_read {
                 quick_ack(&self.stream);
+                self.ack_next_read = false;
             }
             self.buffers.input_appended(amount);
             Ok(amount > 0)
