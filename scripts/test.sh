@@ -48,4 +48,5 @@ fmt_args=(--all --check)
 phase "peer venv" scripts/setup-peer.sh
 phase "cargo fmt --check" cargo fmt "${fmt_args[@]}"
 phase "cargo clippy" cargo clippy --all-targets --locked -- -D warnings
-phase "cargo test" cargo test --all-targets --locked
+# Not --all-targets: the benches (benches/) are programs that measure or serve, not tests.
+phase "cargo test" cargo test --lib --bins --tests --locked

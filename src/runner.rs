@@ -581,7 +581,8 @@ pub fn run_daemon(cfg: &Config, creds: &Credentials, shutdown: &Shutdown) -> i32
             set.len()
         ),
     }
-    notifier.ready(&set.status_line());
+    let mut last_status = set.status_line();
+    notifier.ready(&last_status);
     let mut code = 0;
     while !shutdown.is_triggered() {
         notifier.feed_watchdog();
@@ -619,7 +620,8 @@ pub fn run_daemon(cfg: &Config, creds: &Credentials, shutdown: &Shutdown) -> i32
                 }
                 Err(e) => error!("reload refused, the previous configuration stays in force: {e}"),
             }
-            notifier.ready(&set.status_line());
+            last_status = set.status_line();
+            notifier.ready(&last_status);
         }
         if let Some(c) = control.as_mut()
             && let Some(a) = c.tick(&cfg, &set)
@@ -632,6 +634,12 @@ pub fn run_daemon(cfg: &Config, creds: &Credentials, shutdown: &Shutdown) -> i32
         }
         // Starts new assignments, stops withdrawn ones, retries shares that failed to start.
         set.apply(&cfg, &creds, &desired);
+        // STATUS= only when it changes: this loop runs five times a second.
+        let status = set.status_line();
+        if status != last_status {
+            notifier.status(&status);
+            last_status = status;
+        }
         // A share thread ends only when told to; one that ended by itself died. Exit non-zero
         // so systemd (Restart=on-failure) starts a fresh agent rather than run without it.
         if let Some(name) = set.died() {
