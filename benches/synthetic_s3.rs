@@ -220,8 +220,14 @@ fn main() {
         size: 1024,
     };
     let mut port = 0u16;
+    let mut objects_given = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
+        // `cargo bench` appends `--bench`; `cargo test --all-targets` passes nothing.
+        if a == "--bench" {
+            continue;
+        }
+        objects_given |= a == "--objects";
         let value = args.next();
         let parsed = value.as_deref().and_then(|v| v.parse::<usize>().ok());
         match (a.as_str(), parsed) {
@@ -233,6 +239,12 @@ fn main() {
                 std::process::exit(64);
             }
         }
+    }
+    if !objects_given {
+        // Run as a test or a plain bench: there is nothing to serve, and a server that never
+        // exits would hang the run.
+        eprintln!("synthetic_s3: no --objects given; nothing to serve (benches/run.sh starts it)");
+        return;
     }
     let listener = match TcpListener::bind(("127.0.0.1", port)) {
         Ok(l) => l,
