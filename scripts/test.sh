@@ -6,38 +6,12 @@ set -euo pipefail
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo_root"
 
-timings=()
-current_phase=""
-phase_start=""
-
-# Runs "$@" as phase $1, merging stderr into stdout so CI logs keep cargo's order.
-phase() {
-    local name="$1"
-    shift
-    current_phase="$name"
-    phase_start=$EPOCHREALTIME
-    echo "==> $name: $*"
-    "$@" 2>&1
-    local secs
-    secs=$(elapsed "$phase_start")
-    timings+=("$(printf '%-28s %8s s' "$name" "$secs")")
-    echo "<== $name: ${secs} s"
-    current_phase=""
-}
-
-elapsed() {
-    awk -v a="$1" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }'
-}
+PHASE_TAG="" PHASE_WIDTH=28
+# shellcheck source=scripts/phases.sh
+source scripts/phases.sh
 
 report() {
-    local status=$?
-    if [[ -n "$current_phase" ]]; then
-        echo "!!! phase '$current_phase' failed (exit $status) after $(elapsed "$phase_start") s"
-    fi
-    if ((${#timings[@]})); then
-        echo "--- test.sh phase timings"
-        printf '%s\n' "${timings[@]}"
-    fi
+    report_phases $? "test.sh phase timings"
 }
 trap report EXIT
 
