@@ -20,9 +20,9 @@ use log::{debug, error, info, warn};
 use crate::cache::crc64::Crc64Nvme;
 use crate::cache::paths::{KeyPath, key_to_relpath};
 use crate::cache::publish::{Expected, PublishError, ShareDir};
-use crate::cache::state::{StateError, StateStore};
+use crate::cache::state::{PublishIntent, StateError, StateStore};
 use crate::cloud::events::{ParsedMessage, parse_message};
-use crate::cloud::{CloudError, EventQueue, ListPage, ObjectStore, QueueMessage};
+use crate::cloud::{CloudError, EventQueue, ObjectStore, QueueMessage};
 use crate::config::ShareConfig;
 use crate::engine::events::{
     EventDecision, HeadDecision, after_head, on_event, record_after_download,
@@ -30,6 +30,7 @@ use crate::engine::events::{
 use crate::engine::plan::{FullSyncMerge, MergeError};
 use crate::engine::progress::{Progress, ProgressMeter};
 use crate::engine::{FileFacts, SyncAction};
+use crate::listing::SpooledListing;
 use crate::model::{ConsistencyCheck, LocalRecord, ObjectMeta};
 use crate::service::Shutdown;
 use crate::status::{ShareState, ShareStatus, unix_now, write_status};
@@ -47,7 +48,11 @@ const VISIBILITY_EXTEND_AFTER: Duration = Duration::from_secs(20);
 const VISIBILITY_EXTENSION_SECS: u32 = 120;
 /// Journal fsync cadence during a full sync: records are durable at least this often.
 const SYNC_EVERY_RECORDS: usize = 256;
+/// Downloads whose intents share one journal sync before they go to the pool.
+const JOB_BATCH: usize = 32;
 const SYNC_EVERY: Duration = Duration::from_secs(1);
+/// The full sync's listing spool, in the share's state directory (unlinked while in use).
+const LISTING_SPOOL: &str = "listing.spool";
 
 /// Why a share stopped working.
 #[derive(Debug)]
@@ -201,7 +206,9 @@ impl Pool {
         dir: Arc<ShareDir>,
         shutdown: Shutdown,
     ) -> Pool {
-        let max_in_flight = n * 2;
+        // Room for a whole batch of jobs on top of two per worker, so handing over a batch
+        // never waits for the workers to run dry.
+        let max_in_flight = n * 2 + JOB_BATCH;
         // Capacities equal the in-flight bound, so neither side ever blocks on a full channel
         // while the other waits for it.
         let (job_tx, job_rx) = sync_channel::<Job>(max_in_flight);
@@ -292,7 +299,7 @@ fn download(store: &dyn ObjectStore, dir: &ShareDir, job: &Job, shutdown: &Shutd
         if shutdown.is_triggered() {
             return JobOutcome::Failed("stopped before the download finished".into());
         }
-        let mut staged = match dir.begin(key, meta.etag.as_deref(), meta.last_modified) {
+        let mut staged = match dir.begin(key, meta.etag.as_deref(), meta.last_modified, meta.size) {
             Ok(s) => s,
             Err(e) => return JobOutcome::Failed(format!("cannot stage {key:?}: {e}")),
         };
@@ -345,7 +352,8 @@ fn download(store: &dyn ObjectStore, dir: &ShareDir, job: &Job, shutdown: &Shutd
                     body.offset
                 ));
             }
-            staged = match dir.begin(key, body.meta.etag.as_deref(), body.meta.last_modified) {
+            let m = &body.meta;
+            staged = match dir.begin(key, m.etag.as_deref(), m.last_modified, m.size) {
                 Ok(s) if s.offset() == 0 => s,
                 Ok(s) => {
                     s.discard();
@@ -463,9 +471,9 @@ pub struct Share {
     batch_ok: Vec<bool>,
     /// A status change was not written yet (writes are rate-limited).
     status_stale: bool,
-    /// Keys published whose records are not durable yet: their publish intents are dropped
-    /// after the next state sync.
-    intents_pending: Vec<String>,
+    /// Downloads decided but not handed to the pool yet: their publish intents go into the
+    /// journal first, and one journal sync covers the whole batch (see [`Share::flush_jobs`]).
+    pending_jobs: Vec<Job>,
 }
 
 impl Share {
@@ -508,10 +516,20 @@ impl Share {
             idle: Arc::new(AtomicBool::new(false)),
             batch_ok: Vec::new(),
             status_stale: false,
-            intents_pending: Vec::new(),
+            pending_jobs: Vec::new(),
         })
         .and_then(|mut share| {
             share.recover_intents()?;
+            // Nothing is in flight yet: partial downloads without a sidecar (small objects
+            // cut off by a crash) and orphaned sidecars go; resumable ones stay.
+            match share.dir.clean_staging(|_| true) {
+                Ok(0) => {}
+                Ok(n) => info!(
+                    "share {}: removed {n} stale staging file(s)",
+                    share.ctx.cfg.name
+                ),
+                Err(e) => warn!("share {}: cannot clean staging: {e}", share.ctx.cfg.name),
+            }
             Ok(share)
         })
     }
@@ -543,23 +561,54 @@ impl Share {
             self.state.sync()?;
             self.unsynced_records = 0;
             self.last_state_sync = Instant::now();
-            for key in std::mem::take(&mut self.intents_pending) {
-                if let Err(e) = self.dir.forget_intent(&key) {
-                    warn!(
-                        "share {}: cannot drop the publish intent of {key:?}: {e}",
-                        self.ctx.cfg.name
-                    );
-                }
-            }
         }
         Ok(())
     }
 
+    /// Hand the pending downloads to the pool once their intents are durable (one journal
+    /// sync for the batch), waiting for room as needed.
+    fn flush_jobs(
+        &mut self,
+        report: &mut SyncReport,
+        progress: &mut Progress,
+    ) -> Result<(), ShareError> {
+        if self.pending_jobs.is_empty() {
+            return Ok(());
+        }
+        self.unsynced_records += 1;
+        self.sync_state(true)?;
+        for job in std::mem::take(&mut self.pending_jobs) {
+            while self.pool.is_full() {
+                self.collect_results(report, progress, Duration::from_millis(500))?;
+            }
+            self.pool.submit(job);
+        }
+        Ok(())
+    }
+
+    /// Downloads not finished yet, including those not handed to the pool.
+    fn work_outstanding(&self) -> bool {
+        self.pool.in_flight > 0 || !self.pending_jobs.is_empty()
+    }
+
+    /// Wait for every download (pending ones are flushed first).
+    fn finish_downloads(
+        &mut self,
+        report: &mut SyncReport,
+        progress: &mut Progress,
+        wait: Duration,
+    ) -> Result<(), ShareError> {
+        self.flush_jobs(report, progress)?;
+        self.collect_results(report, progress, wait)
+    }
+
     /// After a crash: files published whose records never reached the journal. A file still
-    /// at its path with the published Last-Modified is recorded (hashing it), so it is known
-    /// as the agent's (and deleted when the bucket deletes it) without being downloaded again.
+    /// at its path with the intended size and Last-Modified is recorded (hashing it), so it is
+    /// known as the agent's (and deleted when the bucket deletes it) without being downloaded
+    /// again. (A GET that returned a newer version than the one intended leaves a file that
+    /// does not match: it is treated like any local file the agent does not know.)
     fn recover_intents(&mut self) -> Result<(), ShareError> {
-        let intents = self.dir.intents()?;
+        let intents = self.state.take_recovered_intents();
         if intents.is_empty() {
             return Ok(());
         }
@@ -572,10 +621,11 @@ impl Share {
             if !already
                 && let Ok(KeyPath::File(rel)) = key_to_relpath(&intent.key, &self.ctx.cfg.prefix)
                 && let Ok(Some(facts)) = self.dir.file_facts(&rel)
+                && facts.size == intent.size
                 && crate::engine::events::publish_completed(
                     &ObjectMeta {
                         key: intent.key.clone(),
-                        size: facts.size,
+                        size: intent.size,
                         etag: intent.etag.clone(),
                         last_modified: intent.last_modified,
                         crc64nvme: None,
@@ -595,16 +645,13 @@ impl Share {
                 recovered += 1;
             }
         }
-        self.state.sync()?;
-        for intent in intents {
-            self.dir.forget_intent(&intent.key)?;
-        }
-        if recovered > 0 {
-            info!(
-                "share {}: recorded {recovered} file(s) published just before an interruption",
-                self.ctx.cfg.name
-            );
-        }
+        // Durable records for the recovered ones; the rest of the intents are dropped.
+        self.state.compact()?;
+        info!(
+            "share {}: {} download(s) were being published at an interruption; recorded {recovered} found complete",
+            self.ctx.cfg.name,
+            intents.len()
+        );
         Ok(())
     }
 
@@ -625,26 +672,29 @@ impl Share {
             self.ctx.cfg.bucket, self.ctx.cfg.prefix
         );
 
-        // The count for SyncProgress runs beside the merge instead of before it: downloads
-        // start at once, and the totals arrive when the count is done (the meter never goes
-        // backwards meanwhile). The merge tallies the listing itself for the final totals.
-        let counted = count_in_background(
+        // One listing, spooled (crate::listing): downloads start at once, and the totals for
+        // SyncProgress arrive as soon as the listing is through (the meter never goes
+        // backwards meanwhile). The merge tallies what it read for the final totals.
+        let spool_path = self.ctx.state_dir.join(LISTING_SPOOL);
+        let (remote, counted) = SpooledListing::open(
             Arc::clone(&self.ctx.store),
             &self.ctx.cfg.prefix,
             &self.ctx.shutdown,
-        );
+            &spool_path,
+        )
+        .map_err(|e| {
+            ShareError::Io(std::io::Error::new(
+                e.kind(),
+                format!("listing spool {}: {e}", spool_path.display()),
+            ))
+        })?;
         let mut progress = Progress::default();
         let listed = std::rc::Rc::new(std::cell::Cell::new((0u64, 0u64)));
         let tally = std::rc::Rc::clone(&listed);
 
         let mut report = SyncReport::default();
         let mode = self.ctx.cfg.consistency_check;
-        let remote = Listing::new(
-            Arc::clone(&self.ctx.store),
-            &self.ctx.cfg.prefix,
-            &self.ctx.shutdown,
-        )
-        .inspect(move |item| {
+        let remote = remote.inspect(move |item| {
             if let Ok(o) = item {
                 let (objects, bytes) = tally.get();
                 tally.set((objects + 1, bytes + o.size));
@@ -690,12 +740,12 @@ impl Share {
             }
         }
         // Drain what is in flight even when stopping: finished downloads are kept.
-        while self.pool.in_flight > 0 {
+        while self.work_outstanding() {
             if let Ok((objects, bytes)) = counted.try_recv() {
                 progress.total_objects = objects;
                 progress.total_bytes = bytes;
             }
-            self.collect_results(&mut report, &mut progress, Duration::from_millis(200))?;
+            self.finish_downloads(&mut report, &mut progress, Duration::from_millis(200))?;
             if last_progress.elapsed() >= Duration::from_secs(1) {
                 self.show_progress(&mut meter, &progress, false);
                 last_progress = Instant::now();
@@ -722,6 +772,14 @@ impl Share {
         }
         self.report_unknown_files();
         let finished = report.converged();
+        if finished {
+            // Nothing is in flight and nothing failed: no staged download is worth keeping.
+            match self.dir.clean_staging(|_| false) {
+                Ok(0) => {}
+                Ok(n) => debug!("share {name}: removed {n} leftover staging file(s)"),
+                Err(e) => warn!("share {name}: cannot clean staging: {e}"),
+            }
+        }
         self.show_progress(&mut meter, &progress, finished);
         self.status.failed_objects = report.failed;
         if finished {
@@ -920,16 +978,23 @@ impl Share {
                 }
             }
         }
-        while self.pool.is_full() {
-            self.collect_results(report, progress, Duration::from_millis(500))?;
-        }
-        self.pool.submit(Job {
+        self.state.intend(PublishIntent {
+            key: meta.key.clone(),
+            size: meta.size,
+            etag: meta.etag.clone(),
+            last_modified: meta.last_modified,
+        })?;
+        self.pending_jobs.push(Job {
             ticket,
             meta,
             rel,
             sequencer,
             old,
         });
+        // Group commit: flush a full batch, or at once while workers would otherwise idle.
+        if self.pending_jobs.len() >= JOB_BATCH || self.pool.in_flight < self.pool.workers.len() {
+            self.flush_jobs(report, progress)?;
+        }
         Ok(())
     }
 
@@ -970,12 +1035,12 @@ impl Share {
                         r.job.sequencer.as_deref(),
                         r.job.old.as_ref(),
                     );
-                    self.intents_pending.push(meta.key.clone());
                     self.state.put(rec)?;
                     self.unsynced_records += 1;
                     true
                 }
                 JobOutcome::Gone => {
+                    self.state.abandon_intent(&r.job.meta.key);
                     progress.done_objects += 1;
                     // The object went away: if we had it, drop it like a delete.
                     if let Some(old) = &r.job.old {
@@ -984,6 +1049,7 @@ impl Share {
                     true
                 }
                 JobOutcome::Failed(why) => {
+                    self.state.abandon_intent(&r.job.meta.key);
                     error!("share {name}: {why}");
                     self.status.last_error = Some(why);
                     report.failed += 1;
@@ -1169,11 +1235,11 @@ impl Share {
                 }
             }
         }
-        while self.pool.in_flight > 0 {
+        while self.work_outstanding() {
             let mut r = SyncReport::default();
             let mut p = Progress::default();
             if self
-                .collect_results(&mut r, &mut p, Duration::from_millis(200))
+                .finish_downloads(&mut r, &mut p, Duration::from_millis(200))
                 .is_err()
             {
                 break;
@@ -1381,8 +1447,8 @@ impl Share {
         started: Instant,
         extended: &mut bool,
     ) -> Result<(), ShareError> {
-        while self.pool.in_flight > 0 {
-            self.collect_results(report, progress, Duration::from_millis(200))?;
+        while self.work_outstanding() {
+            self.finish_downloads(report, progress, Duration::from_millis(200))?;
             if !*extended && started.elapsed() >= VISIBILITY_EXTEND_AFTER {
                 *extended = true;
                 for m in msgs {
@@ -1398,115 +1464,6 @@ impl Share {
             }
         }
         Ok(())
-    }
-}
-
-/// Count the objects and bytes under `prefix` on a helper thread; the receiver gets the
-/// totals once the listing is through (nothing if it fails: the merge reports that).
-fn count_in_background(
-    store: Arc<dyn ObjectStore>,
-    prefix: &str,
-    shutdown: &Shutdown,
-) -> Receiver<(u64, u64)> {
-    let (tx, rx) = sync_channel(1);
-    let listing = Listing::new(store, prefix, shutdown);
-    // If the thread cannot start, progress just stays without totals until the merge ends.
-    let _ = std::thread::Builder::new()
-        .name("sgw-count".into())
-        .spawn(move || {
-            let mut totals = (0u64, 0u64);
-            for item in listing {
-                let Ok(o) = item else { return };
-                totals = (totals.0 + 1, totals.1 + o.size);
-            }
-            let _ = tx.send(totals);
-        });
-    rx
-}
-
-/// The remote listing as a key-ordered stream, page by page. Owns its handles so the share
-/// can keep working (and writing its state) while it iterates.
-///
-/// A helper thread fetches the next page while the caller works through the current one, so
-/// the listing's round trips overlap the downloads. At most one fetched page waits in the
-/// channel: memory stays at a few pages whatever the bucket size.
-pub struct Listing {
-    prefix: String,
-    shutdown: Shutdown,
-    pages: Receiver<Result<ListPage, CloudError>>,
-    page: std::vec::IntoIter<ObjectMeta>,
-    done: bool,
-}
-
-impl Listing {
-    pub fn new(store: Arc<dyn ObjectStore>, prefix: &str, shutdown: &Shutdown) -> Listing {
-        let (tx, pages) = sync_channel::<Result<ListPage, CloudError>>(1);
-        let (fetch_prefix, stop) = (prefix.to_owned(), shutdown.clone());
-        // If the thread cannot start, the closed channel becomes an error item below.
-        let _ = std::thread::Builder::new()
-            .name("sgw-list".into())
-            .spawn(move || {
-                let mut token: Option<String> = None;
-                while !stop.is_triggered() {
-                    let page = store.list_page(&fetch_prefix, token.as_deref());
-                    let more = page.as_ref().ok().and_then(|p| p.next.clone());
-                    // A send fails once the Listing is dropped: nobody wants the rest.
-                    if tx.send(page).is_err() || more.is_none() {
-                        return;
-                    }
-                    token = more;
-                }
-            });
-        Listing {
-            prefix: prefix.to_owned(),
-            shutdown: shutdown.clone(),
-            pages,
-            page: Vec::new().into_iter(),
-            done: false,
-        }
-    }
-}
-
-impl Iterator for Listing {
-    type Item = Result<ObjectMeta, ShareError>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        loop {
-            if let Some(o) = self.page.next() {
-                if !o.key.starts_with(&self.prefix) {
-                    // A server that ignores the prefix must not make us act outside it.
-                    continue;
-                }
-                return Some(Ok(o));
-            }
-            if self.done {
-                return None;
-            }
-            if self.shutdown.is_triggered() {
-                self.done = true;
-                return Some(Err(ShareError::Stopped));
-            }
-            match self.pages.recv() {
-                Ok(Ok(page)) => {
-                    self.done = page.next.is_none();
-                    self.page = page.objects.into_iter();
-                }
-                Ok(Err(e)) => {
-                    self.done = true;
-                    return Some(Err(ShareError::Cloud(e)));
-                }
-                // The fetcher ended without the last page: never mistake that for the end
-                // of the bucket (a short listing would turn into deletes).
-                Err(_) => {
-                    self.done = true;
-                    return Some(Err(if self.shutdown.is_triggered() {
-                        ShareError::Stopped
-                    } else {
-                        ShareError::Plan("the listing ended before its last page".into())
-                    }));
-                }
-            }
-        }
     }
 }
 
@@ -1526,134 +1483,5 @@ fn crc_of_file(path: &Path) -> std::io::Result<u64> {
             return Ok(crc.finish());
         }
         crc.update(&buf[..n]);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::sync::Mutex;
-
-    /// A bucket of `keys` served `per_page` at a time; `fail_at` makes that page an error,
-    /// `panic_at` kills the fetching thread there.
-    struct PagedStore {
-        keys: Vec<String>,
-        per_page: usize,
-        fail_at: Option<usize>,
-        panic_at: Option<usize>,
-        calls: Mutex<usize>,
-    }
-
-    impl PagedStore {
-        fn new(n: usize, per_page: usize) -> PagedStore {
-            PagedStore {
-                keys: (0..n).map(|i| format!("p/{i:05}")).collect(),
-                per_page,
-                fail_at: None,
-                panic_at: None,
-                calls: Mutex::new(0),
-            }
-        }
-    }
-
-    impl ObjectStore for PagedStore {
-        fn list_page(&self, _prefix: &str, token: Option<&str>) -> Result<ListPage, CloudError> {
-            let start: usize = token.map_or(0, |t| t.parse().expect("our token"));
-            let index = start / self.per_page;
-            *self.calls.lock().expect("lock") += 1;
-            if self.fail_at == Some(index) {
-                return Err(CloudError::Transport("page lost".into()));
-            }
-            assert_ne!(self.panic_at, Some(index), "fetcher dies");
-            let end = (start + self.per_page).min(self.keys.len());
-            Ok(ListPage {
-                objects: self.keys[start..end]
-                    .iter()
-                    .map(|k| ObjectMeta {
-                        key: k.clone(),
-                        size: 1,
-                        etag: None,
-                        last_modified: 0,
-                        crc64nvme: None,
-                    })
-                    .collect(),
-                next: (end < self.keys.len()).then(|| end.to_string()),
-            })
-        }
-        fn head(&self, _: &str) -> Result<Option<ObjectMeta>, CloudError> {
-            unreachable!()
-        }
-        fn get(
-            &self,
-            _: &str,
-            _: u64,
-            _: Option<&str>,
-        ) -> Result<crate::cloud::ObjectBody, CloudError> {
-            unreachable!()
-        }
-    }
-
-    fn collect(store: PagedStore) -> Vec<Result<String, String>> {
-        Listing::new(Arc::new(store), "p/", &Shutdown::new())
-            .map(|r| r.map(|o| o.key).map_err(|e| e.to_string()))
-            .collect()
-    }
-
-    #[test]
-    fn listing_yields_every_key_in_order_across_pages() {
-        let got = collect(PagedStore::new(2345, 1000));
-        assert_eq!(got.len(), 2345);
-        assert!(got.iter().all(Result::is_ok));
-        assert_eq!(got[0].as_deref(), Ok("p/00000"));
-        assert_eq!(got[2344].as_deref(), Ok("p/02344"));
-        assert!(collect(PagedStore::new(0, 1000)).is_empty());
-    }
-
-    #[test]
-    fn a_failed_page_ends_the_listing_with_an_error() {
-        let mut store = PagedStore::new(3000, 1000);
-        store.fail_at = Some(1);
-        let got = collect(store);
-        assert_eq!(got.len(), 1001, "first page, then the error, then nothing");
-        assert!(got[1000].as_ref().is_err_and(|e| e.contains("page lost")));
-    }
-
-    #[test]
-    fn a_fetcher_that_dies_is_an_error_not_the_end_of_the_bucket() {
-        let mut store = PagedStore::new(3000, 1000);
-        store.panic_at = Some(2);
-        let got = collect(store);
-        assert_eq!(got.len(), 2001);
-        assert!(
-            got[2000]
-                .as_ref()
-                .is_err_and(|e| e.contains("before its last page"))
-        );
-    }
-
-    #[test]
-    fn the_fetcher_stays_at_most_a_page_ahead() {
-        let store = Arc::new(PagedStore::new(10_000, 100));
-        let mut listing = Listing::new(
-            Arc::clone(&store) as Arc<dyn ObjectStore>,
-            "p/",
-            &Shutdown::new(),
-        );
-        assert!(listing.next().is_some_and(|r| r.is_ok()));
-        std::thread::sleep(Duration::from_millis(100));
-        // One page being read, one waiting in the channel, one fetched and blocked on send.
-        assert!(*store.calls.lock().expect("lock") <= 3);
-        drop(listing);
-    }
-
-    #[test]
-    fn a_stopped_share_stops_listing() {
-        let shutdown = Shutdown::new();
-        let mut listing = Listing::new(Arc::new(PagedStore::new(5000, 1000)), "p/", &shutdown);
-        assert!(listing.next().is_some_and(|r| r.is_ok()));
-        shutdown.trigger();
-        let rest: Vec<_> = listing.by_ref().skip_while(Result::is_ok).collect();
-        assert_eq!(rest.len(), 1);
-        assert!(matches!(rest[0], Err(ShareError::Stopped)));
     }
 }

@@ -134,7 +134,9 @@ fn publish_and_record(share: &ShareDir, store: &mut StateStore, key: &str, versi
     let data = content(key, version);
     let lm = last_modified(version);
     let tag = etag(version);
-    let mut staged = share.begin(key, Some(&tag), lm).expect("begin");
+    let mut staged = share
+        .begin(key, Some(&tag), lm, data.len() as u64)
+        .expect("begin");
     let offset = usize::try_from(staged.offset()).expect("offset");
     assert!(offset <= data.len(), "resumed past the end");
     for chunk in data[offset..].chunks(16 * 1024) {
@@ -198,7 +200,7 @@ fn child_loop(dir: &Path) -> ! {
                 };
                 let flip = rng.below(data.len() as u64) as usize;
                 data[flip] ^= 0x20;
-                let mut staged = share.begin(key, None, 0).expect("begin");
+                let mut staged = share.begin(key, None, 0, data.len() as u64).expect("begin");
                 staged.write_all(&data).expect("write");
                 match staged.publish(&expect, &rel_of(key), 0) {
                     Err(PublishError::ChecksumMismatch { .. }) => {}

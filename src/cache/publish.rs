@@ -1,15 +1,19 @@
 //! Staged downloads that become visible only complete, verified and durable.
 //!
 //! A download is written to `<root>/.sgw/staging/<hash>.part` (same file system as the share,
-//! so the final `rename` is atomic), with a small `<hash>.meta` sidecar naming the key and
-//! version. [`Staged::publish`] checks size and CRC-64, fsyncs, sets the mtime, renames into
-//! place and fsyncs the directory: a reader of the share sees the old file or the complete new
-//! one, never a partial or unverified one, whatever instant the agent dies at.
+//! so the final `rename` is atomic). [`Staged::publish`] checks size and CRC-64, fsyncs, sets
+//! the mtime, renames into place and fsyncs the directory: a reader of the share sees the old
+//! file or the complete new one, never a partial or unverified one, whatever instant the agent
+//! dies at. (That the rename may happen at all is journaled by the caller beforehand: see
+//! `StateStore::intend`.)
 //!
-//! Resuming after a restart trusts only bytes the sidecar vouches for: every
-//! [`CHECKPOINT_BYTES`] the data file is fsynced and then the sidecar records that length. A
-//! power cut can leave zeros or garbage past the last fsync; those bytes are cut off and
-//! fetched again, so a resumed file is right even when the server has no checksum to verify.
+//! Objects of at least [`CHECKPOINT_BYTES`] with an ETag are resumable: a small `<hash>.meta`
+//! sidecar names the key and version, and every [`CHECKPOINT_BYTES`] the data file is fsynced
+//! and then the sidecar records that length. Resuming after a restart trusts only bytes the
+//! sidecar vouches for: a power cut can leave zeros or garbage past the last fsync; those bytes
+//! are cut off and fetched again, so a resumed file is right even when the server has no
+//! checksum to verify. Smaller objects have nothing worth resuming and get no sidecar: one file
+//! created per object, which matters for small-file throughput (inode allocation dominates).
 //!
 //! Paths are checked component by component with `symlink_metadata`: nothing here follows a
 //! symlink or writes through a non-directory. (A LAN client racing to swap a directory for a
@@ -118,14 +122,6 @@ pub struct ShareDir {
     staging: PathBuf,
 }
 
-/// A publish that may not have reached the state journal (see [`ShareDir::intents`]).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Intent {
-    pub key: String,
-    pub etag: Option<String>,
-    pub last_modified: i64,
-}
-
 /// The sidecar of a staged download.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 struct StagedMeta {
@@ -186,11 +182,18 @@ impl ShareDir {
         &self.root
     }
 
-    /// Start (or resume) the download of one object version.
+    /// Start (or resume) the download of one object version of `size` bytes.
     ///
     /// Resumes when a staged file exists for the same key, the same ETag (`Some`) and the
     /// same Last-Modified; [`Staged::offset`] then says where to continue (a Range GET).
-    pub fn begin(&self, key: &str, etag: Option<&str>, last_modified: i64) -> io::Result<Staged> {
+    /// Only objects of at least [`CHECKPOINT_BYTES`] are resumable.
+    pub fn begin(
+        &self,
+        key: &str,
+        etag: Option<&str>,
+        last_modified: i64,
+        size: u64,
+    ) -> io::Result<Staged> {
         let stem = staging_stem(key);
         let data_path = self.staging.join(format!("{stem}.{DATA_EXT}"));
         let meta_path = self.staging.join(format!("{stem}.{META_EXT}"));
@@ -200,7 +203,7 @@ impl ShareDir {
             last_modified,
             durable_len: 0,
         };
-        let resumable = etag.is_some();
+        let resumable = etag.is_some() && size >= CHECKPOINT_BYTES;
         if resumable
             && let Some(found) = read_meta(&meta_path)
             && found.key == wanted.key
@@ -210,8 +213,13 @@ impl ShareDir {
         {
             return Ok(staged);
         }
-        // Sidecar first: a data file is never left next to a sidecar that over-promises.
-        write_meta(&meta_path, &wanted)?;
+        if resumable {
+            // Sidecar first: a data file is never left next to a sidecar that over-promises.
+            write_meta(&meta_path, &wanted)?;
+        } else if fs::symlink_metadata(&meta_path).is_ok() {
+            // From an earlier, resumable version of this key: it must not vouch for this one.
+            remove_if_present(&meta_path)?;
+        }
         let file = File::create(&data_path)?;
         Ok(Staged {
             root: self.root.clone(),
@@ -396,43 +404,6 @@ impl ShareDir {
         ))
     }
 
-    /// Publish intents left behind: sidecars whose data file is gone because it was renamed
-    /// to its final path, and whose key's record may not have reached the state journal
-    /// (the agent crashed in between). Each names the key, ETag and Last-Modified that were
-    /// published; the caller checks the file and records it, then forgets the intent.
-    pub fn intents(&self) -> io::Result<Vec<Intent>> {
-        let mut out = Vec::new();
-        for entry in fs::read_dir(&self.staging)? {
-            let path = entry?.path();
-            if path.extension().and_then(|e| e.to_str()) != Some(META_EXT)
-                || path.with_extension(DATA_EXT).exists()
-            {
-                continue;
-            }
-            if let Some(m) = read_meta(&path) {
-                out.push(Intent {
-                    key: m.key,
-                    etag: m.etag,
-                    last_modified: m.last_modified,
-                });
-            }
-        }
-        Ok(out)
-    }
-
-    /// Drop the publish intent of `key` once its record is durable. A download of the same
-    /// key that has started since (its data file exists) is left alone.
-    pub fn forget_intent(&self, key: &str) -> io::Result<()> {
-        let stem = staging_stem(key);
-        if self.staging.join(format!("{stem}.{DATA_EXT}")).exists() {
-            return Ok(());
-        }
-        match fs::remove_file(self.staging.join(format!("{stem}.{META_EXT}"))) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
-        }
-    }
-
     /// Remove staged downloads whose key `keep` rejects, plus orphans and temporaries.
     /// Returns how many files were removed. Do not run it while downloads are in progress
     /// unless `keep` accepts their keys.
@@ -443,7 +414,11 @@ impl ShareDir {
             let path = entry.path();
             let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
             let drop_it = match ext {
-                META_EXT => !read_meta(&path).is_some_and(|m| keep(&m.key)),
+                // A sidecar without its data file has nothing left to resume.
+                META_EXT => {
+                    !path.with_extension(DATA_EXT).exists()
+                        || !read_meta(&path).is_some_and(|m| keep(&m.key))
+                }
                 DATA_EXT => {
                     let meta = path.with_extension(META_EXT);
                     !read_meta(&meta).is_some_and(|m| keep(&m.key))
@@ -533,10 +508,15 @@ impl Staged {
     ) -> Result<Published, PublishError> {
         let result = self.verify_and_move(expect, rel, mtime);
         match &result {
-            // After success the sidecar stays behind as the publish INTENT: until the
-            // caller has made its record durable and calls `ShareDir::forget_intent`, a crash
-            // leaves a trace of which key was published (see `ShareDir::intents`).
-            Ok(_) => {}
+            // Nothing left to resume. A crash before this leaves a sidecar without data,
+            // which `ShareDir::clean_staging` removes.
+            Ok(_) => {
+                if self.resumable
+                    && let Err(e) = remove_if_present(&self.meta_path)
+                {
+                    log::warn!("could not remove {}: {e}", self.meta_path.display());
+                }
+            }
             Err(
                 PublishError::SizeMismatch { .. }
                 | PublishError::ChecksumMismatch { .. }
@@ -714,6 +694,13 @@ fn sync_parent(path: &Path) -> io::Result<()> {
     File::open(parent)?.sync_all()
 }
 
+fn remove_if_present(path: &Path) -> io::Result<()> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
 fn rename_if_absent(from: &Path, to: &Path) -> io::Result<bool> {
     match fs::symlink_metadata(to) {
         Ok(_) => Ok(false),
@@ -750,6 +737,9 @@ mod tests {
     use super::*;
     use crate::cache::crc64::nvme;
     use std::os::unix::fs::symlink;
+
+    /// Big enough to be resumable.
+    const BIG: u64 = CHECKPOINT_BYTES;
 
     fn share() -> (tempfile::TempDir, ShareDir) {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -806,7 +796,7 @@ mod tests {
         let (dir, share) = share();
         let data = b"hello world!".repeat(1000);
         let mut s = share
-            .begin("k/a.txt", Some("e1"), 1_700_000_000)
+            .begin("k/a.txt", Some("e1"), 1_700_000_000, 1)
             .expect("begin");
         assert_eq!(s.offset(), 0);
         for chunk in data.chunks(777) {
@@ -826,17 +816,7 @@ mod tests {
         let dest = dir.path().join("sub/deeper/a.txt");
         assert_eq!(fs::read(&dest).expect("read"), data);
         assert_eq!(fs::metadata(&dest).expect("meta").mtime(), 1_700_000_000);
-        // Only the publish intent is left until the caller's record is durable.
-        assert_eq!(
-            share.intents().expect("intents"),
-            vec![Intent {
-                key: "k/a.txt".into(),
-                etag: Some("e1".into()),
-                last_modified: 1_700_000_000
-            }]
-        );
-        share.forget_intent("k/a.txt").expect("forget");
-        assert!(share.intents().expect("intents").is_empty());
+        // A small object leaves nothing behind in staging.
         assert!(
             staged_files(&share).is_empty(),
             "{:?}",
@@ -857,7 +837,7 @@ mod tests {
     fn publish_overwrites_an_existing_file_and_handles_empty_and_old_mtimes() {
         let (dir, share) = share();
         fs::write(dir.path().join("f"), b"old").expect("write");
-        let s = share.begin("f", None, 0).expect("begin");
+        let s = share.begin("f", None, 0, 1).expect("begin");
         s.publish(&expected(b""), Path::new("f"), -86_400)
             .expect("publish");
         assert_eq!(fs::read(dir.path().join("f")).expect("read"), b"");
@@ -871,7 +851,7 @@ mod tests {
     fn checksum_mismatch_discards_and_hides_everything() {
         let (dir, share) = share();
         fs::write(dir.path().join("f"), b"previous").expect("write");
-        let mut s = share.begin("f", Some("e"), 5).expect("begin");
+        let mut s = share.begin("f", Some("e"), 5, 1).expect("begin");
         s.write_all(b"corrupt!").expect("write");
         let err = s
             .publish(&expected(b"intended"), Path::new("f"), 5)
@@ -885,14 +865,14 @@ mod tests {
         assert_eq!(fs::read(dir.path().join("f")).expect("read"), b"previous");
         assert!(staged_files(&share).is_empty());
         // The retry starts clean rather than resuming the bad bytes.
-        let s = share.begin("f", Some("e"), 5).expect("begin");
+        let s = share.begin("f", Some("e"), 5, 1).expect("begin");
         assert_eq!(s.offset(), 0);
     }
 
     #[test]
     fn size_mismatch_discards() {
         let (dir, share) = share();
-        let mut s = share.begin("f", None, 5).expect("begin");
+        let mut s = share.begin("f", None, 5, 1).expect("begin");
         s.write_all(b"abc").expect("write");
         let err = s
             .publish(
@@ -918,7 +898,7 @@ mod tests {
     #[test]
     fn publish_without_server_crc_still_reports_the_local_crc() {
         let (_dir, share) = share();
-        let mut s = share.begin("f", None, 5).expect("begin");
+        let mut s = share.begin("f", None, 5, 1).expect("begin");
         s.write_all(b"123456789").expect("write");
         let p = s
             .publish(
@@ -941,28 +921,34 @@ mod tests {
             .collect();
         let checkpointed = CHECKPOINT_BYTES as usize;
         {
-            let mut s = share.begin("big", Some("e1"), 10).expect("begin");
+            let mut s = share.begin("big", Some("e1"), 10, BIG).expect("begin");
             write_chunks(&mut s, &data[..checkpointed + 1234]);
             // Dropped without publish: as if the agent died here.
         }
         // Another version or no ETag: start over.
-        assert_eq!(share.begin("big", Some("e2"), 10).expect("b").offset(), 0);
+        assert_eq!(
+            share.begin("big", Some("e2"), 10, BIG).expect("b").offset(),
+            0
+        );
         {
-            let mut s = share.begin("big", Some("e1"), 10).expect("begin");
+            let mut s = share.begin("big", Some("e1"), 10, BIG).expect("begin");
             write_chunks(&mut s, &data[..checkpointed + 1234]);
         }
-        assert_eq!(share.begin("big", Some("e1"), 11).expect("b").offset(), 0);
+        assert_eq!(
+            share.begin("big", Some("e1"), 11, BIG).expect("b").offset(),
+            0
+        );
         {
-            let mut s = share.begin("big", Some("e1"), 10).expect("begin");
+            let mut s = share.begin("big", Some("e1"), 10, BIG).expect("begin");
             write_chunks(&mut s, &data[..checkpointed + 1234]);
         }
-        assert_eq!(share.begin("big", None, 10).expect("b").offset(), 0);
+        assert_eq!(share.begin("big", None, 10, BIG).expect("b").offset(), 0);
         {
-            let mut s = share.begin("big", Some("e1"), 10).expect("begin");
+            let mut s = share.begin("big", Some("e1"), 10, BIG).expect("begin");
             write_chunks(&mut s, &data[..checkpointed + 1234]);
         }
         // Same version: continue from the last checkpoint; the CRC covers the old bytes.
-        let mut s = share.begin("big", Some("e1"), 10).expect("begin");
+        let mut s = share.begin("big", Some("e1"), 10, BIG).expect("begin");
         assert_eq!(s.offset(), CHECKPOINT_BYTES);
         s.write_all(&data[checkpointed..]).expect("write");
         let p = s
@@ -978,7 +964,7 @@ mod tests {
             .map(|i| (i % 7) as u8)
             .collect();
         {
-            let mut s = share.begin("k", Some("e"), 1).expect("begin");
+            let mut s = share.begin("k", Some("e"), 1, BIG).expect("begin");
             s.write_all(&data[..CHECKPOINT_BYTES as usize])
                 .expect("write");
         }
@@ -992,7 +978,7 @@ mod tests {
             .expect("open");
         f.write_all(&[0u8; 4096]).expect("write");
         drop(f);
-        let mut s = share.begin("k", Some("e"), 1).expect("begin");
+        let mut s = share.begin("k", Some("e"), 1, BIG).expect("begin");
         assert_eq!(s.offset(), CHECKPOINT_BYTES);
         s.write_all(&data[CHECKPOINT_BYTES as usize..])
             .expect("write");
@@ -1005,7 +991,7 @@ mod tests {
         let (_dir, share) = share();
         let data = vec![3u8; CHECKPOINT_BYTES as usize];
         {
-            let mut s = share.begin("k", Some("e"), 1).expect("begin");
+            let mut s = share.begin("k", Some("e"), 1, BIG).expect("begin");
             s.write_all(&data).expect("write");
         }
         let meta = share
@@ -1015,13 +1001,16 @@ mod tests {
         let last = bytes.len() - 1;
         bytes[last] ^= 0xff;
         fs::write(&meta, &bytes).expect("write");
-        assert_eq!(share.begin("k", Some("e"), 1).expect("begin").offset(), 0);
+        assert_eq!(
+            share.begin("k", Some("e"), 1, BIG).expect("begin").offset(),
+            0
+        );
     }
 
     #[test]
     fn discard_removes_staged_data() {
         let (_dir, share) = share();
-        let mut s = share.begin("k", Some("e"), 1).expect("begin");
+        let mut s = share.begin("k", Some("e"), 1, BIG).expect("begin");
         s.write_all(b"abc").expect("write");
         s.discard();
         assert!(staged_files(&share).is_empty());
@@ -1044,7 +1033,7 @@ mod tests {
             ("/abs", "abs"),
             (".sgw/staging/x", ".sgw"),
         ] {
-            let mut s = share.begin(rel, None, 1).expect("begin");
+            let mut s = share.begin(rel, None, 1, 1).expect("begin");
             s.write_all(b"data").expect("write");
             let err = s
                 .publish(&expected(b"data"), Path::new(rel), 1)
@@ -1073,7 +1062,7 @@ mod tests {
         let target = outside.path().join("victim");
         fs::write(&target, b"precious").expect("write");
         symlink(&target, dir.path().join("f")).expect("symlink");
-        let mut s = share.begin("f", None, 1).expect("begin");
+        let mut s = share.begin("f", None, 1, 1).expect("begin");
         s.write_all(b"new").expect("write");
         s.publish(&expected(b"new"), Path::new("f"), 1)
             .expect("publish");
@@ -1104,7 +1093,7 @@ mod tests {
     fn remove_file_prunes_empty_parents_but_not_the_root_or_busy_dirs() {
         let (dir, share) = share();
         for rel in ["a/b/c/f1", "a/keep"] {
-            let mut s = share.begin(rel, None, 1).expect("begin");
+            let mut s = share.begin(rel, None, 1, 1).expect("begin");
             s.write_all(b"x").expect("write");
             s.publish(&expected(b"x"), Path::new(rel), 1)
                 .expect("publish");
@@ -1189,14 +1178,87 @@ mod tests {
     fn clean_staging_keeps_only_what_is_asked() {
         let (_dir, share) = share();
         for key in ["keep", "drop"] {
-            let mut s = share.begin(key, Some("e"), 1).expect("begin");
+            let mut s = share.begin(key, Some("e"), 1, BIG).expect("begin");
             s.write_all(b"abc").expect("write");
         }
         fs::write(share.staging.join("junk.tmp"), b"x").expect("write");
         fs::write(share.staging.join("orphan.part"), b"x").expect("write");
-        let removed = share.clean_staging(|k| k == "keep").expect("clean");
-        assert_eq!(removed, 4);
+        // A small download cut off by a crash (no sidecar), and a sidecar whose data file was
+        // already published (a crash between the rename and the sidecar's removal).
+        let mut small = share.begin("small", Some("e"), 1, 3).expect("begin");
+        small.write_all(b"abc").expect("write");
+        drop(small);
+        let mut done = share.begin("done", Some("e"), 1, BIG).expect("begin");
+        done.write_all(b"abc").expect("write");
+        drop(done);
+        fs::remove_file(
+            share
+                .staging
+                .join(format!("{}.{DATA_EXT}", staging_stem("done"))),
+        )
+        .expect("as if renamed");
+        let removed = share.clean_staging(|k| k != "drop").expect("clean");
+        assert_eq!(removed, 6, "{:?}", staged_files(&share));
         assert_eq!(staged_files(&share).len(), 2);
-        assert_eq!(share.begin("keep", Some("e"), 1).expect("b").key(), "keep");
+        assert_eq!(
+            share.begin("keep", Some("e"), 1, BIG).expect("b").key(),
+            "keep"
+        );
+    }
+
+    #[test]
+    fn small_objects_get_no_sidecar_and_do_not_resume() {
+        let (_dir, share) = share();
+        let data = b"small object".to_vec();
+        {
+            let mut s = share
+                .begin("k", Some("e"), 1, data.len() as u64)
+                .expect("begin");
+            s.write_all(&data[..5]).expect("write");
+            assert_eq!(
+                staged_files(&share),
+                vec![format!("{}.{DATA_EXT}", staging_stem("k"))]
+            );
+        }
+        let mut s = share
+            .begin("k", Some("e"), 1, data.len() as u64)
+            .expect("begin");
+        assert_eq!(s.offset(), 0, "nothing to resume below CHECKPOINT_BYTES");
+        s.write_all(&data).expect("write");
+        s.publish(&expected(&data), Path::new("k"), 1)
+            .expect("publish");
+        assert!(staged_files(&share).is_empty());
+    }
+
+    #[test]
+    fn a_small_version_drops_the_sidecar_of_a_big_one() {
+        let (_dir, share) = share();
+        {
+            let mut s = share.begin("k", Some("e1"), 1, BIG).expect("begin");
+            s.write_all(&vec![1u8; CHECKPOINT_BYTES as usize])
+                .expect("write");
+        }
+        assert_eq!(staged_files(&share).len(), 2, "data + sidecar");
+        let data = b"now small".to_vec();
+        let mut s = share
+            .begin("k", Some("e2"), 2, data.len() as u64)
+            .expect("begin");
+        assert_eq!(s.offset(), 0);
+        assert_eq!(staged_files(&share).len(), 1, "the old sidecar is gone");
+        s.write_all(&data).expect("write");
+        s.publish(&expected(&data), Path::new("k"), 2)
+            .expect("publish");
+        assert!(staged_files(&share).is_empty());
+        // And a resumable one that is published leaves no sidecar either.
+        let big = vec![2u8; CHECKPOINT_BYTES as usize + 1];
+        let mut s = share.begin("b", Some("e"), 1, BIG).expect("begin");
+        write_chunks(&mut s, &big);
+        s.publish(&expected(&big), Path::new("b"), 1)
+            .expect("publish");
+        assert!(
+            staged_files(&share).is_empty(),
+            "{:?}",
+            staged_files(&share)
+        );
     }
 }

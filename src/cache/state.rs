@@ -12,13 +12,20 @@
 //! over `snapshot`, then swaps in an empty journal the same way. The journal is synced first,
 //! so a crash between the two renames leaves the new snapshot with the whole old journal,
 //! whose replay on top of it changes nothing: every operation is an absolute put or remove.
+//!
+//! The journal also carries publish intents ([`StateStore::intend`]): before a download may be
+//! renamed into the share, its key and version are in the journal for good, so after a crash
+//! between that rename and the record the file is still known as the agent's
+//! ([`StateStore::take_recovered_intents`]). One journal fsync covers a whole batch of intents
+//! (and the records that finished meanwhile), instead of a sidecar file per object. Intents
+//! still pending are carried into the fresh journal at compaction.
 
 use crate::cache::journal::{self, FRAME_CRC, FRAME_HEADER_LEN, JournalError, JournalWriter};
 use crate::model::LocalRecord;
 use serde::{Deserialize, Serialize};
 use std::cell::RefCell;
-use std::collections::BTreeMap;
 use std::collections::btree_map;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Write};
@@ -111,11 +118,24 @@ fn corrupt(path: &Path, detail: impl Into<String>) -> StateError {
     }
 }
 
-/// One journal entry: absolute, so replaying it twice is harmless.
+/// One journal entry: absolute, so replaying it twice is harmless. New variants go last
+/// (postcard encodes the variant index).
 #[derive(Debug, Serialize, Deserialize)]
 enum JournalOp {
     Put(LocalRecord),
     Remove(String),
+    Intent(PublishIntent),
+}
+
+/// "This version of this key may be renamed into the share": journaled before the rename,
+/// resolved by the key's next put or remove.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublishIntent {
+    pub key: String,
+    pub size: u64,
+    pub etag: Option<String>,
+    /// Also the mtime the published file gets.
+    pub last_modified: i64,
 }
 
 /// The records of one share: sorted snapshot on disk + recent changes in memory.
@@ -128,6 +148,12 @@ pub struct StateStore {
     journal_ops: u64,
     len: u64,
     threshold: usize,
+    /// Intents of downloads in flight (bounded by the download queue), rewritten into the
+    /// new journal at compaction.
+    intents: HashMap<String, PublishIntent>,
+    /// Intents found unresolved in the journal at open (the agent stopped between a publish
+    /// and its record).
+    recovered: Vec<PublishIntent>,
 }
 
 impl StateStore {
@@ -154,13 +180,23 @@ impl StateStore {
         let journal_path = dir.join(JOURNAL_FILE);
         let mut delta = BTreeMap::new();
         let mut journal_ops = 0u64;
+        let mut unresolved: HashMap<String, PublishIntent> = HashMap::new();
         let journal = if journal_path.exists() {
             let recovery = journal::read_journal(&journal_path, JOURNAL_KIND, |op: JournalOp| {
                 journal_ops += 1;
                 match op {
-                    JournalOp::Put(rec) => delta.insert(rec.key.clone(), Some(rec)),
-                    JournalOp::Remove(key) => delta.insert(key, None),
-                };
+                    JournalOp::Put(rec) => {
+                        unresolved.remove(&rec.key);
+                        delta.insert(rec.key.clone(), Some(rec));
+                    }
+                    JournalOp::Remove(key) => {
+                        unresolved.remove(&key);
+                        delta.insert(key, None);
+                    }
+                    JournalOp::Intent(intent) => {
+                        unresolved.insert(intent.key.clone(), intent);
+                    }
+                }
             })?;
             if recovery.dropped_bytes > 0 {
                 log::warn!(
@@ -172,8 +208,10 @@ impl StateStore {
             }
             JournalWriter::open_append(&journal_path, JOURNAL_KIND, recovery.valid_len)?
         } else {
-            new_journal(dir)?
+            new_journal(dir, &[])?
         };
+        let mut recovered: Vec<PublishIntent> = unresolved.into_values().collect();
+        recovered.sort_by(|a, b| a.key.cmp(&b.key));
 
         // The count is the snapshot's plus what the delta changed about it.
         let mut len = snapshot.records;
@@ -193,8 +231,14 @@ impl StateStore {
             journal_ops,
             len,
             threshold,
+            intents: HashMap::new(),
+            recovered,
         };
-        store.compact_if_due()?;
+        // Not compacted yet when intents were recovered: compaction would drop them before
+        // the caller has looked at them.
+        if store.recovered.is_empty() {
+            store.compact_if_due()?;
+        }
         Ok(store)
     }
 
@@ -216,6 +260,7 @@ impl StateStore {
             });
         }
         let existed = self.exists(&rec.key)?;
+        self.intents.remove(&rec.key);
         let op = JournalOp::Put(rec);
         self.journal.append(&op)?;
         if let JournalOp::Put(rec) = op {
@@ -230,6 +275,7 @@ impl StateStore {
 
     /// Forget a key (its file was removed). Buffered: durable after the next [`Self::sync`].
     pub fn remove(&mut self, key: &str) -> Result<(), StateError> {
+        self.intents.remove(key);
         if !self.exists(key)? {
             return Ok(());
         }
@@ -238,6 +284,40 @@ impl StateStore {
         self.journal_ops += 1;
         self.len -= 1;
         self.compact_if_due()
+    }
+
+    /// Journal that `intent`'s version may be published at its key's path. Buffered like a
+    /// put: the caller [`Self::sync`]s before the rename may happen. Resolved by the key's
+    /// next put or remove, or dropped from memory by [`Self::abandon_intent`].
+    pub fn intend(&mut self, intent: PublishIntent) -> Result<(), StateError> {
+        let bytes = postcard::to_stdvec(&intent).map_or(usize::MAX, |b| b.len());
+        if bytes > MAX_RECORD_BYTES {
+            return Err(StateError::RecordTooLarge {
+                key: intent.key.chars().take(200).collect(),
+                bytes,
+            });
+        }
+        let op = JournalOp::Intent(intent);
+        self.journal.append(&op)?;
+        if let JournalOp::Intent(intent) = op {
+            self.intents.insert(intent.key.clone(), intent);
+        }
+        self.journal_ops += 1;
+        self.compact_if_due()
+    }
+
+    /// The download behind an intent ended without a publish (failed, or the object went
+    /// away): it need not survive the next compaction. A crash before then makes the caller
+    /// check the file once more, which finds nothing to recover.
+    pub fn abandon_intent(&mut self, key: &str) {
+        self.intents.remove(key);
+    }
+
+    /// Intents left unresolved by an earlier run, each to be checked against the file at its
+    /// path. Call once after opening; [`Self::compact`] afterwards forgets the ones the
+    /// caller did not resolve with a put.
+    pub fn take_recovered_intents(&mut self) -> Vec<PublishIntent> {
+        std::mem::take(&mut self.recovered)
     }
 
     /// Make every put and remove so far durable (and compact when due).
@@ -286,9 +366,12 @@ impl StateStore {
         fs::rename(&tmp, &final_path).map_err(io_err(&final_path))?;
         sync_dir(&self.dir)?;
         self.snapshot = Snapshot::open(&final_path)?;
-        self.journal = new_journal(&self.dir)?;
+        // Downloads in flight keep their intents: the fresh journal starts with them.
+        let pending: Vec<&PublishIntent> = self.intents.values().collect();
+        self.journal = new_journal(&self.dir, &pending)?;
         self.delta.clear();
-        self.journal_ops = 0;
+        self.journal_ops = pending.len() as u64;
+        self.recovered.clear();
         if written != self.len {
             log::warn!(
                 "state {}: counted {} records, snapshot has {written}; using the snapshot",
@@ -316,19 +399,26 @@ impl StateStore {
     }
 }
 
-/// Create an empty journal under a temporary name and rename it into place, so a journal
-/// with a torn header never exists.
-fn new_journal(dir: &Path) -> Result<JournalWriter<JournalOp>, StateError> {
+/// Create a journal holding `intents` under a temporary name, make it durable and rename it
+/// into place, so a journal with a torn header (or without the pending intents) never exists.
+fn new_journal(
+    dir: &Path,
+    intents: &[&PublishIntent],
+) -> Result<JournalWriter<JournalOp>, StateError> {
     let tmp = dir.join(format!("{JOURNAL_FILE}{TMP_SUFFIX}"));
     let path = dir.join(JOURNAL_FILE);
-    drop(JournalWriter::<JournalOp>::create(&tmp, JOURNAL_KIND)?);
+    let mut writer = JournalWriter::<JournalOp>::create(&tmp, JOURNAL_KIND)?;
+    if !intents.is_empty() {
+        for intent in intents {
+            writer.append(&JournalOp::Intent((*intent).clone()))?;
+        }
+        writer.sync()?;
+    }
+    drop(writer);
     fs::rename(&tmp, &path).map_err(io_err(&path))?;
     sync_dir(dir)?;
-    Ok(JournalWriter::open_append(
-        &path,
-        JOURNAL_KIND,
-        journal::HEADER_LEN as u64,
-    )?)
+    let len = fs::metadata(&path).map_err(io_err(&path))?.len();
+    Ok(JournalWriter::open_append(&path, JOURNAL_KIND, len)?)
 }
 
 fn sync_dir(dir: &Path) -> Result<(), StateError> {
@@ -771,6 +861,80 @@ mod tests {
             crc64nvme: version.wrapping_mul(0x9E37_79B9_7F4A_7C15),
             sequencer: version.is_multiple_of(2).then(|| format!("{version:016X}")),
         }
+    }
+
+    fn intent(key: &str, version: u64) -> PublishIntent {
+        let r = rec(key, version);
+        PublishIntent {
+            key: r.key,
+            size: r.size,
+            etag: r.etag,
+            last_modified: r.last_modified,
+        }
+    }
+
+    #[test]
+    fn unresolved_intents_are_recovered_after_a_crash() {
+        let dir = tempfile::tempdir().expect("tmp");
+        {
+            let mut store = StateStore::open(dir.path()).expect("open");
+            store.put(rec("old", 1)).expect("put");
+            for key in ["a", "b", "c", "old"] {
+                store.intend(intent(key, 2)).expect("intend");
+            }
+            store.put(rec("a", 2)).expect("put resolves a");
+            store.remove("old").expect("remove resolves old");
+            store.abandon_intent("c");
+            store.sync().expect("sync");
+            // Dropped without another sync: as if the agent died here.
+        }
+        let mut store = StateStore::open(dir.path()).expect("reopen");
+        // "c" was abandoned only in memory: after a crash it is checked once more.
+        let keys: Vec<String> = store
+            .take_recovered_intents()
+            .into_iter()
+            .map(|i| i.key)
+            .collect();
+        assert_eq!(keys, ["b", "c"]);
+        assert!(store.take_recovered_intents().is_empty());
+        assert_eq!(store.get("a").expect("get"), Some(rec("a", 2)));
+        // Compaction forgets what the caller did not resolve.
+        store.compact().expect("compact");
+        drop(store);
+        let mut store = StateStore::open(dir.path()).expect("reopen");
+        assert!(store.take_recovered_intents().is_empty());
+    }
+
+    #[test]
+    fn compaction_keeps_the_intents_of_downloads_in_flight() {
+        let dir = tempfile::tempdir().expect("tmp");
+        {
+            let mut store = StateStore::open_with_threshold(dir.path(), 4).expect("open");
+            store.intend(intent("in-flight", 1)).expect("intend");
+            store.intend(intent("failed", 1)).expect("intend");
+            store.abandon_intent("failed");
+            // Enough puts to compact (threshold 4) while the download is still running.
+            for i in 0..10 {
+                store.put(rec(&format!("k{i:02}"), 1)).expect("put");
+            }
+            assert!(store.delta_len() < 10, "compacted meanwhile");
+            store.sync().expect("sync");
+        }
+        let mut store = StateStore::open_with_threshold(dir.path(), 4).expect("reopen");
+        assert_eq!(store.take_recovered_intents(), vec![intent("in-flight", 1)]);
+        assert_eq!(store.len(), 10);
+    }
+
+    #[test]
+    fn an_oversized_intent_is_refused() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let mut store = StateStore::open(dir.path()).expect("open");
+        let mut big = intent("k", 1);
+        big.etag = Some("e".repeat(MAX_RECORD_BYTES));
+        assert!(matches!(
+            store.intend(big),
+            Err(StateError::RecordTooLarge { .. })
+        ));
     }
 
     type Model = BTreeMap<String, LocalRecord>;
