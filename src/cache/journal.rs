@@ -24,6 +24,8 @@ pub const HEADER_LEN: usize = 8;
 pub const FRAME_HEADER_LEN: usize = 8;
 /// Largest payload a frame may carry. Bigger lengths are treated as garbage.
 pub const MAX_FRAME: usize = 64 * 1024;
+/// Appended records are buffered up to this much before they are written to the file.
+pub const JOURNAL_BUFFER: usize = 1024 * 1024;
 
 /// CRC-32C guards each payload (catches torn and flipped bytes).
 pub(crate) static FRAME_CRC: crc::Crc<u32, crc::Table<16>> =
@@ -297,7 +299,10 @@ impl<T: Serialize> JournalWriter<T> {
     fn from_file(path: &Path, file: File) -> Self {
         JournalWriter {
             path: path.to_path_buf(),
-            out: BufWriter::with_capacity(64 * 1024, file),
+            // Appends stay in memory until `sync` (callers sync far more often than every
+            // MiB), so a record cannot reach the disk before what it describes is durable.
+            // Only the bytes actually buffered are touched: RSS is what is between syncs.
+            out: BufWriter::with_capacity(JOURNAL_BUFFER, file),
             scratch: Vec::new(),
             _records: PhantomData,
         }
