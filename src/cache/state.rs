@@ -253,13 +253,7 @@ impl StateStore {
 
     /// Record a published file. Buffered: durable after the next [`Self::sync`].
     pub fn put(&mut self, rec: LocalRecord) -> Result<(), StateError> {
-        let bytes = postcard::to_stdvec(&rec).map_or(usize::MAX, |b| b.len());
-        if bytes > MAX_RECORD_BYTES {
-            return Err(StateError::RecordTooLarge {
-                key: rec.key.chars().take(200).collect(),
-                bytes,
-            });
-        }
+        refuse_oversized(&rec, &rec.key)?;
         let existed = self.exists(&rec.key)?;
         self.intents.remove(&rec.key);
         let op = JournalOp::Put(rec);
@@ -291,13 +285,7 @@ impl StateStore {
     /// put: the caller [`Self::sync`]s before the rename may happen. Resolved by the key's
     /// next put or remove, or dropped from memory by [`Self::abandon_intent`].
     pub fn intend(&mut self, intent: PublishIntent) -> Result<(), StateError> {
-        let bytes = postcard::to_stdvec(&intent).map_or(usize::MAX, |b| b.len());
-        if bytes > MAX_RECORD_BYTES {
-            return Err(StateError::RecordTooLarge {
-                key: intent.key.chars().take(200).collect(),
-                bytes,
-            });
-        }
+        refuse_oversized(&intent, &intent.key)?;
         let op = JournalOp::Intent(intent);
         self.journal.append(&op)?;
         if let JournalOp::Intent(intent) = op {
@@ -402,6 +390,18 @@ impl StateStore {
             None => Ok(self.snapshot.get(key)?.is_some()),
         }
     }
+}
+
+/// A record or intent must fit one snapshot block (and one journal frame).
+fn refuse_oversized<T: Serialize>(value: &T, key: &str) -> Result<(), StateError> {
+    let bytes = postcard::to_stdvec(value).map_or(usize::MAX, |b| b.len());
+    if bytes > MAX_RECORD_BYTES {
+        return Err(StateError::RecordTooLarge {
+            key: key.chars().take(200).collect(),
+            bytes,
+        });
+    }
+    Ok(())
 }
 
 /// Create a journal holding `intents` under a temporary name, make it durable and rename it
