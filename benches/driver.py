@@ -290,10 +290,8 @@ def bench_sync(tools, bucket, dataset, reps, names, results, work):
     warm_page_cache(work / "s3root", bucket)
     variants = tools.variants()
     names = [n for n in names if n in variants]
-    # Many small files: keep deletions out of the runs (see fresh_dir).
+    # Many small files: keep deletions out of the runs (see fresh_dir; main() empties it).
     trash = work / "trash" if count >= 1000 else None
-    if trash is not None and trash.exists():
-        shutil.rmtree(trash)
     for rep in range(reps):
         order = names[rep % len(names):] + names[: rep % len(names)]
         for name in order:
@@ -321,8 +319,6 @@ def bench_sync(tools, bucket, dataset, reps, names, results, work):
                 f"{dataset} rep {rep + 1}/{reps} {name:<20} full {secs:7.2f} s  no-op {nsecs:6.2f} s"
                 f"  rss {rss // 1024} MiB  {'ok' if ok else f'FAILED rc={rc} files={files} bytes={nbytes}'}"
             )
-    if trash is not None and trash.exists():
-        shutil.rmtree(trash)
     for name, entry in results.get(dataset, {}).items():
         entry["full_median_s"] = median(entry["full_s"])
         entry["noop_median_s"] = median(entry["noop_s"])
@@ -878,6 +874,10 @@ def main():
     if args.crc_json:
         result["crc"] = json.loads(Path(args.crc_json).read_text())
 
+    # Trees of an earlier run are deleted at the end, with this run's (see fresh_dir).
+    if (work / "trash").exists():
+        (work / "trash").rename(work / f"trash-{time.monotonic_ns()}")
+
     root = work / "s3root"
     root.mkdir(parents=True, exist_ok=True)
     needed = [d for d in ("small", "large") if d in sections or "ceiling" in sections]
@@ -928,6 +928,8 @@ def main():
         if a and a.get("peak_rss_kib"):
             result["memory"].setdefault(f"peak_sync_{ds}_set_kib", max(a["peak_rss_kib"]))
 
+    for old in work.glob("trash*"):
+        shutil.rmtree(old, ignore_errors=True)
     result["loadavg_end"] = os.getloadavg()[0]
     result["targets"] = judge(result)
     (out_dir / "latest.json").write_text(json.dumps(result, indent=2) + "\n")

@@ -11,7 +11,9 @@
 # crc, small, large, ceiling, memory, events. --quick: 1 repetition, 100 events.
 # --before: another sgw-agent binary (e.g. a build of an older commit) measured side by side
 # as "sgw-agent-before" in the sync tables. --variant "NAME:toml line;…": another agent
-# configuration, e.g. --variant "sgw-agent-16:download_concurrency = 16".
+# configuration, e.g. --variant "sgw-agent-16:download_concurrency = 16". --ablate-fsync: also
+# run the agent with fsync turned into a no-op (eatmydata), to show what durability costs; a
+# measurement only, never a way to run the agent.
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -21,6 +23,7 @@ reps=3
 events=500
 only="crc,small,large,ceiling,memory,events"
 variants=()
+ablate_fsync=0
 while (($#)); do
     case "$1" in
         --reps) reps="$2"; shift 2 ;;
@@ -29,7 +32,8 @@ while (($#)); do
         --quick) reps=1; events=100; shift ;;
         --before) variants+=(--agent-variant "sgw-agent-before:bin=$(realpath "$2")"); shift 2 ;;
         --variant) variants+=(--agent-variant "$2"); shift 2 ;;
-        -h | --help) sed -n '2,14p' "$0"; exit 0 ;;
+        --ablate-fsync) ablate_fsync=1; shift ;;
+        -h | --help) sed -n '2,16p' "$0"; exit 0 ;;
         *) echo "run.sh: unknown argument $1 (see --help)" >&2; exit 64 ;;
     esac
 done
@@ -47,6 +51,7 @@ step() { echo "==> [bench] $*" >&2; }
 missing=()
 command -v rclone >/dev/null || missing+=(rclone)
 command -v curl >/dev/null || missing+=(curl)
+((ablate_fsync)) && ! command -v eatmydata >/dev/null && missing+=(eatmydata)
 [[ -x /usr/bin/time ]] || missing+=(time)
 if ((${#missing[@]})); then
     step "apt-get install ${missing[*]}"
@@ -76,6 +81,11 @@ if ! [[ -x "$aws_venv/bin/aws" ]] || [[ "$("$aws_venv/bin/aws" --version 2>&1)" 
     "$aws_venv/bin/pip" install --quiet --disable-pip-version-check "awscli==$AWSCLI_VERSION" \
         >"$bench/logs/awscli-install.log" 2>&1 ||
         { tail -n 30 "$bench/logs/awscli-install.log" >&2; exit 1; }
+fi
+
+if ((ablate_fsync)); then
+    eatmydata_lib="$(dpkg -L libeatmydata1 | grep -m1 '/libeatmydata\.so$')"
+    variants+=(--agent-variant "sgw-agent-nofsync:env=LD_PRELOAD=$eatmydata_lib")
 fi
 
 # --- builds ---------------------------------------------------------------------------------
