@@ -18,7 +18,8 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::mpsc::{Receiver, Sender, SyncSender, channel, sync_channel};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, SyncSender, channel, sync_channel};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -204,7 +205,14 @@ impl Iterator for SpooledListing {
                 self.done = true;
                 return Some(Err(ShareError::Stopped));
             }
-            match self.news.recv() {
+            // Waiting for the lister: wake now and then, so a stop is not held up by a slow
+            // server (the lister notices the stop between pages).
+            let news = match self.news.recv_timeout(Duration::from_millis(200)) {
+                Err(RecvTimeoutError::Timeout) => continue,
+                Ok(news) => Ok(news),
+                Err(RecvTimeoutError::Disconnected) => Err(()),
+            };
+            match news {
                 Ok(Spooled::Entries(n)) => self.ready += n,
                 Ok(Spooled::End) => self.done = true,
                 Ok(Spooled::Failed(e)) => {
@@ -231,7 +239,6 @@ mod tests {
     use super::*;
     use crate::cloud::{CloudError, ListPage};
     use std::sync::Mutex;
-    use std::time::Duration;
 
     /// A bucket of `keys` served `per_page` at a time; `fail_at` makes that page an error,
     /// `panic_at` kills the fetching thread there.

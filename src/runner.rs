@@ -25,7 +25,7 @@ use crate::control::protocol::{
     AssignmentEntry, AssignmentsResponse, ProgressRequest, RegisterRequest, RegisteredShare,
     ShareProgress,
 };
-use crate::service::{Notifier, ReloadRequest, Shutdown};
+use crate::service::{Heartbeat, Notifier, ReloadRequest, Shutdown};
 use crate::share::{ProgressSink, Share, ShareContext};
 use crate::status::{ShareState, ShareStatus, read_status, unix_now, write_status};
 
@@ -207,6 +207,7 @@ struct Running {
     creds: Credentials,
     shutdown: Shutdown,
     idle: Arc<AtomicBool>,
+    heartbeat: Heartbeat,
     handle: JoinHandle<()>,
 }
 
@@ -332,6 +333,17 @@ impl ShareSet {
             .map(|(n, _)| n.clone())
     }
 
+    /// Running shares whose thread has not shown progress for `limit` (name, time since).
+    /// A share parked on purpose (long poll, waiting for its next reconcile) is not stuck.
+    pub fn stalled(&self, limit: Duration) -> Vec<(String, Duration)> {
+        self.running
+            .iter()
+            .filter(|(_, r)| !r.quiet())
+            .map(|(n, r)| (n.clone(), r.heartbeat.age()))
+            .filter(|(_, age)| *age >= limit)
+            .collect()
+    }
+
     /// For `systemctl status`.
     pub fn status_line(&self) -> String {
         let mut line = format!("{} share(s) running", self.running.len());
@@ -358,6 +370,7 @@ impl ShareSet {
         match Share::open(ctx) {
             Ok(mut s) => {
                 let idle = Arc::clone(&s.idle);
+                let heartbeat = s.heartbeat.clone();
                 let handle = std::thread::Builder::new()
                     .name(format!("sgw-share-{}", share.name))
                     .spawn(move || s.run())
@@ -373,6 +386,7 @@ impl ShareSet {
                         creds: creds.clone(),
                         shutdown,
                         idle,
+                        heartbeat,
                         handle,
                     },
                 );
@@ -536,6 +550,11 @@ pub fn plan_reload<S: PartialEq>(
     plan
 }
 
+/// A share thread that has not shown progress for this long is taken as stuck. Far above its
+/// longest legitimate wait (a request retried with timeouts: about five minutes), so a slow
+/// network or card never restarts a working agent.
+const SHARE_STALL_LIMIT: Duration = Duration::from_secs(15 * 60);
+
 /// Poll granularity of the daemon's main loop (watchdog, reload, control).
 const TICK: Duration = Duration::from_millis(200);
 /// A share that could not start (its disk not mounted yet, …) is tried again this often.
@@ -584,8 +603,27 @@ pub fn run_daemon(cfg: &Config, creds: &Credentials, shutdown: &Shutdown) -> i32
     let mut last_status = set.status_line();
     notifier.ready(&last_status);
     let mut code = 0;
+    let mut reported_stall = false;
     while !shutdown.is_triggered() {
-        notifier.feed_watchdog();
+        // A stuck share thread stops the watchdog pings: systemd then restarts the agent.
+        let stalled = set.stalled(SHARE_STALL_LIMIT);
+        if stalled.is_empty() {
+            notifier.feed_watchdog();
+            reported_stall = false;
+        } else if !reported_stall {
+            reported_stall = true;
+            for (name, age) in &stalled {
+                error!(
+                    "share {name}: no progress for {}s; {}",
+                    age.as_secs(),
+                    if notifier.watchdog_interval().is_some() {
+                        "no longer feeding the systemd watchdog, so systemd restarts the agent"
+                    } else {
+                        "restart the agent (no systemd watchdog is configured to do it)"
+                    }
+                );
+            }
+        }
         if reload.take() {
             info!("SIGHUP: re-reading {}", cfg.file.display());
             notifier.reloading("re-reading the configuration");
@@ -752,6 +790,47 @@ mod tests {
 
     fn map(entries: &[(&str, u32)]) -> BTreeMap<String, u32> {
         entries.iter().map(|(n, v)| (n.to_string(), *v)).collect()
+    }
+
+    #[test]
+    fn a_share_stuck_on_its_server_is_reported_stalled_and_stops_at_once() {
+        // Accepts connections (the kernel completes the handshake) and never answers: the
+        // share thread waits for its listing.
+        let blackhole = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = blackhole.local_addr().expect("addr").port();
+        let dir = tempfile::tempdir().expect("tmp");
+        let share_dir = dir.path().join("share");
+        std::fs::create_dir(&share_dir).expect("mkdir");
+        let file = dir.path().join("agent.toml");
+        let text = format!(
+            "state_dir = \"{}\"\n[[share]]\nname = \"stuck\"\npath = \"{}\"\nbucket = \"silent-bucket\"\n\
+             endpoint = \"http://127.0.0.1:{port}\"\nregion = \"us-east-1\"\nallow_http = true\n",
+            dir.path().join("state").display(),
+            share_dir.display()
+        );
+        let cfg = Config::parse(&file, &text).expect("config");
+        let creds = Credentials {
+            access_key_id: "AKIDEXAMPLE".into(),
+            secret_access_key: "not-a-secret".into(),
+            session_token: None,
+        };
+        let mut set = ShareSet::new();
+        set.apply(&cfg, &creds, &effective_shares(&cfg, None));
+        assert_eq!(set.len(), 1);
+        std::thread::sleep(Duration::from_millis(1500));
+        let stalled = set.stalled(Duration::from_secs(1));
+        assert_eq!(stalled.len(), 1, "{stalled:?}");
+        assert_eq!(stalled[0].0, "stuck");
+        assert!(stalled[0].1 >= Duration::from_secs(1));
+        assert!(set.stalled(SHARE_STALL_LIMIT).is_empty());
+        // A stop does not wait for the silent server.
+        let started = Instant::now();
+        set.stop_all(Duration::from_secs(10), &mut Notifier::from_env());
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            started.elapsed()
+        );
     }
 
     #[test]

@@ -8,8 +8,48 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+
+/// When a worker thread last showed progress. Share threads beat as they go; the daemon's
+/// main loop stops feeding the systemd watchdog when one has not beaten for a long time, so a
+/// wedged share (a hung disk, a deadlock) ends in a restart instead of silence.
+#[derive(Clone, Debug)]
+pub struct Heartbeat(Arc<AtomicU64>);
+
+/// The clock heartbeats count from (monotonic; milliseconds fit an `AtomicU64` for ages).
+fn heartbeat_epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+impl Heartbeat {
+    /// A heartbeat that has just beaten.
+    pub fn new() -> Heartbeat {
+        let h = Heartbeat(Arc::new(AtomicU64::new(0)));
+        h.beat();
+        h
+    }
+
+    pub fn beat(&self) {
+        let now = u64::try_from(heartbeat_epoch().elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.0.store(now, Ordering::Relaxed);
+    }
+
+    /// Time since the last beat.
+    pub fn age(&self) -> Duration {
+        heartbeat_epoch()
+            .elapsed()
+            .saturating_sub(Duration::from_millis(self.0.load(Ordering::Relaxed)))
+    }
+}
+
+impl Default for Heartbeat {
+    fn default() -> Self {
+        Heartbeat::new()
+    }
+}
 
 /// A cheap, clonable "please stop" flag. Loops check it between units of work; sleeps use
 /// [`Shutdown::sleep`] so they end early when it is set.
@@ -404,6 +444,16 @@ pub fn civil_from_days(z: i64) -> (i64, u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_heartbeat_ages_until_it_beats_again() {
+        let h = Heartbeat::new();
+        let seen_by_the_main_loop = h.clone();
+        std::thread::sleep(Duration::from_millis(30));
+        assert!(seen_by_the_main_loop.age() >= Duration::from_millis(30));
+        h.beat();
+        assert!(seen_by_the_main_loop.age() < Duration::from_millis(30));
+    }
 
     #[test]
     fn civil_dates() {

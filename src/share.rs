@@ -32,7 +32,7 @@ use crate::engine::progress::{Progress, ProgressMeter};
 use crate::engine::{FileFacts, SyncAction};
 use crate::listing::SpooledListing;
 use crate::model::{ConsistencyCheck, LocalRecord, ObjectMeta};
-use crate::service::Shutdown;
+use crate::service::{Heartbeat, Shutdown};
 use crate::status::{ShareState, ShareStatus, unix_now, write_status};
 
 /// A message that keeps failing (unparseable, or its change cannot be applied) is removed
@@ -477,6 +477,8 @@ pub struct Share {
     /// Set while the share thread waits in a long poll with nothing pending: the daemon may
     /// exit then without waiting for the poll to return.
     pub idle: Arc<AtomicBool>,
+    /// Beaten whenever the share thread gets on with its work (the daemon watches it).
+    pub heartbeat: Heartbeat,
     /// While a queue batch is applied: `batch_ok[i]` is false once any effect of message `i`
     /// failed. Empty during a full sync.
     batch_ok: Vec<bool>,
@@ -528,6 +530,7 @@ impl Share {
             unsynced_records: 0,
             last_state_sync: Instant::now(),
             idle: Arc::new(AtomicBool::new(false)),
+            heartbeat: Heartbeat::new(),
             batch_ok: Vec::new(),
             status_stale: false,
             pending_jobs: Vec::new(),
@@ -657,7 +660,7 @@ impl Share {
                     Some(facts),
                 )
             {
-                let crc = crc_of_file(&self.ctx.cfg.path.join(&rel))?;
+                let crc = crc_of_file(&self.ctx.cfg.path.join(&rel), &self.heartbeat)?;
                 self.state.put(LocalRecord {
                     key: intent.key.clone(),
                     size: facts.size,
@@ -969,7 +972,7 @@ impl Share {
                     self.ctx.cfg.consistency_check,
                 )
             {
-                match crc_of_file(&self.ctx.cfg.path.join(&rel)) {
+                match crc_of_file(&self.ctx.cfg.path.join(&rel), &self.heartbeat) {
                     Ok(crc) if m.crc64nvme.is_none_or(|c| c == crc) => {
                         let rec = record_after_download(&m, crc, sequencer.as_deref(), None);
                         self.state.put(rec)?;
@@ -1030,6 +1033,7 @@ impl Share {
         progress: &mut Progress,
         wait: Duration,
     ) -> Result<(), ShareError> {
+        self.heartbeat.beat();
         let mut first = true;
         while let Some(r) = self.pool.recv(if first { wait } else { Duration::ZERO }) {
             first = false;
@@ -1144,6 +1148,7 @@ impl Share {
         let root = self.ctx.cfg.path.clone();
         let mut stack = vec![PathBuf::new()];
         while let Some(rel_dir) = stack.pop() {
+            self.heartbeat.beat();
             let Ok(entries) = std::fs::read_dir(root.join(&rel_dir)) else {
                 continue;
             };
@@ -1186,6 +1191,7 @@ impl Share {
         let mut queue_failing = false;
         let mut backoff = Duration::from_secs(1);
         while !self.ctx.shutdown.is_triggered() {
+            self.heartbeat.beat();
             let interval = self.ctx.cfg.full_sync_interval_secs;
             if need_full_sync
                 || (interval > 0 && last_full.elapsed() >= Duration::from_secs(interval))
@@ -1228,6 +1234,7 @@ impl Share {
             self.idle.store(true, Ordering::SeqCst);
             let received = queue.receive(10, LONG_POLL_SECS);
             self.idle.store(false, Ordering::SeqCst);
+            self.heartbeat.beat();
             match received {
                 Ok(msgs) => {
                     if queue_failing {
@@ -1334,6 +1341,7 @@ impl Share {
         let mut progress = Progress::default();
         let mode = self.ctx.cfg.consistency_check;
         for (key, events) in by_key {
+            self.heartbeat.beat();
             let local = self.state.get(&key)?;
             let mut need_head = false;
             let mut sequencer: Option<String> = None;
@@ -1501,7 +1509,9 @@ fn is_md5_etag(etag: &str) -> bool {
     etag.len() == 32 && etag.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
-fn crc_of_file(path: &Path) -> std::io::Result<u64> {
+/// CRC-64/NVME of a local file (adoption, recovery); beats `heartbeat` as it reads, since a
+/// big file on a slow card can take minutes.
+fn crc_of_file(path: &Path, heartbeat: &Heartbeat) -> std::io::Result<u64> {
     let mut f = std::fs::File::open(path)?;
     let mut crc = Crc64Nvme::new();
     let mut buf = vec![0u8; 256 * 1024];
@@ -1511,5 +1521,6 @@ fn crc_of_file(path: &Path) -> std::io::Result<u64> {
             return Ok(crc.finish());
         }
         crc.update(&buf[..n]);
+        heartbeat.beat();
     }
 }
