@@ -284,8 +284,43 @@ def warm_page_cache(root, bucket):
                     pass
 
 
-def bench_sync(tools, bucket, dataset, reps, names, results, work):
-    """Full sync into an empty directory, then a no-op re-sync, per tool, alternating."""
+class FreshExt4:
+    """A freshly made ext4 for every run, on a loop device: mkfs.ext4's defaults (with its
+    journal), as on an appliance's SD card or disk. No earlier files, no earlier deletions;
+    fsync costs a journal commit and a device flush, as it does there."""
+
+    def __init__(self, work, size_mib=2048):
+        self.img = work / "ext4.img"
+        self.mnt = work / "ext4-mnt"
+        self.size = size_mib << 20
+
+    @staticmethod
+    def available():
+        return (os.geteuid() == 0 and shutil.which("mkfs.ext4") is not None
+                and shutil.which("losetup") is not None and Path("/dev/loop-control").exists())
+
+    def fresh(self):
+        self.unmount()
+        self.mnt.mkdir(parents=True, exist_ok=True)
+        with open(self.img, "wb") as f:
+            f.truncate(self.size)
+        subprocess.run(["mkfs.ext4", "-q", "-F", str(self.img)], check=True)
+        subprocess.run(["mount", "-o", "loop", str(self.img), str(self.mnt)], check=True)
+        return self.mnt
+
+    def unmount(self):
+        if os.path.ismount(self.mnt):
+            subprocess.run(["umount", str(self.mnt)], check=True)
+
+    def close(self):
+        self.unmount()
+        self.img.unlink(missing_ok=True)
+
+
+def bench_sync(tools, bucket, dataset, reps, names, results, work, fs=None, key=None):
+    """Full sync into an empty directory, then a no-op re-sync, per tool, alternating. With
+    `fs` (FreshExt4), each run gets a new file system; results go under `key`."""
+    key = key or dataset
     count, size = DATASETS[dataset]
     warm_page_cache(work / "s3root", bucket)
     variants = tools.variants()
@@ -296,10 +331,11 @@ def bench_sync(tools, bucket, dataset, reps, names, results, work):
         order = names[rep % len(names):] + names[: rep % len(names)]
         for name in order:
             build, env = variants[name]
-            dest = work / "dest" / name
-            state = work / "state" / name
-            fresh_dir(dest, trash)
-            fresh_dir(state, trash)
+            root = fs.fresh() if fs else work
+            dest = root / "dest" / name
+            state = root / "state" / name
+            fresh_dir(dest, None if fs else trash)
+            fresh_dir(state, None if fs else trash)
             os.sync()
             logf = work / "logs" / f"{dataset}-{name}.log"
             secs, rc, rss = timed(build(bucket, dest, state), env, logf)
@@ -307,7 +343,7 @@ def bench_sync(tools, bucket, dataset, reps, names, results, work):
             ok = rc == 0 and files == count and nbytes == count * size
             os.sync()
             nsecs, nrc, nrss = timed(build(bucket, dest, state), env, logf)
-            entry = results.setdefault(dataset, {}).setdefault(
+            entry = results.setdefault(key, {}).setdefault(
                 name, {"full_s": [], "noop_s": [], "peak_rss_kib": [], "noop_rss_kib": [], "ok": True}
             )
             entry["full_s"].append(round(secs, 3))
@@ -316,10 +352,10 @@ def bench_sync(tools, bucket, dataset, reps, names, results, work):
             entry["noop_rss_kib"].append(nrss)
             entry["ok"] &= ok and nrc == 0
             log(
-                f"{dataset} rep {rep + 1}/{reps} {name:<20} full {secs:7.2f} s  no-op {nsecs:6.2f} s"
+                f"{key} rep {rep + 1}/{reps} {name:<20} full {secs:7.2f} s  no-op {nsecs:6.2f} s"
                 f"  rss {rss // 1024} MiB  {'ok' if ok else f'FAILED rc={rc} files={files} bytes={nbytes}'}"
             )
-    for name, entry in results.get(dataset, {}).items():
+    for name, entry in results.get(key, {}).items():
         entry["full_median_s"] = median(entry["full_s"])
         entry["noop_median_s"] = median(entry["noop_s"])
         entry["mb_per_s"] = round(count * size / entry["full_median_s"] / 1e6, 1)
@@ -652,14 +688,20 @@ def markdown(r):
         "",
     ]
     agent_name = r["agent_headline"]
-    for ds, title in (("small", "10,000 × 4 KiB"), ("large", "16 × 64 MiB")):
+    for ds, title, where in (
+        ("small", "10,000 × 4 KiB", ""),
+        ("large", "16 × 64 MiB", ""),
+        ("small-ext4", "10,000 × 4 KiB onto a fresh journaled ext4",
+         "; each run on a newly made ext4 with mkfs.ext4's defaults, journal included, on a loop "
+         "device: what an appliance's disk usually has, where every fsync is a journal commit"),
+    ):
         res = r["sync"].get(ds)
         if not res:
             continue
         a = res.get(agent_name, {})
         lines += [
-            f"**Full sync {title}** (s3s-fs on loopback; ratio = tool time / {agent_name} time, "
-            "> 1 means the agent is faster)",
+            f"**Full sync {title}** (s3s-fs on loopback{where}; ratio = tool time / {agent_name} "
+            "time, > 1 means the agent is faster)",
             "",
             "| tool | full sync | MB/s | objects/s | ratio | no-op re-sync | ratio | peak RSS |",
             "|---|---:|---:|---:|---:|---:|---:|---:|",
@@ -846,8 +888,8 @@ def main():
     p.add_argument("--events", type=int, default=500)
     p.add_argument("--memory-counts", type=lambda t: tuple(int(x) for x in t.split(",")),
                    default=(10_000, 100_000), help="two object counts for the RSS comparison")
-    p.add_argument("--only", default="small,large,ceiling,memory,events",
-                   help="comma list of sections: small, large, ceiling, memory, events")
+    p.add_argument("--only", default="small,large,ceiling,ext4,memory,events",
+                   help="comma list of sections: small, large, ceiling, ext4, memory, events")
     p.add_argument("--tools", default="sgw-agent,rclone,rclone-nokeepalive,aws")
     p.add_argument("--agent-variant", action="append", dest="agent_variants_raw", default=[],
                    help="extra agent variant, e.g. 'sgw-agent-c16:download_concurrency = 16'")
@@ -881,6 +923,8 @@ def main():
     root = work / "s3root"
     root.mkdir(parents=True, exist_ok=True)
     needed = [d for d in ("small", "large") if d in sections or "ceiling" in sections]
+    if "ext4" in sections:
+        needed.append("small")
     buckets = {d: make_dataset(root, d) for d in dict.fromkeys(needed)}
 
     s3s = None
@@ -905,6 +949,20 @@ def main():
                                                keepalive=(ds == "large")))
                     result["ceiling"][ds] = runs
                     log(f"curl ceiling {ds}: " + ", ".join(f"{c['parallel']} streams {c['mb_per_s']} MB/s" for c in runs))
+            if "ext4" in sections:
+                if FreshExt4.available():
+                    # The agent (and its variants) against the fastest rclone; the slow
+                    # configurations add nothing here but minutes.
+                    ext4_names = [n for n in tool_names if n.startswith("sgw-agent")]
+                    ext4_names.append("rclone-nokeepalive")
+                    fs = FreshExt4(work)
+                    try:
+                        bench_sync(tools, buckets["small"], "small", args.reps, ext4_names,
+                                   result["sync"], work, fs=fs, key="small-ext4")
+                    finally:
+                        fs.close()
+                else:
+                    log("ext4 section skipped: needs root, mkfs.ext4, losetup and loop devices")
     finally:
         stop(s3s)
 
