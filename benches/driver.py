@@ -726,11 +726,11 @@ def markdown(r):
                 lines.append("")
                 same = {c["parallel"]: c for c in ceil}
                 text = (
-                    f"{agent_name} (8 download workers, the default) reaches "
+                    f"{agent_name} (4 download workers, the default) reaches "
                     f"{100 * a['mb_per_s'] / best['mb_per_s']:.0f} % of the best raw GET throughput"
                 )
-                if 8 in same:
-                    text += f", {100 * a['mb_per_s'] / same[8]['mb_per_s']:.0f} % of curl with 8 streams"
+                if 4 in same:
+                    text += f", {100 * a['mb_per_s'] / same[4]['mb_per_s']:.0f} % of curl with 4 streams"
                 a16 = res.get("sgw-agent-16", {})
                 if a16.get("mb_per_s") and 16 in same:
                     text += (
@@ -944,7 +944,7 @@ def main():
                     bench_sync(tools, buckets[ds], ds, args.reps, tool_names, result["sync"], work)
                 if "ceiling" in sections:
                     runs = []
-                    for par in (8, 16):
+                    for par in (4, 16):
                         runs.append(bench_curl(args, endpoint, buckets[ds], ds, args.reps, par,
                                                keepalive=(ds == "large")))
                     result["ceiling"][ds] = runs

@@ -26,8 +26,6 @@ pub const DEFAULT_CONFIG_PATH: &str = "/etc/sgw-agent/agent.toml";
 
 const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
 const MAX_SHARES: usize = 256;
-/// Parallel downloads per share when the configuration does not say.
-pub const DEFAULT_DOWNLOAD_CONCURRENCY: usize = 8;
 const MAX_DOWNLOAD_CONCURRENCY: usize = 64;
 
 /// A configuration problem: which file, which key, what was expected.
@@ -379,10 +377,7 @@ fn validate_share(
         }
     };
     let download_concurrency = match s.download_concurrency {
-        // Eight parallel downloads: over a WAN every small GET waits a round trip, and on a
-        // journaled disk concurrent fsyncs share journal commits (benches: 16 x 64 MiB +10 %,
-        // 10,000 x 4 KiB onto ext4 +11 % against 4), for ~2 MiB more RSS than 4.
-        None => DEFAULT_DOWNLOAD_CONCURRENCY,
+        None => 4,
         Some(n) if (1..=MAX_DOWNLOAD_CONCURRENCY as i64).contains(&n) => n as usize,
         Some(n) => {
             return Err((
