@@ -930,6 +930,39 @@ mod tests {
         assert_eq!(store.len(), 10);
     }
 
+    /// The share fsyncs the directories of published renames and only then calls `sync`: no
+    /// record may reach the journal file, or be folded into a snapshot, before that call.
+    #[test]
+    fn nothing_reaches_the_disk_before_sync() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let mut store = StateStore::open_with_threshold(dir.path(), 2).expect("open");
+        let journal_len = || {
+            fs::metadata(dir.path().join(JOURNAL_FILE))
+                .expect("journal")
+                .len()
+        };
+        let empty = journal_len();
+        for i in 0..5 {
+            store.put(rec(&format!("k{i}"), 1)).expect("put");
+        }
+        store.intend(intent("k9", 1)).expect("intend");
+        store.remove("k0").expect("remove");
+        assert_eq!(journal_len(), empty, "appends stay in memory until sync");
+        assert!(
+            !dir.path().join(SNAPSHOT_FILE).exists(),
+            "no compaction before sync"
+        );
+        assert_eq!(store.delta_len(), 5);
+        store.sync().expect("sync");
+        // Past the threshold: compacted now, with the pending intent carried over.
+        assert!(dir.path().join(SNAPSHOT_FILE).exists());
+        assert!(journal_len() > empty);
+        drop(store);
+        let mut store = StateStore::open_with_threshold(dir.path(), 2).expect("reopen");
+        assert_eq!(store.len(), 4);
+        assert_eq!(store.take_recovered_intents(), vec![intent("k9", 1)]);
+    }
+
     #[test]
     fn an_oversized_intent_is_refused() {
         let dir = tempfile::tempdir().expect("tmp");
