@@ -602,7 +602,7 @@ impl Share {
         if self.pending_jobs.is_empty() {
             return Ok(());
         }
-        self.unsynced_records += 1;
+        // Every pending job journaled an intent, so there is something to sync.
         self.sync_state(true)?;
         for job in std::mem::take(&mut self.pending_jobs) {
             while self.pool.is_full() {
@@ -701,7 +701,7 @@ impl Share {
 
         // One listing, spooled (crate::listing): downloads start at once, and the totals for
         // SyncProgress arrive as soon as the listing is through (the meter never goes
-        // backwards meanwhile). The merge tallies what it read for the final totals.
+        // backwards meanwhile).
         let spool_path = self.ctx.state_dir.join(LISTING_SPOOL);
         let (remote, counted) = SpooledListing::open(
             Arc::clone(&self.ctx.store),
@@ -716,17 +716,8 @@ impl Share {
             ))
         })?;
         let mut progress = Progress::default();
-        let listed = std::rc::Rc::new(std::cell::Cell::new((0u64, 0u64)));
-        let tally = std::rc::Rc::clone(&listed);
-
         let mut report = SyncReport::default();
         let mode = self.ctx.cfg.consistency_check;
-        let remote = remote.inspect(move |item| {
-            if let Ok(o) = item {
-                let (objects, bytes) = tally.get();
-                tally.set((objects + 1, bytes + o.size));
-            }
-        });
         let local = self
             .state
             .iter_sorted()?
@@ -739,11 +730,8 @@ impl Share {
                 outcome = Err(ShareError::Stopped);
                 break;
             }
-            if let Ok((objects, bytes)) = counted.try_recv() {
-                progress.total_objects = objects;
-                progress.total_bytes = bytes;
-                self.status.objects_total = objects;
-                self.status.bytes_total = bytes;
+            if let Ok(totals) = counted.try_recv() {
+                self.set_totals(&mut progress, totals);
             }
             let action = match action {
                 Ok(a) => a,
@@ -768,9 +756,8 @@ impl Share {
         }
         // Drain what is in flight even when stopping: finished downloads are kept.
         while self.work_outstanding() {
-            if let Ok((objects, bytes)) = counted.try_recv() {
-                progress.total_objects = objects;
-                progress.total_bytes = bytes;
+            if let Ok(totals) = counted.try_recv() {
+                self.set_totals(&mut progress, totals);
             }
             self.finish_downloads(&mut report, &mut progress, Duration::from_millis(200))?;
             if last_progress.elapsed() >= Duration::from_secs(1) {
@@ -779,13 +766,11 @@ impl Share {
             }
         }
         self.sync_state(true)?;
-        if outcome.is_ok() {
-            // The whole listing went through the merge: its tally is the exact total.
-            let (objects, bytes) = listed.get();
-            progress.total_objects = objects;
-            progress.total_bytes = bytes;
-            self.status.objects_total = objects;
-            self.status.bytes_total = bytes;
+        // A merge that ran to its end read the lister's end, which comes after the totals.
+        if outcome.is_ok()
+            && let Ok(totals) = counted.try_recv()
+        {
+            self.set_totals(&mut progress, totals);
         }
         if let Err(e) = outcome {
             self.status.state = if matches!(e, ShareError::Stopped) {
@@ -834,6 +819,14 @@ impl Share {
             report.failed
         );
         Ok(report)
+    }
+
+    /// The listing's totals (objects, bytes under the prefix), for SyncProgress and status.
+    fn set_totals(&mut self, progress: &mut Progress, (objects, bytes): (u64, u64)) {
+        progress.total_objects = objects;
+        progress.total_bytes = bytes;
+        self.status.objects_total = objects;
+        self.status.bytes_total = bytes;
     }
 
     fn show_progress(&mut self, meter: &mut ProgressMeter, progress: &Progress, finished: bool) {
@@ -1011,6 +1004,7 @@ impl Share {
             etag: meta.etag.clone(),
             last_modified: meta.last_modified,
         })?;
+        self.unsynced_records += 1;
         self.pending_jobs.push(Job {
             ticket,
             meta,
