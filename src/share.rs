@@ -27,6 +27,9 @@ use crate::config::ShareConfig;
 use crate::engine::events::{
     EventDecision, HeadDecision, after_head, on_event, record_after_download,
 };
+use crate::engine::local::{
+    BeforePublish, FileDigest, LocalFile, adoption_proven, before_publish, classify, is_md5_etag,
+};
 use crate::engine::plan::{FullSyncMerge, MergeError};
 use crate::engine::progress::{Progress, ProgressMeter};
 use crate::engine::{FileFacts, SyncAction};
@@ -184,6 +187,8 @@ enum JobOutcome {
     /// The object disappeared between the decision and the GET.
     Gone,
     Failed(String),
+    /// The share's file system is full (the message names it).
+    NoSpace(String),
 }
 
 struct JobResult {
@@ -386,19 +391,25 @@ fn download(
             _ => None,
         };
         let mut reader = body.body;
-        let streamed: std::io::Result<()> = (|| {
+        // Which side failed matters: the network is retried with a ranged GET, the local disk
+        // is not (a full disk stays full for the next attempt too).
+        let streamed: Result<(), Streaming> = (|| {
             loop {
-                let n = reader.read(buf)?;
+                let n = reader.read(buf).map_err(Streaming::Body)?;
                 if n == 0 {
                     return Ok(());
                 }
                 if let Some(m) = md5.as_mut() {
                     md5::Digest::update(m, &buf[..n]);
                 }
-                staged.write_all(&buf[..n])?;
+                staged.write_all(&buf[..n]).map_err(Streaming::Disk)?;
             }
         })();
-        if let Err(e) = streamed {
+        if let Err(Streaming::Disk(e)) = streamed {
+            staged.discard();
+            return disk_failure(key, dir.root(), &e);
+        }
+        if let Err(Streaming::Body(e)) = streamed {
             body_failures += 1;
             if body_failures >= MAX_BODY_ATTEMPTS {
                 return JobOutcome::Failed(format!("reading {key:?}: {e}"));
@@ -413,10 +424,7 @@ fn download(
             continue;
         }
         if let (Some(m), Some(etag)) = (md5, &got.etag) {
-            let actual: String = md5::Digest::finalize(m)
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect();
+            let actual = hex_lower(&md5::Digest::finalize(m));
             if !actual.eq_ignore_ascii_case(etag) {
                 staged.discard();
                 crc_failures += 1;
@@ -459,8 +467,27 @@ fn download(
                     ));
                 }
             }
+            Err(PublishError::Io(e)) if e.kind() == std::io::ErrorKind::StorageFull => {
+                return disk_failure(key, dir.root(), &e);
+            }
             Err(e) => return JobOutcome::Failed(format!("publishing {key:?}: {e}")),
         }
+    }
+}
+
+/// Where a download's bytes failed to move.
+enum Streaming {
+    Body(std::io::Error),
+    Disk(std::io::Error),
+}
+
+/// A local write failed: not retried. A full disk gets its own outcome, so the share says so
+/// once instead of once per object.
+fn disk_failure(key: &str, root: &Path, e: &std::io::Error) -> JobOutcome {
+    if e.kind() == std::io::ErrorKind::StorageFull {
+        JobOutcome::NoSpace(format!("no space left on {}", root.display()))
+    } else {
+        JobOutcome::Failed(format!("writing {key:?} to {}: {e}", root.display()))
     }
 }
 
@@ -490,6 +517,8 @@ pub struct Share {
     /// Directories with published renames not fsynced yet; synced (once each) before the
     /// records of those publishes become durable.
     dirs_to_sync: BTreeSet<PathBuf>,
+    /// "No space left" was logged and no download has succeeded since: say it once.
+    disk_full_reported: bool,
 }
 
 impl Share {
@@ -535,6 +564,7 @@ impl Share {
             status_stale: false,
             pending_jobs: Vec::new(),
             dirs_to_sync: BTreeSet::new(),
+            disk_full_reported: false,
         })
         .and_then(|mut share| {
             share.recover_intents()?;
@@ -660,7 +690,8 @@ impl Share {
                     Some(facts),
                 )
             {
-                let crc = crc_of_file(&self.ctx.cfg.path.join(&rel), &self.heartbeat)?;
+                let crc = digest_of_file(&self.ctx.cfg.path.join(&rel), false, &self.heartbeat)?
+                    .crc64nvme;
                 self.state.put(LocalRecord {
                     key: intent.key.clone(),
                     size: facts.size,
@@ -799,10 +830,18 @@ impl Share {
             self.status.last_full_sync = Some(unix_now());
         } else {
             self.status.state = ShareState::Error;
-            self.status.last_error = Some(format!(
-                "{} object(s) could not be synced; see the log",
-                report.failed
-            ));
+            // Keep the last reason: "no space left on …" says more than a count.
+            let last = self.status.last_error.take();
+            self.status.last_error = Some(match last {
+                Some(why) => format!(
+                    "{} object(s) could not be synced (last: {why}); see the log",
+                    report.failed
+                ),
+                None => format!(
+                    "{} object(s) could not be synced; see the log",
+                    report.failed
+                ),
+            });
         }
         self.write_status(true);
         let secs = started.elapsed().as_secs_f64();
@@ -873,9 +912,9 @@ impl Share {
                     progress.done_bytes += rec.size;
                 }
             }
-            SyncAction::Download(meta) => {
+            SyncAction::Download(meta, base) => {
                 report.listed += 1;
-                self.fetch(meta, None, None, 0, report, progress)?;
+                self.fetch(meta, None, base, 0, report, progress)?;
             }
             SyncAction::Verify(meta, rec) => {
                 report.listed += 1;
@@ -918,7 +957,7 @@ impl Share {
         report: &mut SyncReport,
         progress: &mut Progress,
     ) -> Result<(), ShareError> {
-        let name = &self.ctx.cfg.name;
+        let name = self.ctx.cfg.name.clone();
         let rel = match key_to_relpath(&meta.key, &self.ctx.cfg.prefix) {
             Ok(KeyPath::File(rel)) => rel,
             Ok(KeyPath::Dir(rel)) => {
@@ -952,33 +991,23 @@ impl Share {
             }
         };
         // What is at the path now? Our own unchanged file may be replaced; anything else is
-        // either adopted (identical) or moved aside, never destroyed.
+        // either adopted (proven identical) or moved aside, never destroyed.
         if let Ok(Some(facts)) = self.dir.file_facts(&rel) {
-            let ours_unchanged = old
-                .as_ref()
-                .is_some_and(|r| r.size == facts.size && r.last_modified == facts.mtime);
-            if old.is_none()
-                && let HeadDecision::Adopt(m) = after_head(
-                    Some(&meta),
-                    None,
-                    Some(facts),
-                    self.ctx.cfg.consistency_check,
-                )
-            {
-                match crc_of_file(&self.ctx.cfg.path.join(&rel), &self.heartbeat) {
-                    Ok(crc) if m.crc64nvme.is_none_or(|c| c == crc) => {
-                        let rec = record_after_download(&m, crc, sequencer.as_deref(), None);
-                        self.state.put(rec)?;
-                        self.unsynced_records += 1;
-                        report.adopted += 1;
-                        progress.done_objects += 1;
-                        progress.done_bytes += m.size;
-                        return Ok(());
-                    }
-                    _ => {}
-                }
+            let decision = before_publish(
+                &meta,
+                old.as_ref(),
+                Some(facts),
+                self.ctx.cfg.consistency_check,
+            );
+            let adopted = decision == BeforePublish::Adopt
+                && self.adopt(&meta, &rel, sequencer.as_deref(), old.as_ref())?;
+            if adopted {
+                report.adopted += 1;
+                progress.done_objects += 1;
+                progress.done_bytes += meta.size;
+                return Ok(());
             }
-            if !ours_unchanged {
+            if decision != BeforePublish::Publish {
                 match self.dir.conflict_aside(&rel) {
                     Ok(aside) => warn!(
                         "share {name}: local file {} differs from the bucket's {:?}; kept as {}",
@@ -1019,6 +1048,48 @@ impl Share {
         Ok(())
     }
 
+    /// Record the file at `rel` as `meta` without downloading it, if its content is proven to
+    /// be that version ([`adoption_proven`]). A listing carries no CRC-64, so the key is HEADed
+    /// for it first (adoption is rare: a file that already has the version's size and time).
+    fn adopt(
+        &mut self,
+        meta: &ObjectMeta,
+        rel: &Path,
+        sequencer: Option<&str>,
+        old: Option<&LocalRecord>,
+    ) -> Result<bool, ShareError> {
+        let mut meta = meta.clone();
+        if meta.crc64nvme.is_none() {
+            match self.ctx.store.head(&meta.key)? {
+                Some(h) if h.etag == meta.etag && h.size == meta.size => {
+                    meta.crc64nvme = h.crc64nvme
+                }
+                // Changed or gone since the listing: not this version, whatever the file is.
+                _ => return Ok(false),
+            }
+        }
+        let want_md5 = meta.crc64nvme.is_none() && meta.etag.as_deref().is_some_and(is_md5_etag);
+        let digest = match digest_of_file(&self.ctx.cfg.path.join(rel), want_md5, &self.heartbeat) {
+            Ok(d) => d,
+            Err(e) => {
+                warn!(
+                    "share {}: cannot read {} to compare it with {:?}: {e}",
+                    self.ctx.cfg.name,
+                    rel.display(),
+                    meta.key
+                );
+                return Ok(false);
+            }
+        };
+        if !adoption_proven(&meta, &digest) {
+            return Ok(false);
+        }
+        let rec = record_after_download(&meta, digest.crc64nvme, sequencer, old);
+        self.state.put(rec)?;
+        self.unsynced_records += 1;
+        Ok(true)
+    }
+
     /// Take finished downloads off the pool and record them (and, while a queue batch is
     /// applied, which messages' effects failed).
     fn collect_results(
@@ -1042,6 +1113,7 @@ impl Share {
                     if let Some(dir) = dir_to_sync {
                         self.dirs_to_sync.insert(dir);
                     }
+                    self.disk_full_reported = false;
                     debug!(
                         "share {name}: published {:?} ({} bytes)",
                         meta.key, meta.size
@@ -1074,6 +1146,20 @@ impl Share {
                     }
                     true
                 }
+                JobOutcome::NoSpace(why) => {
+                    self.state.abandon_intent(&r.job.meta.key);
+                    if !self.disk_full_reported {
+                        error!(
+                            "share {name}: {why}; downloads fail until space is freed (the next full sync retries them)"
+                        );
+                        self.disk_full_reported = true;
+                    }
+                    debug!("share {name}: {:?} not downloaded: {why}", r.job.meta.key);
+                    self.status.last_error = Some(why);
+                    report.failed += 1;
+                    progress.done_objects += 1;
+                    false
+                }
                 JobOutcome::Failed(why) => {
                     self.state.abandon_intent(&r.job.meta.key);
                     error!("share {name}: {why}");
@@ -1099,7 +1185,7 @@ impl Share {
         let name = &self.ctx.cfg.name;
         match key_to_relpath(&rec.key, &self.ctx.cfg.prefix) {
             Ok(KeyPath::File(rel)) => match self.dir.file_facts(&rel) {
-                Ok(Some(f)) if f.size != rec.size || f.mtime != rec.last_modified => {
+                Ok(Some(f)) if classify(Some(rec), Some(f)) == LocalFile::Changed => {
                     warn!(
                         "share {name}: {:?} was deleted from the bucket but changed locally; left in place",
                         rec.key
@@ -1497,24 +1583,33 @@ impl Share {
     }
 }
 
-/// A 32-hex-digit ETag (no `-N` multipart suffix) is the MD5 of the object's bytes on S3 for
-/// single-part uploads without SSE-KMS.
-fn is_md5_etag(etag: &str) -> bool {
-    etag.len() == 32 && etag.bytes().all(|b| b.is_ascii_hexdigit())
-}
-
-/// CRC-64/NVME of a local file (adoption, recovery); beats `heartbeat` as it reads, since a
-/// big file on a slow card can take minutes.
-fn crc_of_file(path: &Path, heartbeat: &Heartbeat) -> std::io::Result<u64> {
+/// CRC-64/NVME (and, when asked, the MD5) of a local file (adoption, recovery); beats
+/// `heartbeat` as it reads, since a big file on a slow card can take minutes.
+fn digest_of_file(
+    path: &Path,
+    want_md5: bool,
+    heartbeat: &Heartbeat,
+) -> std::io::Result<FileDigest> {
     let mut f = std::fs::File::open(path)?;
     let mut crc = Crc64Nvme::new();
+    let mut md5 = want_md5.then(<md5::Md5 as md5::Digest>::new);
     let mut buf = vec![0u8; 256 * 1024];
     loop {
         let n = f.read(&mut buf)?;
         if n == 0 {
-            return Ok(crc.finish());
+            return Ok(FileDigest {
+                crc64nvme: crc.finish(),
+                md5: md5.map(|m| hex_lower(&md5::Digest::finalize(m))),
+            });
         }
         crc.update(&buf[..n]);
+        if let Some(m) = md5.as_mut() {
+            md5::Digest::update(m, &buf[..n]);
+        }
         heartbeat.beat();
     }
+}
+
+fn hex_lower(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -662,3 +662,195 @@ fn objects_without_a_crc64_are_checked_by_their_md5_etag_and_counted() {
         "status says which downloads had no CRC-64: {st}"
     );
 }
+
+/// Files in the share that the agent set aside as conflict copies.
+fn conflict_copies(share: &Path) -> Vec<String> {
+    files_under(share)
+        .into_keys()
+        .filter(|k| k.contains(".sgw-conflict"))
+        .collect()
+}
+
+#[test]
+fn a_bucket_overwrite_between_syncs_replaces_the_agents_own_files() {
+    // Issue 9, defect 1: the agent's own, untouched files must be replaced by the new
+    // version, never kept as conflict copies; a file a LAN user changed still is.
+    let peer = Peer::start();
+    peer.make_bucket("over");
+    for i in 0..3 {
+        peer.put(
+            "over",
+            &format!("f{i}.txt"),
+            format!("first version of f{i}"),
+        );
+    }
+    peer.put("over", "edited.txt", "first version of edited");
+    let s = setup(&peer, "over", "", None);
+    let (code, log) = sync(&s);
+    assert!(code.success(), "{log}");
+    // A LAN user changes one file (another size, a fresh mtime).
+    std::fs::write(s.share.join("edited.txt"), "the user's own words").unwrap();
+    for i in 0..3 {
+        peer.put(
+            "over",
+            &format!("f{i}.txt"),
+            format!("the second, longer version of f{i}"),
+        );
+    }
+    peer.put(
+        "over",
+        "edited.txt",
+        "second version of edited, from the bucket",
+    );
+
+    let (code, log) = sync(&s);
+    assert!(code.success(), "{log}");
+    for i in 0..3 {
+        assert_eq!(
+            read(&s.share.join(format!("f{i}.txt"))),
+            Some(format!("the second, longer version of f{i}").into_bytes()),
+            "f{i}.txt"
+        );
+    }
+    assert_eq!(
+        read(&s.share.join("edited.txt")).as_deref(),
+        Some(&b"second version of edited, from the bucket"[..])
+    );
+    let copies = conflict_copies(&s.share);
+    assert_eq!(
+        copies.len(),
+        1,
+        "only the user's edit is kept aside: {copies:?}\n{log}"
+    );
+    assert!(copies[0].starts_with("edited.txt"), "{copies:?}");
+    assert_eq!(
+        read(&s.share.join(&copies[0])).as_deref(),
+        Some(&b"the user's own words"[..])
+    );
+    assert!(!log.contains("f0.txt.sgw-conflict"), "{log}");
+}
+
+#[test]
+fn a_same_size_overwrite_in_the_same_second_is_fetched_not_adopted() {
+    // Issue 9, defect 2: size and Last-Modified (seconds) are equal, the ETag is not: the
+    // listing's ETag must win over "looks the same", on the first sync after the change.
+    let peer = Peer::start();
+    peer.make_bucket("same");
+    let key = "c/counter.txt";
+    let s = setup(&peer, "same", "", None);
+    let mut hit_same_second = false;
+    for round in 0..6u32 {
+        let old = format!("value={:04}\n", round * 2);
+        let new = format!("value={:04}\n", round * 2 + 1);
+        let first = peer.put("same", key, &old);
+        let (code, log) = sync(&s);
+        assert!(code.success(), "{log}");
+        assert_eq!(read(&s.share.join(key)), Some(old.clone().into_bytes()));
+        let second = peer.put("same", key, &new);
+        assert_ne!(first["etag"], second["etag"]);
+        let same_second = peer.head("same", key)["last_modified"]
+            == std::fs::metadata(s.share.join(key))
+                .map(|m| {
+                    use std::os::unix::fs::MetadataExt;
+                    serde_json::json!(m.mtime())
+                })
+                .unwrap();
+        let (code, log) = sync(&s);
+        assert!(code.success(), "{log}");
+        assert_eq!(
+            read(&s.share.join(key)),
+            Some(new.into_bytes()),
+            "round {round} (same second: {same_second}): stale bytes kept\n{log}"
+        );
+        assert!(conflict_copies(&s.share).is_empty(), "{log}");
+        if same_second {
+            hit_same_second = true;
+            break;
+        }
+    }
+    assert!(
+        hit_same_second,
+        "no round put both versions within one second; the case was not exercised"
+    );
+}
+
+/// A small tmpfs mounted over a directory for one test; unmounted on drop.
+struct SmallFs(PathBuf);
+
+impl SmallFs {
+    /// `None` (with the reason printed) where this process may not mount.
+    fn mount(dir: &Path, size: &str) -> Option<SmallFs> {
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "sgw-test"])
+            .arg(dir)
+            .output();
+        match out {
+            Ok(o) if o.status.success() => Some(SmallFs(dir.to_path_buf())),
+            Ok(o) => {
+                eprintln!(
+                    "SKIPPED: cannot mount a tmpfs here ({})",
+                    String::from_utf8_lossy(&o.stderr).trim()
+                );
+                None
+            }
+            Err(e) => {
+                eprintln!("SKIPPED: cannot run mount: {e}");
+                None
+            }
+        }
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+#[test]
+fn a_full_share_disk_is_reported_once_and_publishes_nothing_partial() {
+    let peer = Peer::start();
+    peer.make_bucket("full");
+    let size = 300 * 1024;
+    let n = peer.put_many("full", "big/", 6, size);
+    let s = setup(&peer, "full", "", None);
+    let Some(_fs) = SmallFs::mount(&s.share, "1m") else {
+        return;
+    };
+    let (code, log) = sync(&s);
+    assert!(
+        !code.success(),
+        "a sync that could not store everything must fail\n{log}"
+    );
+    assert_eq!(
+        log.matches("no space left on").count(),
+        1,
+        "said once, naming the share:\n{log}"
+    );
+    assert!(log.contains(&s.share.display().to_string()), "{log}");
+    assert!(
+        !log.contains("interrupted"),
+        "a full disk is not a transport error:\n{log}"
+    );
+    // What was published is whole; the rest is absent, never partial.
+    let files = files_under(&s.share);
+    assert!(
+        files.len() < n,
+        "the disk was meant to fill up: {}",
+        files.len()
+    );
+    for (k, bytes) in &files {
+        assert_eq!(bytes, &content_for_key(k, size), "{k}");
+    }
+    let st = status(&s);
+    assert!(
+        st["last_error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("no space left"),
+        "{st}"
+    );
+}

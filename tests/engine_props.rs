@@ -27,6 +27,7 @@ use proptest::test_runner::TestCaseError;
 use sgw_agent::engine::events::{
     EventDecision, HeadDecision, after_head, on_event, publish_completed, record_after_download,
 };
+use sgw_agent::engine::local::{BeforePublish, before_publish};
 use sgw_agent::engine::plan::{FullSyncMerge, MergeError, Side, plan_key};
 use sgw_agent::engine::{FileFacts, SyncAction};
 use sgw_agent::model::{BucketEvent, ConsistencyCheck, EventKind, LocalRecord, ObjectMeta};
@@ -476,15 +477,20 @@ impl Agent {
                     };
                     (record.key, effect)
                 }
-                SyncAction::Download(meta) => {
+                SyncAction::Download(meta, base) => {
                     let file = self.file_facts(&meta.key);
-                    let effect = if file.is_some() {
-                        // Maybe published before a crash but never recorded.
-                        let decision = after_head(Some(&meta), None, file, mode);
-                        self.apply_head_decision(bucket, decision, None)?
-                    } else {
-                        self.download(bucket, &meta, None)?;
-                        Effect::Downloaded
+                    // The base tells the agent's own file (replaced) from one that may
+                    // already be this version, published before a crash (adopted).
+                    let effect = match before_publish(&meta, base.as_ref(), file, mode) {
+                        BeforePublish::Adopt => self.apply_head_decision(
+                            bucket,
+                            HeadDecision::Adopt(meta.clone()),
+                            None,
+                        )?,
+                        BeforePublish::Publish | BeforePublish::SetAside => {
+                            self.download(bucket, &meta, None)?;
+                            Effect::Downloaded
+                        }
                     };
                     (meta.key, effect)
                 }
@@ -889,7 +895,7 @@ fn mode_strategy() -> impl Strategy<Value = ConsistencyCheck> {
 fn action_key(action: &SyncAction) -> &str {
     match action {
         SyncAction::Keep(record) | SyncAction::Delete(record) => &record.key,
-        SyncAction::Download(meta) | SyncAction::Verify(meta, _) => &meta.key,
+        SyncAction::Download(meta, _) | SyncAction::Verify(meta, _) => &meta.key,
     }
 }
 

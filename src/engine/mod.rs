@@ -5,11 +5,14 @@
 //! - [`events`]: what to do with one bucket event, and what to do once the key's current state
 //!   is known (HEAD). Events are hints: duplicates, late and reordered events converge because
 //!   every action is decided against the key's current state.
+//! - [`local`]: the sink side of a key: is the file at its path the agent's own (equal to its
+//!   base), and what may happen to it before a new version is published there.
 //! - [`progress`]: SyncProgress 0..100.
 //!
 //! The I/O shell (`crate::share`) executes the decisions and feeds results back.
 
 pub mod events;
+pub mod local;
 pub mod plan;
 pub mod progress;
 
@@ -23,8 +26,9 @@ pub enum SyncAction {
     /// between removing a file and removing its record leaves a record without a file) and
     /// HEAD + download if not.
     Keep(LocalRecord),
-    /// Fetch (or fetch again) this object.
-    Download(ObjectMeta),
+    /// Fetch (or fetch again) this object. The record, when there is one, is the base: what
+    /// the agent last published at the key, which tells its own file from a local change.
+    Download(ObjectMeta, Option<LocalRecord>),
     /// The listing cannot settle it (crc64 mode): HEAD the key, then use
     /// [`events::after_head`] with the result.
     Verify(ObjectMeta, LocalRecord),

@@ -79,11 +79,11 @@ pub fn plan_key(
 ) -> Option<SyncAction> {
     match (remote, local) {
         (None, None) => None,
-        (Some(remote), None) => Some(SyncAction::Download(remote.clone())),
+        (Some(remote), None) => Some(SyncAction::Download(remote.clone(), None)),
         (None, Some(local)) => Some(SyncAction::Delete(local.clone())),
         (Some(remote), Some(local)) => Some(match compare(remote, local, mode) {
             Match::Same => SyncAction::Keep(local.clone()),
-            Match::Different => SyncAction::Download(remote.clone()),
+            Match::Different => SyncAction::Download(remote.clone(), Some(local.clone())),
             Match::NeedChecksum => SyncAction::Verify(remote.clone(), local.clone()),
         }),
     }
@@ -403,7 +403,7 @@ mod tests {
         assert_eq!(plan_key(None, None, SizeLastModified), None);
         assert_eq!(
             plan_key(Some(&remote), None, SizeLastModified),
-            Some(SyncAction::Download(remote.clone()))
+            Some(SyncAction::Download(remote.clone(), None))
         );
         assert_eq!(
             plan_key(None, Some(&local), SizeLastModified),
@@ -419,7 +419,14 @@ mod tests {
         );
         assert_eq!(
             plan_key(Some(&remote), Some(&local), Transmission),
-            Some(SyncAction::Download(remote))
+            Some(SyncAction::Download(remote.clone(), Some(local.clone())))
+        );
+        // Issue 9, defects 1 and 2: a changed object keeps its base, so the shell knows the
+        // file at the path is its own (same size and second, another ETag, included).
+        let overwritten = meta("k", 10, Some("e2"), 100);
+        assert_eq!(
+            plan_key(Some(&overwritten), Some(&local), SizeLastModified),
+            Some(SyncAction::Download(overwritten, Some(local.clone())))
         );
     }
 
@@ -439,7 +446,7 @@ mod tests {
         merge
             .map(|item| match item {
                 Ok(SyncAction::Keep(r)) => format!("keep {}", r.key),
-                Ok(SyncAction::Download(m)) => format!("download {}", m.key),
+                Ok(SyncAction::Download(m, _)) => format!("download {}", m.key),
                 Ok(SyncAction::Verify(m, _)) => format!("verify {}", m.key),
                 Ok(SyncAction::Delete(r)) => format!("delete {}", r.key),
                 Err(e) => format!("error: {e}"),
@@ -526,7 +533,7 @@ mod tests {
         let mut out = Vec::new();
         for item in merge.by_ref().take(n) {
             out.push(match item {
-                Ok(SyncAction::Download(m)) => format!("download {}", m.key),
+                Ok(SyncAction::Download(m, _)) => format!("download {}", m.key),
                 Ok(SyncAction::Delete(r)) => format!("delete {}", r.key),
                 Ok(other) => format!("{other:?}"),
                 Err(e) => format!("error: {e}"),
