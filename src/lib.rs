@@ -9,9 +9,10 @@
 //! - [`cloud`]: wire protocols behind small traits (`ObjectStore`, `EventQueue`): S3, SQS,
 //!   event formats, SigV4, retries.
 //! - [`config`]: the TOML configuration and credentials, with errors that name file and key.
-//! - [`share`]: the I/O shell that drives one share: full sync, then the event loop.
-//! - [`listing`]: the full sync's one pass over the bucket, spooled to disk so progress knows
-//!   the totals early while memory stays flat.
+//! - [`shell`]: the I/O shell that drives one share (full sync, then the event loop), a folder
+//!   of small rooms: the driver, the full sync, queue batches, disk effects, the download
+//!   pool, crash recovery, the spooled listing.
+//! - [`format`]: small formatting helpers (sizes, hex).
 //! - [`status`]: per-share status files written by the agent and read by `sgw-agent status`.
 //! - [`runner`]: the `sync` and `run` commands: one thread per share, graceful stop.
 //! - [`service`]: signals and graceful shutdown; logging set-up for terminals and journald.
@@ -27,9 +28,9 @@ pub mod cloud;
 pub mod config;
 pub mod control;
 pub mod engine;
-pub mod listing;
+pub mod format;
 pub mod model;
 pub mod runner;
 pub mod service;
-pub mod share;
+pub mod shell;
 pub mod status;

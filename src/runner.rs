@@ -26,7 +26,7 @@ use crate::control::protocol::{
     ShareProgress,
 };
 use crate::service::{Heartbeat, Notifier, ReloadRequest, Shutdown};
-use crate::share::{ProgressSink, Share, ShareContext};
+use crate::shell::{ProgressSink, Share, ShareContext};
 use crate::status::{ShareState, ShareStatus, read_status, unix_now, write_status};
 
 /// How long a stopping agent waits for in-flight downloads before it exits anyway (the state
@@ -264,7 +264,7 @@ impl ShareSet {
         creds: &Credentials,
         desired: &[ShareConfig],
     ) -> Result<(), ConfigError> {
-        let silent: Arc<dyn ProgressSink> = Arc::new(crate::share::Silent);
+        let silent: Arc<dyn ProgressSink> = Arc::new(crate::shell::Silent);
         for share in desired {
             if !self
                 .running
@@ -358,7 +358,7 @@ impl ShareSet {
 
     fn start(&mut self, cfg: &Config, creds: &Credentials, share: &ShareConfig) -> bool {
         let shutdown = Shutdown::new();
-        let silent: Arc<dyn ProgressSink> = Arc::new(crate::share::Silent);
+        let silent: Arc<dyn ProgressSink> = Arc::new(crate::shell::Silent);
         let ctx = match share_context(cfg, share, creds, &shutdown, silent) {
             Ok(c) => c,
             Err(e) => {

@@ -7,9 +7,15 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use sgw_agent::config::{Config, DEFAULT_CONFIG_PATH, EXIT_CONFIG, EXIT_USAGE};
+use sgw_agent::format::human_bytes;
 use sgw_agent::runner;
 use sgw_agent::service::{Logger, Shutdown, utc_timestamp_of};
-use sgw_agent::share::{ProgressSink, Silent, StderrProgress, human_bytes};
+use sgw_agent::shell::{ProgressSink, Silent};
+
+// Beside this file, not in src/bin/ (where Cargo would take it for another binary).
+#[path = "sgw-agent/progress.rs"]
+mod progress;
+use progress::StderrProgress;
 use sgw_agent::status::{ShareStatus, read_status};
 
 const HELP: &str = "\

@@ -9,7 +9,7 @@
 //!   base), and what may happen to it before a new version is published there.
 //! - [`progress`]: SyncProgress 0..100.
 //!
-//! The I/O shell (`crate::share`) executes the decisions and feeds results back.
+//! The I/O shell (`crate::shell`) executes the decisions and feeds results back.
 
 pub mod events;
 pub mod local;
