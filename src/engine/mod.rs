@@ -5,12 +5,15 @@
 //! - [`events`]: what to do with one bucket event, and what to do once the key's current state
 //!   is known (HEAD). Events are hints: duplicates, late and reordered events converge because
 //!   every action is decided against the key's current state.
+//! - [`download`]: one object's download as a state machine: which request next, every retry
+//!   and its limit (resume with HEAD + If-Match, range ignored, MD5-ETag rule, disk full).
 //! - [`local`]: the sink side of a key: is the file at its path the agent's own (equal to its
 //!   base), and what may happen to it before a new version is published there.
 //! - [`progress`]: SyncProgress 0..100.
 //!
 //! The I/O shell (`crate::shell`) executes the decisions and feeds results back.
 
+pub mod download;
 pub mod events;
 pub mod local;
 pub mod plan;

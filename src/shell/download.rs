@@ -1,22 +1,22 @@
-//! One object into the share: staged, resumed after interruptions, checked (CRC-64, else the
-//! MD5 ETag), published. Runs on a pool worker.
+//! One object into the share, on a pool worker: the thin I/O loop around the engine's
+//! download machine ([`crate::engine::download`]), which decides every request and retry.
+//! Here: the staging file, the HEAD and GET, streaming with the CRC (and MD5) computed on the
+//! way, and the verified publish.
 
-use std::io::Read;
-use std::path::Path;
-use std::time::Duration;
+use std::io::{ErrorKind, Read};
 
 use log::{info, warn};
 
 use super::pool::{Job, JobOutcome};
-use super::{MAX_BODY_ATTEMPTS, MAX_CRC_ATTEMPTS};
-use crate::cache::publish::{Expected, PublishError, ShareDir};
-use crate::cloud::{CloudError, ObjectStore};
-use crate::engine::local::is_md5_etag;
+use crate::cache::publish::{Expected, PublishError, Published, ShareDir, Staged};
+use crate::cloud::{CloudError, ObjectBody, ObjectStore};
+use crate::engine::download::{
+    Download, GetResult, HeadResult, Outcome, PublishResult, Step, StreamResult,
+};
 use crate::format::hex_lower;
-use crate::model::ObjectMeta;
 use crate::service::Shutdown;
 
-/// Stream one object into the share: staged, CRC-checked, published. Runs on a worker.
+/// Stream one object into the share: staged, checked, published.
 pub(super) fn download(
     store: &dyn ObjectStore,
     dir: &ShareDir,
@@ -24,186 +24,178 @@ pub(super) fn download(
     shutdown: &Shutdown,
     buf: &mut [u8],
 ) -> JobOutcome {
-    let key = &job.meta.key;
-    let mut crc_failures = 0;
-    let mut body_failures = 0;
-    let mut meta = job.meta.clone();
+    let key = job.meta.key.as_str();
+    let (mut dl, mut step) = Download::new(job.meta.clone());
+    let mut staged: Option<Staged> = None;
+    let mut body: Option<ObjectBody> = None;
+    let mut published: Option<Published> = None;
     loop {
         if shutdown.is_triggered() {
             return JobOutcome::Failed("stopped before the download finished".into());
         }
-        let mut staged = match dir.begin(key, meta.etag.as_deref(), meta.last_modified, meta.size) {
-            Ok(s) => s,
-            Err(e) => return JobOutcome::Failed(format!("cannot stage {key:?}: {e}")),
-        };
-        let offset = staged.offset();
-        if offset > 0 {
-            info!(
-                "share download: {key:?}: resuming at byte {offset} of {}",
-                meta.size
-            );
-        }
-        // A resumed download must not mix two versions: pin the ETag, and take the
-        // whole-object CRC from a HEAD (a ranged GET need not carry it).
-        let mut expected_crc = None;
-        if offset > 0 {
-            match store.head(key) {
-                Ok(Some(h)) if h.etag.is_some() && h.etag == meta.etag && h.size == meta.size => {
-                    expected_crc = h.crc64nvme
+        step = match step {
+            Step::Stage { meta, discard, why } => {
+                if let Some(why) = why {
+                    warn!("share download: {key:?}: {why}");
                 }
-                Ok(Some(h)) => {
-                    staged.discard();
-                    meta = h;
-                    continue;
-                }
-                Ok(None) => {
-                    staged.discard();
-                    return JobOutcome::Gone;
-                }
-                Err(e) => return JobOutcome::Failed(format!("HEAD {key:?}: {e}")),
-            }
-        }
-        let if_match = if offset > 0 { meta.etag.clone() } else { None };
-        let body = match store.get(key, offset, if_match.as_deref()) {
-            Ok(b) => b,
-            Err(CloudError::Service { status: 412, .. }) => {
-                staged.discard();
-                continue;
-            }
-            Err(e) if e.is_not_found() => {
-                staged.discard();
-                return JobOutcome::Gone;
-            }
-            Err(e) => return JobOutcome::Failed(format!("GET {key:?}: {e}")),
-        };
-        if body.offset != offset {
-            // The server ignored the range: start over from byte 0 with what it sent.
-            staged.discard();
-            if body.offset != 0 {
-                return JobOutcome::Failed(format!(
-                    "GET {key:?}: unexpected range start {}",
-                    body.offset
-                ));
-            }
-            let m = &body.meta;
-            staged = match dir.begin(key, m.etag.as_deref(), m.last_modified, m.size) {
-                Ok(s) if s.offset() == 0 => s,
-                Ok(s) => {
+                if let (true, Some(s)) = (discard, staged.take()) {
                     s.discard();
-                    return JobOutcome::Failed(format!("cannot restage {key:?}"));
                 }
-                Err(e) => return JobOutcome::Failed(format!("cannot stage {key:?}: {e}")),
-            };
-        }
-        let got = body.meta.clone();
-        if offset == 0 {
-            expected_crc = got.crc64nvme;
-        }
-        // No CRC-64 from the server: a single-part ETag is the MD5 of the bytes, so check
-        // that instead of the size alone (only for a whole-object GET).
-        let mut md5 = match (&expected_crc, &got.etag) {
-            (None, Some(etag)) if offset == 0 && is_md5_etag(etag) => {
-                Some(<md5::Md5 as md5::Digest>::new())
-            }
-            _ => None,
-        };
-        let mut reader = body.body;
-        // Which side failed matters: the network is retried with a ranged GET, the local disk
-        // is not (a full disk stays full for the next attempt too).
-        let streamed: Result<(), Streaming> = (|| {
-            loop {
-                let n = reader.read(buf).map_err(Streaming::Body)?;
-                if n == 0 {
-                    return Ok(());
+                // Reopening without `discard` keeps what is staged for this version.
+                drop(staged.take());
+                let mut s =
+                    match dir.begin(key, meta.etag.as_deref(), meta.last_modified, meta.size) {
+                        Ok(s) => s,
+                        Err(e) => return JobOutcome::Failed(format!("cannot stage {key:?}: {e}")),
+                    };
+                if discard && s.offset() > 0 {
+                    // Left from an earlier attempt of this version: a bad copy is not resumed.
+                    s.discard();
+                    s = match dir.begin(key, meta.etag.as_deref(), meta.last_modified, meta.size) {
+                        Ok(s) => s,
+                        Err(e) => {
+                            return JobOutcome::Failed(format!("cannot stage {key:?}: {e}"));
+                        }
+                    };
                 }
-                if let Some(m) = md5.as_mut() {
-                    md5::Digest::update(m, &buf[..n]);
+                let offset = s.offset();
+                if offset > 0 {
+                    info!(
+                        "share download: {key:?}: resuming at byte {offset} of {}",
+                        meta.size
+                    );
                 }
-                staged.write_all(&buf[..n]).map_err(Streaming::Disk)?;
+                staged = Some(s);
+                dl.staged(offset)
             }
-        })();
-        if let Err(Streaming::Disk(e)) = streamed {
-            staged.discard();
-            return disk_failure(key, dir.root(), &e);
-        }
-        if let Err(Streaming::Body(e)) = streamed {
-            body_failures += 1;
-            if body_failures >= MAX_BODY_ATTEMPTS {
-                return JobOutcome::Failed(format!("reading {key:?}: {e}"));
+            Step::Head => dl.headed(match store.head(key) {
+                Ok(Some(h)) => HeadResult::Found(h),
+                Ok(None) => HeadResult::NotFound,
+                Err(e) => HeadResult::Failed(e.to_string()),
+            }),
+            Step::Get { offset, if_match } => {
+                dl.got(match store.get(key, offset, if_match.as_deref()) {
+                    Ok(b) => {
+                        let answer = GetResult::Body {
+                            offset: b.offset,
+                            meta: b.meta.clone(),
+                        };
+                        body = Some(b);
+                        answer
+                    }
+                    Err(CloudError::Service { status: 412, .. }) => GetResult::PreconditionFailed,
+                    Err(e) if e.is_not_found() => GetResult::NotFound,
+                    Err(e) => GetResult::Failed(e.to_string()),
+                })
             }
-            warn!(
-                "share download: {key:?}: body interrupted at {} bytes ({e}); resuming",
-                staged.offset()
-            );
-            // Keep the staged bytes: the next round resumes with a ranged GET.
-            drop(staged);
-            shutdown.sleep(Duration::from_millis(200 * u64::from(body_failures)));
-            continue;
-        }
-        if let (Some(m), Some(etag)) = (md5, &got.etag) {
-            let actual = hex_lower(&md5::Digest::finalize(m));
-            if !actual.eq_ignore_ascii_case(etag) {
-                staged.discard();
-                crc_failures += 1;
-                warn!(
-                    "share download: {key:?}: MD5 {actual} does not match ETag {etag}; not published"
-                );
-                if crc_failures >= MAX_CRC_ATTEMPTS {
-                    return JobOutcome::Failed(format!(
-                        "{key:?} failed its MD5 (ETag) check {crc_failures} times"
-                    ));
+            Step::Stream { md5, restage } => {
+                if let Some(m) = restage {
+                    if let Some(s) = staged.take() {
+                        s.discard();
+                    }
+                    match dir.begin(key, m.etag.as_deref(), m.last_modified, m.size) {
+                        Ok(s) if s.offset() == 0 => staged = Some(s),
+                        Ok(s) => {
+                            s.discard();
+                            return JobOutcome::Failed(format!("cannot restage {key:?}"));
+                        }
+                        Err(e) => {
+                            return JobOutcome::Failed(format!("cannot stage {key:?}: {e}"));
+                        }
+                    }
                 }
-                continue;
+                let (Some(s), Some(b)) = (staged.as_mut(), body.take()) else {
+                    return JobOutcome::Failed(format!("{key:?}: nothing to stream (shell bug)"));
+                };
+                dl.streamed(stream(b, s, md5, buf))
             }
-        }
-        let expected = Expected {
-            size: got.size,
-            crc64nvme: expected_crc,
-        };
-        let meta_for_record = ObjectMeta {
-            crc64nvme: expected_crc,
-            ..got.clone()
-        };
-        match staged.publish_deferring_dir_sync(&expected, &job.rel, got.last_modified) {
-            Ok(p) => {
-                return JobOutcome::Published {
-                    meta: meta_for_record,
-                    crc64nvme: p.crc64nvme,
-                    had_crc: expected_crc.is_some(),
-                    dir_to_sync: p.dir_to_sync,
+            Step::Wait { pause, why } => {
+                warn!("share download: {key:?}: {why}");
+                // Keep the staged bytes: the next round resumes with a ranged GET.
+                drop(staged.take());
+                shutdown.sleep(pause);
+                dl.waited()
+            }
+            Step::Publish {
+                size,
+                crc64nvme,
+                mtime,
+            } => {
+                let Some(s) = staged.take() else {
+                    return JobOutcome::Failed(format!("{key:?}: nothing to publish (shell bug)"));
+                };
+                let expected = Expected { size, crc64nvme };
+                dl.published(
+                    match s.publish_deferring_dir_sync(&expected, &job.rel, mtime) {
+                        Ok(p) => {
+                            published = Some(p);
+                            PublishResult::Published
+                        }
+                        Err(PublishError::ChecksumMismatch { expected, actual }) => {
+                            PublishResult::ChecksumMismatch { expected, actual }
+                        }
+                        Err(PublishError::Io(e)) if e.kind() == ErrorKind::StorageFull => {
+                            PublishResult::DiskFull
+                        }
+                        Err(e) => PublishResult::Failed(e.to_string()),
+                    },
+                )
+            }
+            Step::Done(outcome) => {
+                if let Some(s) = staged.take()
+                    && !matches!(outcome, Outcome::Failed(_))
+                {
+                    // Gone or no space: the staged bytes are worth nothing (and take room).
+                    s.discard();
+                }
+                return match outcome {
+                    Outcome::Published { meta, had_crc } => match published.take() {
+                        Some(p) => JobOutcome::Published {
+                            meta,
+                            crc64nvme: p.crc64nvme,
+                            had_crc,
+                            dir_to_sync: p.dir_to_sync,
+                        },
+                        None => JobOutcome::Failed(format!("{key:?}: no publish (shell bug)")),
+                    },
+                    Outcome::Gone => JobOutcome::Gone,
+                    Outcome::Failed(why) => JobOutcome::Failed(why),
+                    Outcome::NoSpace => {
+                        JobOutcome::NoSpace(format!("no space left on {}", dir.root().display()))
+                    }
                 };
             }
-            Err(PublishError::ChecksumMismatch { expected, actual }) => {
-                crc_failures += 1;
-                warn!(
-                    "share download: {key:?}: CRC-64 mismatch (server {expected:016x}, received {actual:016x}); not published"
-                );
-                if crc_failures >= MAX_CRC_ATTEMPTS {
-                    return JobOutcome::Failed(format!(
-                        "{key:?} failed its CRC-64 check {crc_failures} times (server says {expected:016x}, bytes give {actual:016x})"
-                    ));
-                }
-            }
-            Err(PublishError::Io(e)) if e.kind() == std::io::ErrorKind::StorageFull => {
-                return disk_failure(key, dir.root(), &e);
-            }
-            Err(e) => return JobOutcome::Failed(format!("publishing {key:?}: {e}")),
-        }
+        };
     }
 }
 
-/// Where a download's bytes failed to move.
-enum Streaming {
-    Body(std::io::Error),
-    Disk(std::io::Error),
-}
-
-/// A local write failed: not retried. A full disk gets its own outcome, so the share says so
-/// once instead of once per object.
-fn disk_failure(key: &str, root: &Path, e: &std::io::Error) -> JobOutcome {
-    if e.kind() == std::io::ErrorKind::StorageFull {
-        JobOutcome::NoSpace(format!("no space left on {}", root.display()))
-    } else {
-        JobOutcome::Failed(format!("writing {key:?} to {}: {e}", root.display()))
+/// Copy the body into the staged file, telling a broken body (network: resumable) from a
+/// failed write (local disk: not retried).
+fn stream(body: ObjectBody, staged: &mut Staged, want_md5: bool, buf: &mut [u8]) -> StreamResult {
+    let mut md5 = want_md5.then(<md5::Md5 as md5::Digest>::new);
+    let mut reader = body.body;
+    loop {
+        let n = match reader.read(buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) => {
+                return StreamResult::Interrupted {
+                    at: staged.offset(),
+                    why: e.to_string(),
+                };
+            }
+        };
+        if let Some(m) = md5.as_mut() {
+            md5::Digest::update(m, &buf[..n]);
+        }
+        if let Err(e) = staged.write_all(&buf[..n]) {
+            return StreamResult::DiskFailed {
+                full: e.kind() == ErrorKind::StorageFull,
+                why: e.to_string(),
+            };
+        }
+    }
+    StreamResult::Complete {
+        md5: md5.map(|m| hex_lower(&md5::Digest::finalize(m))),
     }
 }

@@ -44,8 +44,9 @@ pub struct Share {
     /// Directories with published renames not fsynced yet; synced (once each) before the
     /// records of those publishes become durable.
     pub(super) dirs_to_sync: BTreeSet<PathBuf>,
-    /// "No space left" was logged and no download has succeeded since: say it once.
-    pub(super) disk_full_reported: bool,
+    /// When "no space left" was last logged: while the disk stays full it is said again at
+    /// most every [`super::DISK_FULL_REPEAT`], not once per object.
+    pub(super) disk_full_reported: Option<Instant>,
 }
 
 impl Share {
@@ -91,7 +92,7 @@ impl Share {
             status_stale: false,
             pending_jobs: Vec::new(),
             dirs_to_sync: BTreeSet::new(),
-            disk_full_reported: false,
+            disk_full_reported: None,
         })
         .and_then(|mut share| {
             share.recover_intents()?;

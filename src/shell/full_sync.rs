@@ -133,6 +133,8 @@ impl Share {
         if finished {
             self.status.state = ShareState::Healthy;
             self.status.last_full_sync = Some(unix_now());
+            // Everything fit: a full disk later is news again.
+            self.disk_full_reported = None;
         } else {
             self.status.state = ShareState::Error;
             // Keep the last reason: "no space left on …" says more than a count.

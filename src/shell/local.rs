@@ -3,13 +3,13 @@
 //! Whose file is at a path is the engine's call ([`crate::engine::local`]).
 
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use log::{debug, error, warn};
 
 use super::pool::{Job, JobOutcome};
 use super::recovery::digest_of_file;
-use super::{JOB_BATCH, Share, ShareError, SyncReport};
+use super::{DISK_FULL_REPEAT, JOB_BATCH, Share, ShareError, SyncReport};
 use crate::cache::crc64::Crc64Nvme;
 use crate::cache::paths::{KeyPath, key_to_relpath};
 use crate::cache::state::PublishIntent;
@@ -195,7 +195,6 @@ impl Share {
                     if let Some(dir) = dir_to_sync {
                         self.dirs_to_sync.insert(dir);
                     }
-                    self.disk_full_reported = false;
                     debug!(
                         "share {name}: published {:?} ({} bytes)",
                         meta.key, meta.size
@@ -230,11 +229,14 @@ impl Share {
                 }
                 JobOutcome::NoSpace(why) => {
                     self.state.abandon_intent(&r.job.meta.key);
-                    if !self.disk_full_reported {
+                    if self
+                        .disk_full_reported
+                        .is_none_or(|t| t.elapsed() >= DISK_FULL_REPEAT)
+                    {
                         error!(
                             "share {name}: {why}; downloads fail until space is freed (the next full sync retries them)"
                         );
-                        self.disk_full_reported = true;
+                        self.disk_full_reported = Some(Instant::now());
                     }
                     debug!("share {name}: {:?} not downloaded: {why}", r.job.meta.key);
                     self.status.last_error = Some(why);

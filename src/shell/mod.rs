@@ -42,10 +42,6 @@ pub use driver::Share;
 /// A message that keeps failing (unparseable, or its change cannot be applied) is removed
 /// after this many receives; the next full reconcile repairs whatever it was about.
 pub const MAX_RECEIVES: u32 = 5;
-/// A checksum mismatch is retried this many times before the object is reported as failing.
-pub(super) const MAX_CRC_ATTEMPTS: u32 = 3;
-/// Body read failures are resumed (ranged GET) this many times.
-const MAX_BODY_ATTEMPTS: u32 = 5;
 const LONG_POLL_SECS: u32 = 20;
 /// Extend a batch's visibility when its work runs longer than this.
 const VISIBILITY_EXTEND_AFTER: Duration = Duration::from_secs(20);
@@ -55,6 +51,8 @@ const SYNC_EVERY_RECORDS: usize = 256;
 /// Downloads whose intents share one journal sync before they go to the pool.
 const JOB_BATCH: usize = 32;
 const SYNC_EVERY: Duration = Duration::from_secs(1);
+/// A full share disk is logged again after this long if it is still full.
+const DISK_FULL_REPEAT: Duration = Duration::from_secs(600);
 /// The full sync's listing spool, in the share's state directory (unlinked while in use).
 const LISTING_SPOOL: &str = "listing.spool";
 
