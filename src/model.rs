@@ -4,6 +4,8 @@
 //! HEAD carries seconds, so seconds is the precision both sides can agree on, and it is what
 //! the agent writes as the local file's mtime.
 
+use std::cmp::Ordering;
+
 use serde::{Deserialize, Serialize};
 
 /// What the bucket says about one object (from a listing entry, a HEAD or a GET).
@@ -80,4 +82,50 @@ pub struct BucketEvent {
     pub etag: Option<String>,
     /// Upper-case hex `sequencer`, if the event carried one (AWS does, moto does not).
     pub sequencer: Option<String>,
+}
+
+/// Order two `sequencer` values of the same key: right-pad the shorter with `'0'`, then compare
+/// (ASCII case-insensitively). `Greater` means `a` is the later event.
+pub fn sequencer_cmp(a: &str, b: &str) -> Ordering {
+    let len = a.len().max(b.len());
+    padded_upper(a, len).cmp(padded_upper(b, len))
+}
+
+fn padded_upper(s: &str, len: usize) -> impl Iterator<Item = u8> + '_ {
+    s.bytes()
+        .map(|byte| byte.to_ascii_uppercase())
+        .chain(std::iter::repeat(b'0'))
+        .take(len)
+}
+
+/// Facts about a file found at a key's local path (what the cache disk reports, what the
+/// engine compares with the base).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FileFacts {
+    pub size: u64,
+    /// mtime, Unix seconds.
+    pub mtime: i64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sequencer_ordering_pads_and_ignores_case() {
+        assert_eq!(
+            sequencer_cmp("0055AED6DCD90281E5", "0055AED6DCD90281E6"),
+            Ordering::Less
+        );
+        assert_eq!(
+            sequencer_cmp("0055AED6DCD90281E5", "0055aed6dcd90281e5"),
+            Ordering::Equal
+        );
+        // Right-padding: "AB" is "AB00" next to "AB01".
+        assert_eq!(sequencer_cmp("AB", "AB01"), Ordering::Less);
+        assert_eq!(sequencer_cmp("AB", "AB00"), Ordering::Equal);
+        assert_eq!(sequencer_cmp("AC", "AB99"), Ordering::Greater);
+        assert_eq!(sequencer_cmp("", ""), Ordering::Equal);
+        assert_eq!(sequencer_cmp("1", ""), Ordering::Greater);
+    }
 }

@@ -22,7 +22,7 @@
 use crate::cache::crc64::Crc64Nvme;
 use crate::cache::journal;
 use crate::cache::paths::RESERVED_TOP_LEVEL;
-use crate::engine::FileFacts;
+use crate::model::FileFacts;
 use serde::{Deserialize, Serialize};
 use std::ffi::OsString;
 use std::fmt;

@@ -8,7 +8,6 @@
 //!
 //! Everything here is a pure function of the body; no input makes it panic.
 
-use std::cmp::Ordering;
 use std::fmt;
 
 use serde_json::{Map, Value};
@@ -118,20 +117,6 @@ pub fn parse_message(body: &str) -> Result<ParsedMessage, EventParseError> {
         return parse_sns(kind, top);
     }
     parse_s3_payload(top)
-}
-
-/// Order two `sequencer` values of the same key: right-pad the shorter with `'0'`, then compare
-/// (ASCII case-insensitively). `Greater` means `a` is the later event.
-pub fn sequencer_cmp(a: &str, b: &str) -> Ordering {
-    let len = a.len().max(b.len());
-    padded_upper(a, len).cmp(padded_upper(b, len))
-}
-
-fn padded_upper(s: &str, len: usize) -> impl Iterator<Item = u8> + '_ {
-    s.bytes()
-        .map(|byte| byte.to_ascii_uppercase())
-        .chain(std::iter::repeat(b'0'))
-        .take(len)
 }
 
 fn parse_json(text: &str, context: &'static str) -> Result<Value, EventParseError> {
@@ -817,23 +802,5 @@ mod tests {
                 let _ = parse_message(&text);
             }
         }
-    }
-
-    #[test]
-    fn sequencer_ordering_pads_and_ignores_case() {
-        assert_eq!(
-            sequencer_cmp("0055AED6DCD90281E5", "0055AED6DCD90281E6"),
-            Ordering::Less
-        );
-        assert_eq!(
-            sequencer_cmp("0055AED6DCD90281E5", "0055aed6dcd90281e5"),
-            Ordering::Equal
-        );
-        // Right-padding: "AB" is "AB00" next to "AB01".
-        assert_eq!(sequencer_cmp("AB", "AB01"), Ordering::Less);
-        assert_eq!(sequencer_cmp("AB", "AB00"), Ordering::Equal);
-        assert_eq!(sequencer_cmp("AC", "AB99"), Ordering::Greater);
-        assert_eq!(sequencer_cmp("", ""), Ordering::Equal);
-        assert_eq!(sequencer_cmp("1", ""), Ordering::Greater);
     }
 }

@@ -9,8 +9,9 @@ use std::cmp::Ordering;
 
 use super::plan::{compare, size_and_last_modified};
 use super::{FileFacts, Match};
-use crate::cloud::events::sequencer_cmp;
-use crate::model::{BucketEvent, ConsistencyCheck, EventKind, LocalRecord, ObjectMeta};
+use crate::model::{
+    BucketEvent, ConsistencyCheck, EventKind, LocalRecord, ObjectMeta, sequencer_cmp,
+};
 
 /// What to do with one event before touching the network.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

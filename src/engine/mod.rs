@@ -5,6 +5,8 @@
 //! - [`events`]: what to do with one bucket event, and what to do once the key's current state
 //!   is known (HEAD). Events are hints: duplicates, late and reordered events converge because
 //!   every action is decided against the key's current state.
+//! - [`batch`]: one received batch of queue messages: events grouped by key, the newest
+//!   sequencer, which messages may be deleted once the effects are durable.
 //! - [`download`]: one object's download as a state machine: which request next, every retry
 //!   and its limit (resume with HEAD + If-Match, range ignored, MD5-ETag rule, disk full).
 //! - [`local`]: the sink side of a key: is the file at its path the agent's own (equal to its
@@ -13,12 +15,14 @@
 //!
 //! The I/O shell (`crate::shell`) executes the decisions and feeds results back.
 
+pub mod batch;
 pub mod download;
 pub mod events;
 pub mod local;
 pub mod plan;
 pub mod progress;
 
+pub use crate::model::FileFacts;
 use crate::model::{LocalRecord, ObjectMeta};
 
 /// What the full sync does about one key.
@@ -37,14 +41,6 @@ pub enum SyncAction {
     Verify(ObjectMeta, LocalRecord),
     /// The agent published this file and the object is gone from the bucket: remove it.
     Delete(LocalRecord),
-}
-
-/// Facts about a file found at a key's local path that the state store does not know.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct FileFacts {
-    pub size: u64,
-    /// mtime, Unix seconds.
-    pub mtime: i64,
 }
 
 /// Result of comparing an object with the local record of it.

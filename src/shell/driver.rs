@@ -14,6 +14,7 @@ use super::pool::{Job, Pool};
 use super::{LONG_POLL_SECS, SYNC_EVERY, SYNC_EVERY_RECORDS, ShareContext, ShareError, SyncReport};
 use crate::cache::publish::ShareDir;
 use crate::cache::state::StateStore;
+use crate::engine::batch::Batch;
 use crate::engine::progress::Progress;
 use crate::service::Heartbeat;
 use crate::status::{ShareState, ShareStatus, unix_now, write_status};
@@ -33,9 +34,9 @@ pub struct Share {
     pub idle: Arc<AtomicBool>,
     /// Beaten whenever the share thread gets on with its work (the daemon watches it).
     pub heartbeat: Heartbeat,
-    /// While a queue batch is applied: `batch_ok[i]` is false once any effect of message `i`
-    /// failed. Empty during a full sync.
-    pub(super) batch_ok: Vec<bool>,
+    /// While a queue batch is applied: its bookkeeping, where pool jobs report failures (their
+    /// ticket is the key's index in it). Empty during a full sync.
+    pub(super) batch: Batch,
     /// A status change was not written yet (writes are rate-limited).
     pub(super) status_stale: bool,
     /// Downloads decided but not handed to the pool yet: their publish intents go into the
@@ -88,7 +89,7 @@ impl Share {
             last_state_sync: Instant::now(),
             idle: Arc::new(AtomicBool::new(false)),
             heartbeat: Heartbeat::new(),
-            batch_ok: Vec::new(),
+            batch: Batch::new(),
             status_stale: false,
             pending_jobs: Vec::new(),
             dirs_to_sync: BTreeSet::new(),

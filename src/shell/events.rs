@@ -1,22 +1,21 @@
 //! One received batch of queue messages: parsed, grouped by key, each key HEADed once and its
 //! change applied; a message is deleted only once its effects are durable.
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use log::{debug, warn};
 
-use super::{
-    MAX_RECEIVES, Share, ShareError, SyncReport, VISIBILITY_EXTEND_AFTER, VISIBILITY_EXTENSION_SECS,
-};
+use super::{Share, ShareError, SyncReport, VISIBILITY_EXTEND_AFTER, VISIBILITY_EXTENSION_SECS};
 use crate::cloud::events::{ParsedMessage, parse_message};
 use crate::cloud::{EventQueue, QueueMessage};
-use crate::engine::events::{EventDecision, HeadDecision, after_head, on_event};
+use crate::engine::batch::{Batch, Fate};
+use crate::engine::events::{HeadDecision, after_head};
 use crate::engine::progress::Progress;
 use crate::status::ShareState;
 
 impl Share {
-    /// Apply one received batch; delete each message once its effects are durable.
+    /// Apply one received batch; delete each message once its effects are durable. The
+    /// bookkeeping (grouping, sequencers, which message may go) is the engine's [`Batch`].
     pub fn apply_messages(
         &mut self,
         queue: &dyn EventQueue,
@@ -25,79 +24,52 @@ impl Share {
         let name = self.ctx.cfg.name.clone();
         let started = Instant::now();
         let mut extended = false;
-        // batch_ok[i]: every effect of message i is done (or it needs no effect).
-        self.batch_ok = vec![true; msgs.len()];
-        let mut discard = vec![false; msgs.len()];
-        // Events per key, in arrival order; the key's current state is checked once per batch.
-        let mut by_key: Vec<(String, Vec<(usize, crate::model::BucketEvent)>)> = Vec::new();
-        let mut key_index: HashMap<String, usize> = HashMap::new();
-        for (i, m) in msgs.iter().enumerate() {
-            match parse_message(&m.body) {
-                Ok(ParsedMessage::Events(events)) => {
-                    for ev in events {
-                        let slot = *key_index.entry(ev.key.clone()).or_insert_with(|| {
-                            by_key.push((ev.key.clone(), Vec::new()));
-                            by_key.len() - 1
-                        });
-                        by_key[slot].1.push((i, ev));
-                    }
-                }
+        let mut batch = Batch::new();
+        for m in &msgs {
+            let events = match parse_message(&m.body) {
+                Ok(ParsedMessage::Events(events)) => events,
                 Ok(ParsedMessage::TestEvent) => {
-                    debug!("share {name}: s3:TestEvent received; removing it")
+                    debug!("share {name}: s3:TestEvent received; removing it");
+                    Vec::new()
                 }
                 Ok(ParsedMessage::Ignored(why)) => {
-                    debug!("share {name}: message {} ignored: {why}", m.id)
+                    debug!("share {name}: message {} ignored: {why}", m.id);
+                    Vec::new()
                 }
                 Err(e) => {
-                    self.status.messages_discarded += u64::from(m.receive_count >= MAX_RECEIVES);
-                    if m.receive_count >= MAX_RECEIVES {
-                        warn!(
+                    match batch.add_malformed(m.receive_count) {
+                        Fate::DiscardMalformed => warn!(
                             "share {name}: malformed message {} removed after {} receives: {e}",
                             m.id, m.receive_count
-                        );
-                        discard[i] = true;
-                    } else {
-                        warn!(
+                        ),
+                        _ => warn!(
                             "share {name}: malformed message {} (receive {}): {e}",
                             m.id, m.receive_count
-                        );
-                        self.batch_ok[i] = false;
+                        ),
                     }
+                    continue;
                 }
-            }
+            };
+            batch.add(m.receive_count, events);
         }
+        // Pool jobs of this batch carry their key's index; their failures land in the batch.
+        self.batch = batch;
         let mut report = SyncReport::default();
         let mut progress = Progress::default();
         let mode = self.ctx.cfg.consistency_check;
-        for (key, events) in by_key {
+        for ki in 0..self.batch.keys().len() {
             self.heartbeat.beat();
+            let key = self.batch.keys()[ki].key.clone();
             let local = self.state.get(&key)?;
-            let mut need_head = false;
-            let mut sequencer: Option<String> = None;
-            for (_, ev) in &events {
-                if let EventDecision::Head = on_event(ev, &self.ctx.cfg.prefix, local.as_ref()) {
-                    need_head = true;
-                }
-                if let Some(s) = &ev.sequencer
-                    && sequencer
-                        .as_ref()
-                        .is_none_or(|cur| crate::cloud::events::sequencer_cmp(s, cur).is_gt())
-                {
-                    sequencer = Some(s.clone());
-                }
-            }
-            if !need_head {
+            if !self.batch.keys()[ki].needs_head(&self.ctx.cfg.prefix, local.as_ref()) {
                 continue;
             }
-            // Tickets: the first message carrying this key stands for all of them.
-            let tickets: Vec<usize> = events.iter().map(|(i, _)| *i).collect();
+            let sequencer = self.batch.keys()[ki].sequencer.clone();
             let head = match self.ctx.store.head(&key) {
                 Ok(h) => h,
                 Err(e) => {
                     warn!("share {name}: HEAD {key:?} failed: {e}; will retry on redelivery");
-                    for t in tickets {
-                        self.batch_ok[t] = false;
-                    }
+                    self.batch.fail_key(ki);
                     continue;
                 }
             };
@@ -122,33 +94,9 @@ impl Share {
                     self.status.bytes_total += meta.size;
                     // Adopt goes through fetch too: it re-checks the file and records it.
                     let before_failed = report.failed;
-                    self.fetch(
-                        meta,
-                        sequencer,
-                        local,
-                        tickets[0],
-                        &mut report,
-                        &mut progress,
-                    )?;
+                    self.fetch(meta, sequencer, local, ki, &mut report, &mut progress)?;
                     if report.failed > before_failed {
-                        for t in &tickets {
-                            self.batch_ok[*t] = false;
-                        }
-                    }
-                    // Every message with this key shares the outcome of the one job.
-                    if tickets.len() > 1 {
-                        self.drain_batch(
-                            &mut report,
-                            &mut progress,
-                            queue,
-                            &msgs,
-                            started,
-                            &mut extended,
-                        )?;
-                        let all = tickets.iter().all(|t| self.batch_ok[*t]);
-                        for t in tickets {
-                            self.batch_ok[t] &= all;
-                        }
+                        self.batch.fail_key(ki);
                     }
                 }
             }
@@ -162,18 +110,22 @@ impl Share {
             &mut extended,
         )?;
         self.sync_state(true)?;
-        let ok = std::mem::take(&mut self.batch_ok);
+        let batch = std::mem::take(&mut self.batch);
         // Effects are durable: now the messages may go.
         let mut handles = Vec::new();
         for (i, m) in msgs.iter().enumerate() {
-            if ok[i] || discard[i] || m.receive_count >= MAX_RECEIVES {
-                if !ok[i] && !discard[i] {
-                    warn!(
-                        "share {name}: message {} failed {} times; removed, the next full reconcile repairs its keys",
-                        m.id, m.receive_count
-                    );
-                    self.status.messages_discarded += 1;
-                }
+            let fate = batch.fate(i);
+            match fate {
+                Fate::GiveUp => warn!(
+                    "share {name}: message {} failed {} times; removed, the next full reconcile repairs its keys",
+                    m.id, m.receive_count
+                ),
+                Fate::Done | Fate::Redeliver | Fate::DiscardMalformed => {}
+            }
+            if matches!(fate, Fate::GiveUp | Fate::DiscardMalformed) {
+                self.status.messages_discarded += 1;
+            }
+            if fate.deletes() {
                 handles.push(m.receipt_handle.clone());
             }
         }

@@ -253,8 +253,8 @@ impl Share {
                     false
                 }
             };
-            if let Some(slot) = self.batch_ok.get_mut(r.ticket) {
-                *slot &= ok;
+            if !ok {
+                self.batch.fail_key(r.ticket);
             }
         }
         Ok(())

@@ -39,9 +39,6 @@ use crate::service::Shutdown;
 
 pub use driver::Share;
 
-/// A message that keeps failing (unparseable, or its change cannot be applied) is removed
-/// after this many receives; the next full reconcile repairs whatever it was about.
-pub const MAX_RECEIVES: u32 = 5;
 const LONG_POLL_SECS: u32 = 20;
 /// Extend a batch's visibility when its work runs longer than this.
 const VISIBILITY_EXTEND_AFTER: Duration = Duration::from_secs(20);

@@ -16,7 +16,7 @@ use crate::service::Shutdown;
 
 /// A download the worker pool performs.
 pub(super) struct Job {
-    /// Index of the work item that asked for it (event batch bookkeeping).
+    /// The key's index in the event batch that asked for it (unused in a full sync).
     pub(super) ticket: usize,
     pub(super) meta: ObjectMeta,
     pub(super) rel: PathBuf,
