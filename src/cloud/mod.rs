@@ -2,10 +2,12 @@
 //!
 //! [`ObjectStore`] is the bucket (S3 today, OSS later) and [`EventQueue`] is the per-share queue
 //! (SQS today, MNS later). Errors separate "the service said no" from "the transport failed" so
-//! the retry policy ([`retry`]) and the status report can tell them apart.
+//! the retry policy ([`retry`]) and the status report can tell them apart. [`memory`] holds
+//! in-memory doubles of both traits, with a failure-injecting wrapper, for tests of the shell.
 
 pub mod events;
 pub mod http;
+pub mod memory;
 pub mod retry;
 pub mod s3;
 pub mod sigv4;
