@@ -12,7 +12,8 @@
 //! - [`shell`]: the I/O shell that drives one share (full sync, then the event loop), a folder
 //!   of small rooms: the driver, the full sync, queue batches, disk effects, the download
 //!   pool, crash recovery, the spooled listing.
-//! - [`format`]: small formatting helpers (sizes, hex).
+//! - [`format`]: small formatting helpers (sizes, hex); [`time`]: UTC time (Unix seconds,
+//!   the civil calendar, RFC 3339 text).
 //! - [`status`]: per-share status files written by the agent and read by `sgw-agent status`.
 //! - [`runner`]: the `sync` and `run` commands: one thread per share, graceful stop.
 //! - [`service`]: signals and graceful shutdown; logging set-up for terminals and journald.
@@ -34,3 +35,4 @@ pub mod runner;
 pub mod service;
 pub mod shell;
 pub mod status;
+pub mod time;

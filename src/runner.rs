@@ -27,7 +27,8 @@ use crate::control::protocol::{
 };
 use crate::service::{Heartbeat, Notifier, ReloadRequest, Shutdown};
 use crate::shell::{ProgressSink, Share, ShareContext};
-use crate::status::{ShareState, ShareStatus, read_status, unix_now, write_status};
+use crate::status::{ShareState, ShareStatus, read_status, write_status};
+use crate::time::unix_now;
 
 /// How long a stopping agent waits for in-flight downloads before it exits anyway (the state
 /// store is crash-safe, so an exit past this point loses nothing that was completed).

@@ -405,40 +405,8 @@ pub fn format_log_line(journald: bool, level: log::Level, msg: &str) -> String {
         };
         format!("<{prio}>{msg}\n")
     } else {
-        format!("{} {level:5} {msg}\n", utc_timestamp())
+        format!("{} {level:5} {msg}\n", crate::time::utc_timestamp())
     }
-}
-
-/// `2026-11-21T05:06:52Z`, from the system clock.
-pub fn utc_timestamp() -> String {
-    utc_timestamp_of(crate::status::unix_now())
-}
-
-/// `2026-11-21T05:06:52Z` for Unix seconds `secs`.
-pub fn utc_timestamp_of(secs: i64) -> String {
-    let days = secs.div_euclid(86400);
-    let rem = secs.rem_euclid(86400);
-    let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
-/// Days since 1970-01-01 -> (year, month, day), proleptic Gregorian (H. Hinnant's algorithm).
-pub fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (if m <= 2 { y + 1 } else { y }, m, d)
 }
 
 #[cfg(test)]
@@ -453,14 +421,6 @@ mod tests {
         assert!(seen_by_the_main_loop.age() >= Duration::from_millis(30));
         h.beat();
         assert!(seen_by_the_main_loop.age() < Duration::from_millis(30));
-    }
-
-    #[test]
-    fn civil_dates() {
-        assert_eq!(civil_from_days(0), (1970, 1, 1));
-        assert_eq!(civil_from_days(19_000), (2022, 1, 8));
-        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
-        assert_eq!(civil_from_days(-1), (1969, 12, 31));
     }
 
     #[test]

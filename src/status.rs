@@ -138,10 +138,3 @@ pub fn read_status(share_state_dir: &Path) -> std::io::Result<Option<ShareStatus
         Err(e) => Err(e),
     }
 }
-
-pub fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}

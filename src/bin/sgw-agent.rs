@@ -9,8 +9,9 @@ use std::sync::Arc;
 use sgw_agent::config::{Config, DEFAULT_CONFIG_PATH, EXIT_CONFIG, EXIT_USAGE};
 use sgw_agent::format::human_bytes;
 use sgw_agent::runner;
-use sgw_agent::service::{Logger, Shutdown, utc_timestamp_of};
+use sgw_agent::service::{Logger, Shutdown};
 use sgw_agent::shell::{ProgressSink, Silent};
+use sgw_agent::time::utc_timestamp_of;
 
 // Beside this file, not in src/bin/ (where Cargo would take it for another binary).
 #[path = "sgw-agent/progress.rs"]

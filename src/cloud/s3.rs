@@ -11,9 +11,10 @@ use ureq::http::HeaderMap;
 
 use super::http::{Call, SignedClient, header_str, read_capped};
 use super::retry::{RetryPolicy, retry};
-use super::sigv4::{Credentials, days_from_civil};
+use super::sigv4::Credentials;
 use super::{CloudError, ListPage, ObjectBody, ObjectStore};
 use crate::model::ObjectMeta;
+use crate::time::parse_iso8601;
 
 /// A listing page of 1000 keys is ~350 KiB; anything near this is not a listing.
 pub const MAX_LIST_BODY: usize = 8 * 1024 * 1024;
@@ -313,77 +314,6 @@ fn parse_http_date(value: &str) -> Option<i64> {
     let time = httpdate::parse_http_date(value).ok()?;
     let secs = time.duration_since(std::time::UNIX_EPOCH).ok()?.as_secs();
     i64::try_from(secs).ok()
-}
-
-/// ISO-8601 / RFC 3339 UTC time as S3 writes it (`2009-10-12T17:50:30.000Z`) → Unix seconds.
-/// Accepts any number of fraction digits and a `Z` or `±HH:MM` offset.
-pub fn parse_iso8601(text: &str) -> Option<i64> {
-    let s = text.trim().as_bytes();
-    let num = |range: std::ops::Range<usize>| -> Option<i64> {
-        let digits = s.get(range)?;
-        if !digits.iter().all(u8::is_ascii_digit) {
-            return None;
-        }
-        Some(
-            digits
-                .iter()
-                .fold(0i64, |acc, d| acc * 10 + i64::from(d - b'0')),
-        )
-    };
-    if s.len() < 20
-        || s[4] != b'-'
-        || s[7] != b'-'
-        || !matches!(s[10], b'T' | b't')
-        || s[13] != b':'
-        || s[16] != b':'
-    {
-        return None;
-    }
-    let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
-    let (hour, minute, second) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    let mut i = 19;
-    if s[i] == b'.' {
-        i += 1;
-        let start = i;
-        while i < s.len() && s[i].is_ascii_digit() {
-            i += 1;
-        }
-        if i == start {
-            return None;
-        }
-    }
-    let offset_secs = match s.get(i..)? {
-        b"Z" | b"z" => 0,
-        [sign @ (b'+' | b'-'), _, _, b':', _, _] => {
-            let hh = num(i + 1..i + 3)?;
-            let mm = num(i + 4..i + 6)?;
-            if hh > 23 || mm > 59 {
-                return None;
-            }
-            let v = hh * 3600 + mm * 60;
-            if *sign == b'+' { v } else { -v }
-        }
-        _ => return None,
-    };
-    let month_u32 = u32::try_from(month).ok()?;
-    if !(1..=12).contains(&month_u32) || day < 1 || day > days_in_month(year, month_u32) {
-        return None;
-    }
-    // 60 is a leap second; seconds resolution cannot show it, so it folds into :59.
-    if hour > 23 || minute > 59 || second > 60 {
-        return None;
-    }
-    let days = days_from_civil(year, month_u32, u32::try_from(day).ok()?);
-    Some(days * 86_400 + hour * 3600 + minute * 60 + second.min(59) - offset_secs)
-}
-
-fn days_in_month(year: i64, month: u32) -> i64 {
-    match month {
-        2 if (year % 4 == 0 && year % 100 != 0) || year % 400 == 0 => 29,
-        2 => 28,
-        4 | 6 | 9 | 11 => 30,
-        _ => 31,
-    }
 }
 
 /// `+` → space, then `%XX` → byte; the result must be UTF-8. S3 (and botocore's
@@ -777,53 +707,6 @@ mod tests {
                 .len(),
             1000
         );
-    }
-
-    #[test]
-    fn iso8601_parsing() {
-        assert_eq!(parse_iso8601("1970-01-01T00:00:00Z"), Some(0));
-        assert_eq!(
-            parse_iso8601("2009-10-12T17:50:30.000Z"),
-            Some(1_255_369_830)
-        );
-        assert_eq!(
-            parse_iso8601("2009-10-12T17:50:30.999999Z"),
-            Some(1_255_369_830)
-        );
-        assert_eq!(
-            parse_iso8601("2009-10-12T19:50:30+02:00"),
-            Some(1_255_369_830)
-        );
-        assert_eq!(
-            parse_iso8601("2009-10-12T15:20:30.5-02:30"),
-            Some(1_255_369_830)
-        );
-        assert_eq!(parse_iso8601("2000-02-29T23:59:59Z"), Some(951_868_799));
-        assert_eq!(
-            parse_iso8601("2016-12-31T23:59:60Z"),
-            parse_iso8601("2016-12-31T23:59:59Z")
-        );
-        assert_eq!(parse_iso8601("1969-12-31T23:59:59Z"), Some(-1));
-        for bad in [
-            "",
-            "2009-10-12",
-            "2009-10-12T17:50:30",
-            "2009-10-12 17:50:30Z",
-            "2009-13-12T17:50:30Z",
-            "2009-02-29T17:50:30Z",
-            "2009-10-32T17:50:30Z",
-            "2009-10-12T24:00:00Z",
-            "2009-10-12T17:60:30Z",
-            "2009-10-12T17:50:30.Z",
-            "2009-10-12T17:50:30ZZ",
-            "2009-10-12T17:50:30+2:00",
-            "+009-10-12T17:50:30Z",
-            "2009-1a-12T17:50:30Z",
-            "2009-10-12T17:50:30+24:00",
-            "２００９-10-12T17:50:30Z",
-        ] {
-            assert_eq!(parse_iso8601(bad), None, "{bad:?}");
-        }
     }
 
     #[test]

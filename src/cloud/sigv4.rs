@@ -7,7 +7,11 @@
 use std::fmt;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use ring::{digest, hmac};
+
+use crate::format::hex_lower;
+use crate::time::civil_from_days;
 
 /// SHA-256 of the empty payload (GET, HEAD).
 pub const EMPTY_SHA256: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
@@ -56,24 +60,20 @@ pub struct RequestToSign<'a> {
 /// Headers the caller must add to the request (names lower-case).
 pub type AddedHeaders = Vec<(&'static str, String)>;
 
-/// RFC 3986 unreserved characters stay; every other byte becomes `%XX` (upper-case hex).
-fn encode_into(out: &mut String, input: &str, keep_slash: bool) {
-    for &byte in input.as_bytes() {
-        let keep = byte.is_ascii_alphanumeric()
-            || matches!(byte, b'-' | b'_' | b'.' | b'~')
-            || (keep_slash && byte == b'/');
-        if keep {
-            out.push(char::from(byte));
-        } else {
-            out.push('%');
-            out.push(char::from(HEX_UPPER[usize::from(byte >> 4)]));
-            out.push(char::from(HEX_UPPER[usize::from(byte & 0x0f)]));
-        }
-    }
-}
+/// RFC 3986 unreserved characters stay; every other byte becomes `%XX` (upper-case hex), as
+/// SigV4 requires (the percent-encoding crate's output, with our set).
+const COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+/// The same, keeping `/` as the path's segment separator.
+const PATH: &AsciiSet = &COMPONENT.remove(b'/');
 
-const HEX_UPPER: &[u8; 16] = b"0123456789ABCDEF";
-const HEX_LOWER: &[u8; 16] = b"0123456789abcdef";
+fn encode_into(out: &mut String, input: &str, keep_slash: bool) {
+    let set = if keep_slash { PATH } else { COMPONENT };
+    out.extend(utf8_percent_encode(input, set));
+}
 
 /// Percent-encode one URI component (query name or value, or a path segment).
 pub fn encode_component(input: &str) -> String {
@@ -128,15 +128,6 @@ pub fn host_header(scheme: &str, host: &str, port: Option<u16>) -> String {
 
 pub fn sha256_hex(data: &[u8]) -> String {
     hex_lower(digest::digest(&digest::SHA256, data).as_ref())
-}
-
-fn hex_lower(bytes: &[u8]) -> String {
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for &b in bytes {
-        out.push(char::from(HEX_LOWER[usize::from(b >> 4)]));
-        out.push(char::from(HEX_LOWER[usize::from(b & 0x0f)]));
-    }
-    out
 }
 
 fn hmac_sha256(key: &[u8], data: &[u8]) -> hmac::Tag {
@@ -270,34 +261,6 @@ pub fn amz_date(time: SystemTime) -> (String, String) {
     let (hh, mm, ss) = (secs_of_day / 3600, secs_of_day / 60 % 60, secs_of_day % 60);
     let date = format!("{year:04}{month:02}{day:02}");
     (format!("{date}T{hh:02}{mm:02}{ss:02}Z"), date)
-}
-
-/// Days since 1970-01-01 → (year, month, day) in the proleptic Gregorian calendar
-/// (Howard Hinnant's `civil_from_days`).
-pub fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097); // [0, 146096]
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365; // [0, 399]
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100); // [0, 365]
-    let mp = (5 * doy + 2) / 153; // [0, 11]
-    let day = doy - (153 * mp + 2) / 5 + 1; // [1, 31]
-    let month = if mp < 10 { mp + 3 } else { mp - 9 }; // [1, 12]
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    // Both are in range by construction.
-    (year, month as u32, day as u32)
-}
-
-/// (year, month, day) → days since 1970-01-01; the inverse of [`civil_from_days`].
-pub fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
-    let year = if month <= 2 { year - 1 } else { year };
-    let era = year.div_euclid(400);
-    let yoe = year.rem_euclid(400);
-    let month = i64::from(month);
-    let mp = if month > 2 { month - 3 } else { month + 9 };
-    let doy = (153 * mp + 2) / 5 + i64::from(day) - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
 }
 
 #[cfg(test)]
@@ -520,22 +483,5 @@ mod tests {
             amz_date(UNIX_EPOCH - Duration::from_millis(1)).0,
             "19691231T235959Z"
         );
-    }
-
-    #[test]
-    fn civil_days_round_trip_over_a_wide_range() {
-        // Every day from 1600 to 2400 must round-trip and move forward by exactly one day.
-        let start = days_from_civil(1600, 1, 1);
-        let end = days_from_civil(2400, 12, 31);
-        let mut previous = civil_from_days(start - 1);
-        for d in start..=end {
-            let (y, m, day) = civil_from_days(d);
-            assert_eq!(days_from_civil(y, m, day), d);
-            assert!((y, m, day) > previous);
-            assert!((1..=12).contains(&m) && (1..=31).contains(&day));
-            previous = (y, m, day);
-        }
-        assert_eq!(days_from_civil(1970, 1, 1), 0);
-        assert_eq!(civil_from_days(19_723), (2024, 1, 1));
     }
 }

@@ -85,9 +85,9 @@ pub fn parse_iso8601(text: &str) -> Option<i64> {
     }
     let month = u32::try_from(month).ok()?;
     let day_u = u32::try_from(day).ok()?;
-    let days = crate::cloud::sigv4::days_from_civil(year, month, day_u);
+    let days = crate::time::days_from_civil(year, month, day_u);
     // Reject 2024-02-31 and friends: the date must survive the round trip.
-    if crate::cloud::sigv4::civil_from_days(days) != (year, month, day_u) {
+    if crate::time::civil_from_days(days) != (year, month, day_u) {
         return None;
     }
     Some(days * 86_400 + hour * 3600 + minute * 60 + second)
@@ -97,7 +97,7 @@ pub fn parse_iso8601(text: &str) -> Option<i64> {
 pub fn format_iso8601(unix_secs: i64) -> String {
     let days = unix_secs.div_euclid(86_400);
     let rem = unix_secs.rem_euclid(86_400);
-    let (y, m, d) = crate::cloud::sigv4::civil_from_days(days);
+    let (y, m, d) = crate::time::civil_from_days(days);
     format!(
         "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
         rem / 3600,

@@ -60,7 +60,7 @@ impl ControlClient {
             path,
             &self.settings.gateway_id,
             &self.settings.gateway_secret,
-            crate::status::unix_now(),
+            crate::time::unix_now(),
             &nonce(),
             &body,
         );

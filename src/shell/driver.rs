@@ -17,7 +17,8 @@ use crate::cache::state::StateStore;
 use crate::engine::batch::Batch;
 use crate::engine::progress::Progress;
 use crate::service::Heartbeat;
-use crate::status::{ShareState, ShareStatus, unix_now, write_status};
+use crate::status::{ShareState, ShareStatus, write_status};
+use crate::time::unix_now;
 
 /// One share at work.
 pub struct Share {

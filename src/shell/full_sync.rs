@@ -15,7 +15,8 @@ use crate::engine::plan::{FullSyncMerge, MergeError};
 use crate::engine::progress::{Progress, ProgressMeter};
 use crate::format::human_bytes;
 use crate::model::ConsistencyCheck;
-use crate::status::{ShareState, unix_now};
+use crate::status::ShareState;
+use crate::time::unix_now;
 
 impl Share {
     /// Bring the share in line with the bucket: list, compare, download, delete.
