@@ -117,9 +117,62 @@ pub fn retry<T>(
     }
 }
 
+/// The waits of a loop that keeps failing as a whole (a share's full sync, its queue poll):
+/// the same full-jitter growth as [`retry`], up to `cap`, back to the start after a success.
+/// One policy for every retry in the agent.
+#[derive(Debug)]
+pub struct Backoff {
+    policy: RetryPolicy,
+    attempt: u32,
+    rng: SystemRandom,
+}
+
+impl Backoff {
+    pub fn new(base: Duration, cap: Duration) -> Backoff {
+        Backoff {
+            policy: RetryPolicy {
+                max_attempts: u32::MAX,
+                base,
+                cap,
+            },
+            attempt: 0,
+            rng: SystemRandom::new(),
+        }
+    }
+
+    /// The wait before the next try; each call lets the following one grow.
+    pub fn next_delay(&mut self) -> Duration {
+        let delay = self.policy.delay(self.attempt, random_u64(&self.rng));
+        self.attempt = self.attempt.saturating_add(1);
+        delay
+    }
+
+    /// The loop succeeded: the next failure starts small again.
+    pub fn reset(&mut self) {
+        self.attempt = 0;
+    }
+}
+
+/// The wait before retry number `attempt` (0-based) of the default policy, jittered.
+pub fn default_delay(attempt: u32) -> Duration {
+    RetryPolicy::default().delay(attempt, random_u64(&SystemRandom::new()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn backoff_grows_within_its_cap_and_starts_over_after_success() {
+        let mut b = Backoff::new(Duration::from_secs(1), Duration::from_secs(8));
+        let waits: Vec<Duration> = (0..8).map(|_| b.next_delay()).collect();
+        for (i, w) in waits.iter().enumerate() {
+            let ceiling = Duration::from_secs(1 << i.min(3));
+            assert!(*w <= ceiling, "wait {i}: {w:?} > {ceiling:?}");
+        }
+        b.reset();
+        assert!(b.next_delay() <= Duration::from_secs(1));
+    }
     use std::cell::Cell;
     use std::time::Instant;
 

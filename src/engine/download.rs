@@ -11,11 +11,9 @@
 //! - No CRC-64 from the server: a whole-object GET of a single-part object is checked against
 //!   its MD5 ETag instead of the size alone.
 //! - Failures are bounded: body interruptions are resumed [`MAX_BODY_ATTEMPTS`] times with a
-//!   growing pause, checksum mismatches retried [`MAX_CHECK_ATTEMPTS`] times, version changes
+//!   pause that grows (the shell's retry policy), checksum mismatches retried [`MAX_CHECK_ATTEMPTS`] times, version changes
 //!   under the download followed [`MAX_RESTARTS`] times. A local write failure is never
 //!   retried (a full disk stays full).
-
-use std::time::Duration;
 
 use super::local::is_md5_etag;
 use crate::model::ObjectMeta;
@@ -52,8 +50,9 @@ pub enum Step {
         md5: bool,
         restage: Option<ObjectMeta>,
     },
-    /// Keep the staged bytes, wait, then [`Download::waited`].
-    Wait { pause: Duration, why: String },
+    /// Keep the staged bytes, wait before retry number `attempt` (0-based; how long is the
+    /// shell's one retry policy), then [`Download::waited`].
+    Wait { attempt: u32, why: String },
     /// Verify size and CRC-64 (when known) and publish; then [`Download::published`].
     Publish {
         size: u64,
@@ -241,7 +240,7 @@ impl Download {
                     return Step::Done(Outcome::Failed(format!("reading {key:?}: {why}")));
                 }
                 Step::Wait {
-                    pause: Duration::from_millis(200 * u64::from(self.body_failures)),
+                    attempt: self.body_failures - 1,
                     why: format!("body interrupted at {at} bytes ({why}); resuming"),
                 }
             }
@@ -559,10 +558,10 @@ mod tests {
     }
 
     #[test]
-    fn interruptions_resume_with_growing_pauses_but_a_full_disk_is_final() {
+    fn interruptions_resume_with_growing_attempts_but_a_full_disk_is_final() {
         let m = meta("e1", 100, Some(1));
         let (mut dl, _) = Download::new(m.clone());
-        let mut pauses = Vec::new();
+        let mut attempts = Vec::new();
         loop {
             dl.staged(0);
             dl.got(body(0, &m));
@@ -570,8 +569,8 @@ mod tests {
                 at: 5,
                 why: "reset".into(),
             }) {
-                Step::Wait { pause, .. } => {
-                    pauses.push(pause);
+                Step::Wait { attempt, .. } => {
+                    attempts.push(attempt);
                     assert!(matches!(dl.waited(), Step::Stage { discard: false, .. }));
                 }
                 Step::Done(Outcome::Failed(w)) => {
@@ -581,8 +580,7 @@ mod tests {
                 other => panic!("{other:?}"),
             }
         }
-        assert_eq!(pauses.len() as u32, MAX_BODY_ATTEMPTS - 1);
-        assert!(pauses.windows(2).all(|w| w[0] < w[1]), "{pauses:?}");
+        assert_eq!(attempts, (0..MAX_BODY_ATTEMPTS - 1).collect::<Vec<_>>());
         let (mut dl, _) = Download::new(m.clone());
         dl.staged(0);
         dl.got(body(0, &m));

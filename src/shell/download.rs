@@ -9,6 +9,7 @@ use log::{info, warn};
 
 use super::pool::{Job, JobOutcome};
 use crate::cache::publish::{Expected, PublishError, Published, ShareDir, Staged};
+use crate::cloud::retry::default_delay;
 use crate::cloud::{CloudError, ObjectBody, ObjectStore};
 use crate::engine::download::{
     Download, GetResult, HeadResult, Outcome, PublishResult, Step, StreamResult,
@@ -109,11 +110,11 @@ pub(super) fn download(
                 };
                 dl.streamed(stream(b, s, md5, buf))
             }
-            Step::Wait { pause, why } => {
+            Step::Wait { attempt, why } => {
                 warn!("share download: {key:?}: {why}");
                 // Keep the staged bytes: the next round resumes with a ranged GET.
                 drop(staged.take());
-                shutdown.sleep(pause);
+                shutdown.sleep(default_delay(attempt));
                 dl.waited()
             }
             Step::Publish {

@@ -14,6 +14,7 @@ use super::pool::{Job, Pool};
 use super::{LONG_POLL_SECS, SYNC_EVERY, SYNC_EVERY_RECORDS, ShareContext, ShareError, SyncReport};
 use crate::cache::publish::ShareDir;
 use crate::cache::state::StateStore;
+use crate::cloud::retry::Backoff;
 use crate::engine::batch::Batch;
 use crate::engine::progress::Progress;
 use crate::service::Heartbeat;
@@ -196,7 +197,10 @@ impl Share {
         let mut need_full_sync = true;
         let mut last_full = Instant::now();
         let mut queue_failing = false;
-        let mut backoff = Duration::from_secs(1);
+        // Full-sync failures back off up to 5 minutes, queue failures up to 1 (the queue is
+        // cheap to ask, and a reachable queue again means events are waiting).
+        let mut sync_backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(300));
+        let mut queue_backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
         while !self.ctx.shutdown.is_triggered() {
             self.heartbeat.beat();
             let interval = self.ctx.cfg.full_sync_interval_secs;
@@ -206,16 +210,16 @@ impl Share {
                 match self.full_sync() {
                     Ok(_) => {
                         need_full_sync = false;
-                        backoff = Duration::from_secs(1);
+                        sync_backoff.reset();
                     }
                     Err(ShareError::Stopped) => break,
                     Err(e) => {
+                        let wait = sync_backoff.next_delay();
                         error!(
-                            "share {name}: full sync failed: {e}; retrying in {}s",
-                            backoff.as_secs()
+                            "share {name}: full sync failed: {e}; retrying in {:.1}s",
+                            wait.as_secs_f64()
                         );
-                        self.ctx.shutdown.sleep(backoff);
-                        backoff = (backoff * 2).min(Duration::from_secs(300));
+                        self.ctx.shutdown.sleep(wait);
                         continue;
                     }
                 }
@@ -253,7 +257,7 @@ impl Share {
                         self.status.state = ShareState::Healthy;
                         self.write_status(true);
                     }
-                    backoff = Duration::from_secs(1);
+                    queue_backoff.reset();
                     if !msgs.is_empty()
                         && let Err(e) = self.apply_messages(&*queue, msgs)
                     {
@@ -271,9 +275,8 @@ impl Share {
                     self.status.last_error = Some(format!("queue: {e}"));
                     self.write_status(true);
                     self.idle.store(true, Ordering::SeqCst);
-                    self.ctx.shutdown.sleep(backoff);
+                    self.ctx.shutdown.sleep(queue_backoff.next_delay());
                     self.idle.store(false, Ordering::SeqCst);
-                    backoff = (backoff * 2).min(Duration::from_secs(60));
                 }
             }
         }
