@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::cloud::sigv4::Credentials;
+use crate::engine::guard::DeleteLimits;
 use crate::model::ConsistencyCheck;
 
 /// Exit code for a configuration or credentials error (sysexits `EX_CONFIG`).
@@ -99,6 +100,10 @@ pub struct ShareConfig {
     pub download_concurrency: usize,
     /// Seconds between full reconciles while running (0 = only at start and after outages).
     pub full_sync_interval_secs: u64,
+    /// The mass-delete guard's thresholds (`max_delete_percent`, `max_delete`).
+    pub delete_limits: DeleteLimits,
+    /// Not a config key: `sync --allow-mass-delete SHARE` sets it for one run.
+    pub allow_mass_delete: bool,
 }
 
 #[derive(Deserialize)]
@@ -131,6 +136,8 @@ struct RawShare {
     allow_http: Option<bool>,
     download_concurrency: Option<i64>,
     full_sync_interval_secs: Option<i64>,
+    max_delete_percent: Option<i64>,
+    max_delete: Option<i64>,
 }
 
 impl Config {
@@ -396,6 +403,27 @@ fn validate_share(
             ));
         }
     };
+    let defaults = DeleteLimits::default();
+    let max_percent = match s.max_delete_percent {
+        None => defaults.max_percent,
+        Some(n) if (0..=100).contains(&n) => n as u8,
+        Some(n) => {
+            return Err((
+                key("max_delete_percent"),
+                format!("expected 0 to 100 (100 turns the guard off); got {n}"),
+            ));
+        }
+    };
+    let max_count = match s.max_delete {
+        None => defaults.max_count,
+        Some(n) if n >= 0 => n as u64,
+        Some(n) => {
+            return Err((
+                key("max_delete"),
+                format!("expected a count of files, 0 or more; got {n}"),
+            ));
+        }
+    };
     Ok(ShareConfig {
         name,
         path,
@@ -408,6 +436,11 @@ fn validate_share(
         allow_http,
         download_concurrency,
         full_sync_interval_secs,
+        delete_limits: DeleteLimits {
+            max_percent,
+            max_count,
+        },
+        allow_mass_delete: false,
     })
 }
 

@@ -518,7 +518,16 @@ fn files_published_just_before_a_kill_are_still_the_agents_own() {
     let published: Vec<String> = files_under(&s.share).into_keys().collect();
     assert!(published.len() < total, "the kill must land mid-sync");
     assert_eq!(peer.delete_many("intent", &published), published.len());
-    let (code, log) = sync(&s);
+    // Every file the agent has is deleted in the bucket: the mass-delete guard would refuse
+    // (rightly); the operator allows it, which is what this test is not about.
+    let out = agent_command(&s.config)
+        .args(["sync", "--quiet", "--allow-mass-delete", "test"])
+        .output()
+        .unwrap();
+    let (code, log) = (
+        out.status,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
     assert!(code.success(), "{log}");
     let files = files_under(&s.share);
     let left: Vec<_> = published
@@ -739,7 +748,13 @@ fn a_same_size_overwrite_in_the_same_second_is_fetched_not_adopted() {
     let key = "c/counter.txt";
     let s = setup(&peer, "same", "", None);
     let mut hit_same_second = false;
-    for round in 0..6u32 {
+    for round in 0..10u32 {
+        // Start at the top of a second: put, sync and put again fit in it most of the time.
+        let into_second = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_millis();
+        std::thread::sleep(Duration::from_millis(u64::from(1000 - into_second)));
         let old = format!("value={:04}\n", round * 2);
         let new = format!("value={:04}\n", round * 2 + 1);
         let first = peer.put("same", key, &old);
@@ -853,4 +868,56 @@ fn a_full_share_disk_is_reported_once_and_publishes_nothing_partial() {
             .contains("no space left"),
         "{st}"
     );
+}
+
+#[test]
+fn an_emptied_bucket_deletes_nothing_until_the_operator_allows_it() {
+    // Issue 15: a wrong prefix, an emptied or recreated bucket must not wipe the share.
+    let peer = Peer::start();
+    peer.make_bucket("wiped");
+    let n = peer.put_many("wiped", "docs/", 150, 64);
+    let s = setup(&peer, "wiped", "", None);
+    let (code, log) = sync(&s);
+    assert!(code.success(), "{log}");
+    assert_eq!(files_under(&s.share).len(), n);
+
+    let keys: Vec<String> = (0..n).map(|i| many_key("docs/", i)).collect();
+    assert_eq!(peer.delete_many("wiped", &keys), n);
+    let (code, log) = sync(&s);
+    assert_eq!(
+        code.code(),
+        Some(1),
+        "a refused delete is not a converged sync\n{log}"
+    );
+    assert!(
+        log.contains("would delete 150 of 150 files; refusing")
+            && log.contains("sgw-agent sync --allow-mass-delete test"),
+        "{log}"
+    );
+    assert_eq!(files_under(&s.share).len(), n, "nothing deleted");
+    let st = status(&s);
+    assert_eq!(st["state"], "error", "{st}");
+    assert!(
+        st["last_error"].as_str().unwrap_or("").contains("refusing"),
+        "{st}"
+    );
+
+    // The operator checked: this run may delete them.
+    let out = agent_command(&s.config)
+        .args(["sync", "--quiet", "--allow-mass-delete", "test"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(files_under(&s.share).is_empty(), "allowed for this run");
+    assert_eq!(status(&s)["state"], "healthy");
+    // A share that is not configured is a usage error.
+    let out = agent_command(&s.config)
+        .args(["sync", "--allow-mass-delete", "nope"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
 }

@@ -225,6 +225,12 @@ impl World {
             allow_http: false,
             download_concurrency: self.settings.concurrency,
             full_sync_interval_secs: 0,
+            // Deleting most of five keys is normal here.
+            delete_limits: sgw_agent::engine::guard::DeleteLimits {
+                max_percent: 100,
+                max_count: 0,
+            },
+            allow_mass_delete: false,
         };
         let store: Arc<dyn ObjectStore> = self.bucket.clone();
         let queue: Arc<dyn EventQueue> = self.queue.clone();

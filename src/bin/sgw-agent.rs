@@ -41,6 +41,10 @@ COMMANDS:
 OPTIONS:
     -c, --config PATH   Configuration file [default: /etc/sgw-agent/agent.toml]
     -q, --quiet         sync: no progress lines on stderr
+    --allow-mass-delete SHARE
+                        sync: let this run delete more than the share's
+                        max_delete_percent / max_delete allow (the guard
+                        refuses by default: see the README)
     -h, --help          Print this help
     -V, --version       Print the version
 
@@ -82,6 +86,8 @@ struct Args {
     config: PathBuf,
     command: Command,
     quiet: bool,
+    /// sync: shares whose mass-delete guard is lifted for this run.
+    allow_mass_delete: Vec<String>,
 }
 
 fn parse_args() -> Result<Option<Args>, lexopt::Error> {
@@ -91,6 +97,7 @@ fn parse_args() -> Result<Option<Args>, lexopt::Error> {
     let mut command = None;
     let mut json = false;
     let mut quiet = false;
+    let mut allow_mass_delete = Vec::new();
     while let Some(arg) = parser.next()? {
         match arg {
             Short('c') | Long("config") => config = parser.value()?.into(),
@@ -104,6 +111,7 @@ fn parse_args() -> Result<Option<Args>, lexopt::Error> {
             }
             Short('q') | Long("quiet") => quiet = true,
             Long("json") => json = true,
+            Long("allow-mass-delete") => allow_mass_delete.push(parser.value()?.string()?),
             Value(v) if command.is_none() => {
                 let v = v.string()?;
                 command =
@@ -127,6 +135,10 @@ fn parse_args() -> Result<Option<Args>, lexopt::Error> {
             let _ = c;
             return Err("--json goes with the status command".into());
         }
+        Some(c) if !allow_mass_delete.is_empty() && !matches!(c, Command::Sync) => {
+            let _ = c;
+            return Err("--allow-mass-delete goes with the sync command".into());
+        }
         Some(c) => c,
         None => {
             return Err("missing command (run, sync, status or check-config); see --help".into());
@@ -136,6 +148,7 @@ fn parse_args() -> Result<Option<Args>, lexopt::Error> {
         config,
         command,
         quiet,
+        allow_mass_delete,
     }))
 }
 
@@ -148,13 +161,24 @@ fn main() {
             std::process::exit(EXIT_USAGE);
         }
     };
-    let cfg = match Config::load(&args.config) {
+    let mut cfg = match Config::load(&args.config) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("sgw-agent: configuration error: {e}");
             std::process::exit(EXIT_CONFIG);
         }
     };
+    for name in &args.allow_mass_delete {
+        match cfg.shares.iter_mut().find(|s| &s.name == name) {
+            Some(share) => share.allow_mass_delete = true,
+            None => {
+                eprintln!(
+                    "sgw-agent: --allow-mass-delete: no share named {name:?} in the configuration"
+                );
+                std::process::exit(EXIT_USAGE);
+            }
+        }
+    }
     let level = std::env::var("SGW_LOG")
         .ok()
         .and_then(|l| l.parse().ok())

@@ -9,6 +9,7 @@
 //!   sequencer, which messages may be deleted once the effects are durable.
 //! - [`download`]: one object's download as a state machine: which request next, every retry
 //!   and its limit (resume with HEAD + If-Match, range ignored, MD5-ETag rule, disk full).
+//! - [`guard`]: the mass-delete guard: how many deletes a sync may do before it refuses.
 //! - [`local`]: the sink side of a key: is the file at its path the agent's own (equal to its
 //!   base), and what may happen to it before a new version is published there.
 //! - [`progress`]: SyncProgress 0..100.
@@ -18,6 +19,7 @@
 pub mod batch;
 pub mod download;
 pub mod events;
+pub mod guard;
 pub mod local;
 pub mod plan;
 pub mod progress;

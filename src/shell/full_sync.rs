@@ -4,16 +4,18 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use log::{debug, info, warn};
+use log::{debug, error, info, warn};
 
+use super::deletes::DeleteSpool;
 use super::listing::SpooledListing;
-use super::{LISTING_SPOOL, Share, ShareError, SyncReport};
+use super::{DELETE_SPOOL, LISTING_SPOOL, Share, ShareError, SyncReport};
 use crate::cache::paths::{KeyPath, key_to_relpath};
 use crate::engine::SyncAction;
 use crate::engine::events::{HeadDecision, after_head};
+use crate::engine::guard::is_mass_delete;
 use crate::engine::plan::{FullSyncMerge, MergeError};
 use crate::engine::progress::{Progress, ProgressMeter};
-use crate::format::human_bytes;
+use crate::format::{human_bytes, thousands};
 use crate::model::ConsistencyCheck;
 use crate::status::ShareState;
 use crate::time::unix_now;
@@ -55,6 +57,15 @@ impl Share {
         let mut progress = Progress::default();
         let mut report = SyncReport::default();
         let mode = self.ctx.cfg.consistency_check;
+        // Deletes wait until the merge has ended cleanly, and until the guard has counted them.
+        let files_before = self.state.len();
+        let delete_path = self.ctx.state_dir.join(DELETE_SPOOL);
+        let mut deletes = DeleteSpool::create(&delete_path).map_err(|e| {
+            ShareError::Io(std::io::Error::new(
+                e.kind(),
+                format!("delete spool {}: {e}", delete_path.display()),
+            ))
+        })?;
         let local = self
             .state
             .iter_sorted()?
@@ -80,7 +91,9 @@ impl Share {
                     break;
                 }
             };
-            if let Err(e) = self.apply_sync_action(action, mode, &mut report, &mut progress) {
+            if let Err(e) =
+                self.apply_sync_action(action, mode, &mut report, &mut progress, &mut deletes)
+            {
                 outcome = Err(e);
                 break;
             }
@@ -119,6 +132,7 @@ impl Share {
             self.write_status(true);
             return Err(e);
         }
+        self.apply_deletes(deletes, files_before, &mut report)?;
         self.report_unknown_files();
         let finished = report.converged();
         if finished {
@@ -141,6 +155,7 @@ impl Share {
             // Keep the last reason: "no space left on …" says more than a count.
             let last = self.status.last_error.take();
             self.status.last_error = Some(match last {
+                Some(why) if report.failed == 0 => why,
                 Some(why) => format!(
                     "{} object(s) could not be synced (last: {why}); see the log",
                     report.failed
@@ -194,6 +209,7 @@ impl Share {
         mode: ConsistencyCheck,
         report: &mut SyncReport,
         progress: &mut Progress,
+        deletes: &mut DeleteSpool,
     ) -> Result<(), ShareError> {
         match action {
             SyncAction::Keep(rec) => {
@@ -239,7 +255,7 @@ impl Share {
                     }
                     HeadDecision::Delete(r) => {
                         progress.done_objects += 1;
-                        self.delete_local(&r, report)?;
+                        deletes.push(&r.key)?;
                     }
                     HeadDecision::Nothing | HeadDecision::Adopt(_) => {
                         report.kept += 1;
@@ -248,8 +264,45 @@ impl Share {
                     }
                 }
             }
-            SyncAction::Delete(rec) => self.delete_local(&rec, report)?,
+            SyncAction::Delete(rec) => deletes.push(&rec.key)?,
         }
         Ok(())
+    }
+
+    /// Carry out the held-back deletes, unless they are a mass delete (and the operator has
+    /// not allowed one for this run): then nothing is deleted and the share is in error.
+    fn apply_deletes(
+        &mut self,
+        deletes: DeleteSpool,
+        files_before: u64,
+        report: &mut SyncReport,
+    ) -> Result<(), ShareError> {
+        let n = deletes.len();
+        if n == 0 {
+            return Ok(());
+        }
+        let name = &self.ctx.cfg.name;
+        if !self.ctx.cfg.allow_mass_delete
+            && is_mass_delete(n, files_before, self.ctx.cfg.delete_limits)
+        {
+            let why = format!(
+                "the bucket listing would delete {} of {} files; refusing — check the bucket, prefix and credentials, then run `sgw-agent sync --allow-mass-delete {name}`",
+                thousands(n),
+                thousands(files_before)
+            );
+            error!("share {name}: {why}");
+            self.status.last_error = Some(why);
+            report.refused_deletes = n;
+            return Ok(());
+        }
+        for key in deletes.into_keys()? {
+            let key = key?;
+            // The record is read again: it is the truth, not what the merge saw.
+            if let Some(rec) = self.state.get(&key)? {
+                self.delete_local(&rec, report)?;
+            }
+            self.heartbeat.beat();
+        }
+        self.sync_state(true)
     }
 }

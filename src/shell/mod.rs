@@ -15,9 +15,11 @@
 //! - [`events`]: one received batch of queue messages.
 //! - [`local`]: the effects on the cache disk: fetch (or adopt, or set aside), record, delete.
 //! - [`pool`] and [`download`]: the worker pool and the one-object download it runs.
+//! - [`deletes`]: the full sync's deletes, held back for the mass-delete guard.
 //! - [`recovery`]: publish intents left by a crash; files nobody knows.
 //! - [`listing`]: the full sync's one pass over the bucket, spooled to disk.
 
+mod deletes;
 mod download;
 pub mod driver;
 mod events;
@@ -50,6 +52,8 @@ const JOB_BATCH: usize = 32;
 const SYNC_EVERY: Duration = Duration::from_secs(1);
 /// A full share disk is logged again after this long if it is still full.
 const DISK_FULL_REPEAT: Duration = Duration::from_secs(600);
+/// The full sync's held-back deletes, in the share's state directory (unlinked while in use).
+const DELETE_SPOOL: &str = "deletes.spool";
 /// The full sync's listing spool, in the share's state directory (unlinked while in use).
 const LISTING_SPOOL: &str = "listing.spool";
 
@@ -106,11 +110,13 @@ pub struct SyncReport {
     pub adopted: u64,
     pub skipped: u64,
     pub failed: u64,
+    /// Deletes the mass-delete guard refused (none were done).
+    pub refused_deletes: u64,
 }
 
 impl SyncReport {
     pub fn converged(&self) -> bool {
-        self.failed == 0
+        self.failed == 0 && self.refused_deletes == 0
     }
 }
 
