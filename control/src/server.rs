@@ -11,7 +11,7 @@ use super::http::{Handler, Server};
 use super::provision::{AwsProvisioner, Provisioner};
 use super::service::{ControlService, Settings, unix_now};
 use super::store::Store;
-use crate::cloud::sigv4::Credentials;
+use sgw_agent::cloud::sigv4::Credentials;
 
 /// Exit status for a configuration error (`EX_CONFIG`).
 pub const EXIT_CONFIG: i32 = 78;
@@ -161,7 +161,7 @@ impl ControlConfig {
             }
         };
         let allow_http = cloud.allow_http.unwrap_or(false) || endpoint_from_cli;
-        crate::cloud::http::Endpoint::parse(&cloud_endpoint, allow_http)
+        sgw_agent::cloud::http::Endpoint::parse(&cloud_endpoint, allow_http)
             .map_err(|e| err("cloud.endpoint", e))?;
         let cloud_region = overrides
             .cloud_region

@@ -11,10 +11,10 @@ use super::auth::{self, AuthStore};
 use super::error::ApiError;
 use super::http::{Request, Response};
 use super::params::{ParamError, Params};
-use super::protocol::{self, AgentError};
 use super::provision::Provisioner;
 use super::render::{self, Format};
 use super::store::{Gateway, Store, StoreError};
+use sgw_agent::control_client::protocol::{self, AgentError};
 
 /// Settings the actions need.
 #[derive(Debug, Clone)]
@@ -368,10 +368,10 @@ impl ControlService {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::control::auth::{format_iso8601, rpc_string_to_sign};
-    use crate::control::params::percent_encode;
-    use crate::control::provision::{MemoryProvisioner, ProvisionError};
-    use crate::control::store::ShareSpec;
+    use crate::auth::{format_iso8601, rpc_string_to_sign};
+    use crate::params::percent_encode;
+    use crate::provision::{MemoryProvisioner, ProvisionError};
+    use crate::store::ShareSpec;
     use std::time::Duration;
 
     fn service(p: Arc<MemoryProvisioner>) -> ControlService {

@@ -1,5 +1,5 @@
 //! `sgw-control`: the control endpoint. Parses the command line, sets up logging, and calls
-//! into `sgw_agent::control`.
+//! into the `sgw_control` library.
 
 #![forbid(unsafe_code)]
 
@@ -9,11 +9,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use sgw_agent::control::server::{
+use sgw_control::server::{
     self, ConfigError, ControlConfig, DEFAULT_CONFIG_PATH, EXIT_CONFIG, Overrides,
 };
-use sgw_agent::control::service::{ControlService, unix_now};
-use sgw_agent::control::store::Store;
+use sgw_control::service::{ControlService, unix_now};
+use sgw_control::store::Store;
 
 const HELP: &str = "\
 sgw-control — the control endpoint for sgw-agent appliances
@@ -65,7 +65,7 @@ CONFIGURATION (control.toml):
     regions = [\"us-east-1\"]     # accepted BucketRegion values [default: [region]]
 
 EXIT STATUS:
-    0 clean stop (SIGTERM/SIGINT), 1 runtime failure, 2 usage error, 78 configuration error
+    0 clean stop (SIGTERM/SIGINT), 1 runtime failure, 64 usage error, 78 configuration error
 
 EXAMPLE:
     SGW_ACCESS_KEY_ID=ops SGW_ACCESS_KEY_SECRET=change-me \\
@@ -75,7 +75,8 @@ EXAMPLE:
     sgw-control --data-dir /var/lib/sgw-control gateway add edge-01 --region us-east-1
 ";
 
-const EXIT_USAGE: i32 = 2;
+/// Exit status for a usage error (`EX_USAGE`; the unit's `RestartPreventExitStatus` has it).
+const EXIT_USAGE: i32 = 64;
 
 /// Logs to stderr as `LEVEL target: message` (journald adds the time).
 struct StderrLogger {
@@ -244,8 +245,8 @@ fn admin(args: &Args) -> i32 {
     };
     let service = ControlService::new(
         store,
-        Arc::new(sgw_agent::control::provision::MemoryProvisioner::new()),
-        sgw_agent::control::service::Settings {
+        Arc::new(sgw_control::provision::MemoryProvisioner::new()),
+        sgw_control::service::Settings {
             regions: vec![],
             max_express_syncs: 0,
             poll_interval_secs: 0,
