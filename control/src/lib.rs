@@ -65,10 +65,12 @@
 //! # Running
 //!
 //! `sgw-control -c control.toml` (see `--help`), with `--listen`, `--data-dir`,
-//! `--cloud-endpoint`, `--cloud-region` overriding the file and `AWS_*` credentials for
-//! provisioning. It serves plain HTTP ([`http`]: one request per connection, a fixed worker
-//! pool, bounded header/body sizes and time): bind it to loopback or put a TLS-terminating
-//! proxy in front. SIGTERM/SIGINT stop it after the requests in progress.
+//! `--cloud-endpoint`, `--cloud-region`, `--max-connections`, `--max-connections-per-peer`
+//! overriding the file and `AWS_*` credentials for provisioning. It serves plain HTTP/1.1
+//! ([`http`]: hyper on tokio, keep-alive, deadlines for heads and bodies, connections bounded
+//! in total and per peer address, handlers on a bounded blocking pool): bind it to loopback or
+//! put a TLS-terminating proxy in front. SIGTERM/SIGINT stop accepting and let the requests in
+//! progress finish (within `shutdown_timeout_secs`).
 //!
 //! # Layout
 //!
@@ -80,7 +82,8 @@
 //! provisioning uses). A third "shared types" crate would hold just those two small modules
 //! and add a crate boundary without removing a dependency, so there is none.
 //!
-//! - [`http`]: the HTTP server and its limits.
+//! - [`http`]: the HTTP server and its limits; [`Request`](http::Request) /
+//!   [`Response`](http::Response) are plain types, so everything below is sans-hyper.
 //! - [`server`]: `control.toml` + command-line overrides, start-up.
 //! - [`service`]: routing a request to the API, the agent endpoints or `/health`.
 //! - [`auth`]: both Alibaba signature schemes and the agents' signatures, replay protection.
