@@ -25,7 +25,9 @@
 //!   `Connection: close`) without reading its request, and closed.
 //! - **Handlers** run on tokio's blocking pool (`spawn_blocking`), at most `workers` at once
 //!   [`workers`, 8]: they use SQLite and call the cloud, and must never stall the reactor. A
-//!   handler that panics costs its request (500), not the server.
+//!   handler that panics costs its request (500), not the server — where panics unwind: the
+//!   workspace's release profile has `panic = "abort"` (for the agent's size), so a release
+//!   `sgw-control` exits on a panic and systemd restarts it.
 //! - **Shutdown** ([`Server::shutdown`]): stop accepting, let requests in progress finish and
 //!   close idle connections, for at most `shutdown_timeout` [`shutdown_timeout_secs`, 20 s,
 //!   below the unit's `TimeoutStopSec=30s`].
@@ -60,6 +62,8 @@ pub const MAX_HEADERS: usize = 64;
 pub const MAX_BODY_BYTES: usize = 256 * 1024;
 /// How often a connection being closed checks whether its last request is done.
 const CLOSE_POLL: Duration = Duration::from_millis(100);
+/// Refusals are logged at warn level at most this often.
+const WARN_EVERY: Duration = Duration::from_secs(10);
 /// How long a closed connection reads off what its client still sends.
 const LINGER: Duration = Duration::from_millis(200);
 /// Refusals (503 to a connection over a limit) being written at once; past this a connection
@@ -190,6 +194,7 @@ impl Server {
             refusals: Arc::new(Semaphore::new(MAX_REFUSALS)),
             per_peer: Mutex::new(HashMap::new()),
             handlers: Arc::new(Semaphore::new(limits.workers.max(1))),
+            last_warned: Mutex::new(None),
             limits,
             handler,
         });
@@ -253,6 +258,23 @@ struct Shared {
     refusals: Arc<Semaphore>,
     /// One permit per running handler.
     handlers: Arc<Semaphore>,
+    /// When a refusal was last logged at warn level (a flood must not flood the journal).
+    last_warned: Mutex<Option<Instant>>,
+}
+
+impl Shared {
+    /// True at most once per [`WARN_EVERY`].
+    fn may_warn(&self) -> bool {
+        let Ok(mut last) = self.last_warned.lock() else {
+            return false;
+        };
+        let now = Instant::now();
+        if last.is_some_and(|t| now.duration_since(t) < WARN_EVERY) {
+            return false;
+        }
+        *last = Some(now);
+        true
+    }
 }
 
 /// A connection's place in both limits, given back on drop.
@@ -337,17 +359,23 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: watch
 fn refuse(stream: TcpStream, peer: SocketAddr, why: Refusal, shared: &Shared) {
     let text = match why {
         Refusal::Total => {
-            log::warn!(
-                "busy: {} connections open; refusing {peer}",
-                shared.limits.max_connections
-            );
+            if shared.may_warn() {
+                log::warn!(
+                    "busy: {} connections open (max_connections); refusing {peer} and others",
+                    shared.limits.max_connections
+                );
+            }
             "server busy, retry later\n"
         }
         Refusal::PerPeer => {
-            log::debug!(
-                "{peer}: over {} connections from one address; refused",
-                shared.limits.max_connections_per_peer
-            );
+            if shared.may_warn() {
+                log::warn!(
+                    "{}: {} connections open from this address (max_connections_per_peer); \
+                     refusing more",
+                    peer.ip(),
+                    shared.limits.max_connections_per_peer
+                );
+            }
             "too many connections from your address, retry later\n"
         }
     };
