@@ -91,7 +91,7 @@ fi
 
 # --- builds ---------------------------------------------------------------------------------
 step "cargo build --release; bench binaries"
-cargo build --release --locked --bin sgw-agent
+cargo build --release --locked -p sgw-agent --bin sgw-agent
 synthetic_s3="$(cargo bench --locked --bench synthetic_s3 --no-run --message-format=json 2>/dev/null |
     "$venv/bin/python" -c '
 import json, sys

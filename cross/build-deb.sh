@@ -81,8 +81,8 @@ check_deb() {
 for arch in "${arches[@]}"; do
     case "$arch" in
     amd64)
-        cargo build --release --locked --bin sgw-agent
-        cargo deb --no-build --output "$target_dir/debian/"
+        cargo build --release --locked -p sgw-agent --bin sgw-agent
+        cargo deb -p sgw-agent --no-build --output "$target_dir/debian/"
         check_deb "$target_dir/debian/sgw-agent_${crate_version}-1_amd64.deb" amd64 3e00
         ;;
     arm64)
@@ -91,7 +91,7 @@ for arch in "${arches[@]}"; do
             # In a subshell: env.sh points RUSTC at Debian's compiler, for this build only.
             # shellcheck source=cross/env.sh
             source cross/env.sh
-            cargo deb --no-build --target "$SGW_CROSS_TARGET" --output "$target_dir/debian/"
+            cargo deb -p sgw-agent --no-build --target "$SGW_CROSS_TARGET" --output "$target_dir/debian/"
         )
         check_deb "$target_dir/debian/sgw-agent_${crate_version}-1_arm64.deb" arm64 b700
         ;;

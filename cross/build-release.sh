@@ -13,7 +13,8 @@ if ! missing=$(sgw_cross_missing); then
     exit 1
 fi
 
-"$SGW_CARGO" build --release --locked --target "$SGW_CROSS_TARGET" --bin sgw-agent
+# The agent only: the aarch64 release and the .deb never contain sgw-control (control/).
+"$SGW_CARGO" build --release --locked --target "$SGW_CROSS_TARGET" -p sgw-agent --bin sgw-agent
 bin="${CARGO_TARGET_DIR:-$repo_root/target}/$SGW_CROSS_TARGET/release/sgw-agent"
 header="$(aarch64-linux-gnu-readelf -h "$bin")"
 grep -q 'Machine:.*AArch64' <<<"$header" || { echo "build-release: $bin is not aarch64" >&2; exit 1; }

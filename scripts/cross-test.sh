@@ -39,7 +39,8 @@ export CARGO_PROFILE_TEST_OPT_LEVEL=1 CARGO_PROFILE_DEV_OPT_LEVEL=1
 export CARGO_PROFILE_TEST_DEBUG=line-tables-only CARGO_PROFILE_DEV_DEBUG=line-tables-only
 
 # Not --all-targets: the benches are programs that measure or serve, not tests.
-cargo_args=(--target "$SGW_CROSS_TARGET" --lib --bins --tests --locked)
+# The agent only (-p): it is what runs on the aarch64 boxes; sgw-control is tested natively.
+cargo_args=(--target "$SGW_CROSS_TARGET" -p sgw-agent --lib --bins --tests --locked)
 phase "build aarch64 test binaries" "$SGW_CARGO" test "${cargo_args[@]}" --no-run
 
 agent="${CARGO_TARGET_DIR:-$repo_root/target}/$SGW_CROSS_TARGET/debug/sgw-agent"

@@ -21,6 +21,9 @@ fmt_args=(--all --check)
 
 phase "peer venv" scripts/setup-peer.sh
 phase "cargo fmt --check" cargo fmt "${fmt_args[@]}"
-phase "cargo clippy" cargo clippy --all-targets --locked -- -D warnings
+# The whole workspace: the agent (root package) and the control endpoint (control/).
+phase "cargo clippy" cargo clippy --workspace --all-targets --locked -- -D warnings
 # Not --all-targets: the benches (benches/) are programs that measure or serve, not tests.
-phase "cargo test" cargo test --lib --bins --tests --locked
+# --workspace also builds both binaries before any test runs: control/tests/e2e_control.rs
+# runs the agent binary from the shared target directory.
+phase "cargo test" cargo test --workspace --lib --bins --tests --locked

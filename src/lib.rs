@@ -17,8 +17,10 @@
 //! - [`status`]: per-share status files written by the agent and read by `sgw-agent status`.
 //! - [`runner`]: the `sync` and `run` commands: one thread per share, graceful stop.
 //! - [`service`]: signals and graceful shutdown; logging set-up for terminals and journald.
-//! - [`control`]: the control endpoint `sgw-control` (seed APIs, provisioning, agent API) and
-//!   the agent<->control protocol types.
+//! - [`control_client`]: the agent's side of the agent<->control protocol (types, signing,
+//!   client). The control endpoint itself is the `sgw-control` crate in `control/`, a member
+//!   of this workspace that depends on this crate; the agent links no async runtime, HTTP
+//!   server or database.
 //!
 //! The binaries in `src/bin/` only parse arguments and call into this library.
 
@@ -27,7 +29,7 @@
 pub mod cache;
 pub mod cloud;
 pub mod config;
-pub mod control;
+pub mod control_client;
 pub mod engine;
 pub mod format;
 pub mod model;

@@ -20,8 +20,8 @@ use crate::cloud::sigv4::Credentials;
 use crate::cloud::sqs::{SqsClient, SqsConfig};
 use crate::cloud::{EventQueue, ObjectStore};
 use crate::config::{Config, ConfigError, EXIT_CONFIG, EXIT_NOT_CONVERGED, ShareConfig};
-use crate::control::client::ControlClient;
-use crate::control::protocol::{
+use crate::control_client::client::ControlClient;
+use crate::control_client::protocol::{
     AssignmentEntry, AssignmentsResponse, ProgressRequest, RegisterRequest, RegisteredShare,
     ShareProgress,
 };

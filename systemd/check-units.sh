@@ -9,7 +9,9 @@
 # verify also checks that ExecStart's binary exists. A binary that is not installed is
 # replaced by a stand-in for the check, and the output says so:
 #   sgw-agent    -> $SGW_AGENT_BIN (default target/release/sgw-agent), the binary the unit runs
-#   sgw-control  -> a stub script, until the sgw-control binary exists in this repo
+#   sgw-control  -> $SGW_CONTROL_BIN (default target/release/sgw-control, built with
+#                   `cargo build --release -p sgw-control`) if built, else a stub script (the
+#                   .deb ships the agent only, so CI verifies the control unit with the stub)
 set -euo pipefail
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -25,7 +27,7 @@ command -v systemd-analyze >/dev/null || { echo "check-units: no systemd-analyze
 
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
-printf '#!/bin/sh\necho "stub standing in for a binary that is not built yet" >&2\nexit 1\n' >"$work/stub"
+printf '#!/bin/sh\necho "stub standing in for a binary that is not installed here" >&2\nexit 1\n' >"$work/stub"
 chmod 755 "$work/stub"
 
 failed=0
@@ -39,6 +41,10 @@ for unit in "${units[@]}"; do
         sgw-agent.service)
             stand_in="${SGW_AGENT_BIN:-$repo_root/target/release/sgw-agent}"
             [[ -x "$stand_in" ]] || { echo "check-units: $exec_path is not installed and $stand_in is not built (cargo build --release)" >&2; failed=1; continue; }
+            ;;
+        sgw-control.service)
+            stand_in="${SGW_CONTROL_BIN:-$repo_root/target/release/sgw-control}"
+            [[ -x "$stand_in" ]] || stand_in="$work/stub"
             ;;
         *) stand_in="$work/stub" ;;
         esac

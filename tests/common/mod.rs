@@ -30,8 +30,15 @@ pub fn aws_env() -> Vec<(&'static str, &'static str)> {
     ]
 }
 
+/// The workspace root (this module is shared by the agent's tests and, via `#[path]`, by the
+/// control crate's tests in `control/tests/`).
 pub fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    if manifest.join("tests").join("peer").is_dir() {
+        manifest
+    } else {
+        manifest.parent().map(Path::to_path_buf).unwrap_or(manifest)
+    }
 }
 
 /// The peer venv: `SGW_TEST_VENV` if set, else `<repo>/.venv`.
@@ -58,9 +65,31 @@ pub fn peerctl_script() -> PathBuf {
     repo_root().join("tests").join("peer").join("peerctl.py")
 }
 
-/// The agent binary built by cargo for this test run.
+/// The agent binary built by cargo for this test run: cargo names it for the agent's own
+/// tests; the control crate's tests find it next to their own executable in the shared target
+/// directory (`cargo test --workspace` builds it).
 pub fn agent_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_sgw-agent"))
+    workspace_bin(option_env!("CARGO_BIN_EXE_sgw-agent"), "sgw-agent")
+}
+
+/// A binary of this workspace: `from_cargo` when cargo set it for this test crate, else
+/// `<target>/<profile>/<name>` beside the running test (`<target>/<profile>/deps/<test>`).
+pub fn workspace_bin(from_cargo: Option<&str>, name: &str) -> PathBuf {
+    if let Some(path) = from_cargo {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    let path = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|dir| dir.join(name))
+        .expect("target directory");
+    assert!(
+        path.exists(),
+        "{} is not built: run `cargo test --workspace` (or `cargo build -p {name}` first)",
+        path.display()
+    );
+    path
 }
 
 /// `<target>/peer-logs`, created on first use (honours a custom target dir).

@@ -2,6 +2,7 @@
 //! (tea-openapi ACS3 and classic RPC): each seed action's success and documented errors,
 //! hostile input that changes nothing, signatures, provisioning, restarts.
 
+#[path = "../../tests/common/mod.rs"]
 mod common;
 mod control_support;
 
@@ -178,7 +179,7 @@ fn express_sync_lifecycle_with_both_sdks_provisions_and_cleans_up() {
                 for rec in body["Records"].as_array().into_iter().flatten() {
                     // S3 event keys are form-URL-encoded (moto encodes `/` too).
                     let raw = rec["s3"]["object"]["key"].as_str().unwrap_or("");
-                    keys.push(sgw_agent::control::params::form_decode(raw).expect("encoded key"));
+                    keys.push(sgw_control::params::form_decode(raw).expect("encoded key"));
                 }
             }
             !keys.is_empty()
@@ -1037,7 +1038,7 @@ fn an_unbound_share_gets_bucket_prefix_and_queue_from_its_group() {
             for body in peer.receive(&queue_url, 30, true) {
                 for rec in body["Records"].as_array().into_iter().flatten() {
                     let raw = rec["s3"]["object"]["key"].as_str().unwrap_or("");
-                    keys.push(sgw_agent::control::params::form_decode(raw).expect("encoded key"));
+                    keys.push(sgw_control::params::form_decode(raw).expect("encoded key"));
                 }
             }
             !keys.is_empty()

@@ -1,13 +1,13 @@
-//! The agent-facing endpoints (see [`super::protocol`]): registration, assignments, progress.
+//! The agent-facing endpoints (see [`sgw_agent::control_client::protocol`]): registration, assignments, progress.
 
 use super::actions::{plausible_region, valid_bucket_name, valid_prefix, valid_share_name};
 use super::error::{ApiError, printable};
-use super::protocol::{
+use super::service::ControlService;
+use super::store::{ProgressReport, ShareSpec};
+use sgw_agent::control_client::protocol::{
     AssignmentEntry, AssignmentsResponse, MAX_SHARES_PER_GATEWAY, ProgressRequest,
     ProgressResponse, RegisterRequest, RegisterResponse, RegisteredShare, SYNC_STATES,
 };
-use super::service::ControlService;
-use super::store::{ProgressReport, ShareSpec};
 
 fn bad_body(e: &serde_json::Error) -> ApiError {
     let mut why = e.to_string();

@@ -203,13 +203,29 @@ impl Control {
         path: &str,
         body: &Value,
     ) -> (u16, Value) {
+        let raw = self.agent_request(gateway, method, path, body);
+        let (status, text) = self.raw(&raw);
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    /// The bytes of one signed agent request (a fresh nonce each call).
+    pub fn agent_request(
+        &self,
+        gateway: &(String, String),
+        method: &str,
+        path: &str,
+        body: &Value,
+    ) -> Vec<u8> {
         let body = if method == "GET" {
             Vec::new()
         } else {
             serde_json::to_vec(body).expect("json")
         };
         let nonce = format!("{:x}", rand_u64());
-        let headers = sgw_agent::control::auth::sign_agent_request(
+        let headers = sgw_control::auth::sign_agent_request(
             method,
             path,
             &gateway.0,
@@ -229,11 +245,7 @@ impl Control {
         head.push_str("\r\n");
         let mut raw = head.into_bytes();
         raw.extend_from_slice(&body);
-        let (status, text) = self.raw(&raw);
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
+        raw
     }
 
     pub fn register(&self, gateway: &(String, String), shares: &[(&str, &str, &str)]) -> Value {
@@ -255,21 +267,22 @@ impl Control {
 
     /// Sends raw bytes; returns (status, body).
     pub fn raw(&self, request: &[u8]) -> (u16, String) {
-        let mut s = TcpStream::connect(&self.addr).expect("connect");
-        s.set_read_timeout(Some(Duration::from_secs(30)))
-            .expect("timeout");
-        let _ = s.write_all(request);
-        let mut out = Vec::new();
-        let _ = s.read_to_end(&mut out);
-        let text = String::from_utf8_lossy(&out).to_string();
-        let status = text.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
-        let body = text
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_string())
-            .unwrap_or_default();
-        (status, body)
+        self.raw_from(None, request, Duration::from_secs(30))
+            .unwrap_or((0, String::new()))
     }
 
+    /// Sends raw bytes from source address `from` (any loopback address, e.g. 127.0.0.2, to be
+    /// another peer) and reads one response, waiting at most `timeout` in all. Returns the
+    /// error when no complete status line arrived in time.
+    pub fn raw_from(
+        &self,
+        from: Option<std::net::IpAddr>,
+        request: &[u8],
+        timeout: Duration,
+    ) -> std::io::Result<(u16, String)> {
+        let mut s = connect_from(from, &self.addr)?;
+        read_response(&mut s, request, timeout)
+    }
     /// An RPC request signed the way aliyun-python-sdk-core does it (for replay tests).
     pub fn rpc_signed(
         &self,
@@ -279,12 +292,12 @@ impl Control {
         nonce: &str,
         secret: &str,
     ) -> Vec<u8> {
-        use sgw_agent::control::params::{Params, percent_encode};
+        use sgw_control::params::{Params, percent_encode};
         let mut p = Params::new();
         for (k, v) in params {
             p.insert(k, v);
         }
-        let ts = sgw_agent::control::auth::format_iso8601(timestamp);
+        let ts = sgw_control::auth::format_iso8601(timestamp);
         for (k, v) in [
             ("Action", action),
             ("Version", "2018-05-11"),
@@ -297,7 +310,7 @@ impl Control {
         ] {
             p.insert(k, v);
         }
-        let sts = sgw_agent::control::auth::rpc_string_to_sign("POST", &p);
+        let sts = sgw_control::auth::rpc_string_to_sign("POST", &p);
         let key = ring::hmac::Key::new(
             ring::hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY,
             format!("{secret}&").as_bytes(),
@@ -381,6 +394,81 @@ impl Drop for Control {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A connection to `addr` from source address `from` (port chosen by the kernel).
+pub fn connect_from(from: Option<std::net::IpAddr>, addr: &str) -> std::io::Result<TcpStream> {
+    let target: std::net::SocketAddr = addr.parse().expect("control address");
+    let Some(from) = from else {
+        return TcpStream::connect_timeout(&target, Duration::from_secs(5));
+    };
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(target),
+        socket2::Type::STREAM,
+        None,
+    )?;
+    socket.bind(&std::net::SocketAddr::new(from, 0).into())?;
+    socket.connect_timeout(&target.into(), Duration::from_secs(5))?;
+    Ok(socket.into())
+}
+
+/// Writes `request` and reads one HTTP/1.1 response (up to its `Content-Length`, or to EOF
+/// without one) within `timeout`: (status, body). A keep-alive connection is not waited on.
+pub fn read_response(
+    s: &mut TcpStream,
+    request: &[u8],
+    timeout: Duration,
+) -> std::io::Result<(u16, String)> {
+    let deadline = Instant::now() + timeout;
+    // A server may answer (413, 431) and close before taking the whole request.
+    let _ = s.write_all(request);
+    let mut out = Vec::new();
+    let mut chunk = [0u8; 16 * 1024];
+    loop {
+        if let Some(end) = find(&out, b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&out[..end]).to_ascii_lowercase();
+            let length = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse::<usize>().ok());
+            if length.is_some_and(|n| out.len() >= end + 4 + n) {
+                break;
+            }
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no complete response within {timeout:?}"),
+            ));
+        }
+        s.set_read_timeout(Some(left))?;
+        match s.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => out.extend_from_slice(&chunk[..n]),
+            Err(e) if out.is_empty() => return Err(e),
+            Err(_) => break,
+        }
+    }
+    let text = String::from_utf8_lossy(&out).to_string();
+    let status = text
+        .get(9..12)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!("no status line: {text:?}"),
+            )
+        })?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
 }
 
 fn rand_u64() -> u64 {

@@ -1,5 +1,5 @@
 //! `sgw-control`: the control endpoint. Parses the command line, sets up logging, and calls
-//! into `sgw_agent::control`.
+//! into the `sgw_control` library.
 
 #![forbid(unsafe_code)]
 
@@ -9,11 +9,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use sgw_agent::control::server::{
+use sgw_control::server::{
     self, ConfigError, ControlConfig, DEFAULT_CONFIG_PATH, EXIT_CONFIG, Overrides,
 };
-use sgw_agent::control::service::{ControlService, unix_now};
-use sgw_agent::control::store::Store;
+use sgw_control::service::{ControlService, unix_now};
+use sgw_control::store::Store;
 
 const HELP: &str = "\
 sgw-control — the control endpoint for sgw-agent appliances
@@ -42,6 +42,10 @@ OPTIONS:
         --cloud-endpoint URL   S3/SNS/SQS endpoint to provision on (an http:// URL given
                                here counts as explicitly allowed)
         --cloud-region REGION  Signing region of that endpoint [default: AWS_REGION or us-east-1]
+        --max-connections N    Open connections in all [default: 512]
+        --max-connections-per-peer N
+                               Open connections from one IP address [default: 64]; a
+                               connection over either limit gets 503 at once and is closed
     -h, --help                 Print this help
     -V, --version              Print the version
 
@@ -55,7 +59,14 @@ ENVIRONMENT:
 CONFIGURATION (control.toml):
     listen = \"127.0.0.1:8480\"
     data_dir = \"/var/lib/sgw-control\"
-    workers = 8                  # request worker threads
+    workers = 8                  # requests handled at once (threads of the blocking pool)
+    max_connections = 512        # open connections in all
+    max_connections_per_peer = 64  # open connections from one IP address
+    header_timeout_secs = 10     # a request head (and the next one on a kept-alive
+                                 # connection) must be complete within this
+    body_timeout_secs = 30       # a request body within this of its head (408 otherwise)
+    idle_timeout_secs = 5        # a kept-alive connection with no request is closed
+    shutdown_timeout_secs = 20   # SIGTERM: requests in progress get this long to finish
     max_express_syncs = 100      # group limit
     poll_interval_secs = 30      # how often agents poll (reported as MnsFullSyncDelay)
     [cloud]
@@ -65,7 +76,7 @@ CONFIGURATION (control.toml):
     regions = [\"us-east-1\"]     # accepted BucketRegion values [default: [region]]
 
 EXIT STATUS:
-    0 clean stop (SIGTERM/SIGINT), 1 runtime failure, 2 usage error, 78 configuration error
+    0 clean stop (SIGTERM/SIGINT), 1 runtime failure, 64 usage error, 78 configuration error
 
 EXAMPLE:
     SGW_ACCESS_KEY_ID=ops SGW_ACCESS_KEY_SECRET=change-me \\
@@ -75,7 +86,8 @@ EXAMPLE:
     sgw-control --data-dir /var/lib/sgw-control gateway add edge-01 --region us-east-1
 ";
 
-const EXIT_USAGE: i32 = 2;
+/// Exit status for a usage error (`EX_USAGE`; the unit's `RestartPreventExitStatus` has it).
+const EXIT_USAGE: i32 = 64;
 
 /// Logs to stderr as `LEVEL target: message` (journald adds the time).
 struct StderrLogger {
@@ -138,6 +150,13 @@ struct Args {
     command: Command,
 }
 
+/// A whole number given to a flag.
+fn number(v: std::ffi::OsString) -> Result<i64, String> {
+    v.to_str()
+        .and_then(|t| t.parse().ok())
+        .ok_or_else(|| format!("expected a number, got {v:?}"))
+}
+
 fn parse_args() -> Result<Args, String> {
     use lexopt::prelude::*;
     let mut parser = lexopt::Parser::from_env();
@@ -165,6 +184,14 @@ fn parse_args() -> Result<Args, String> {
             }
             Long("cloud-region") => {
                 overrides.cloud_region = Some(text(parser.value().map_err(|e| e.to_string())?)?)
+            }
+            Long("max-connections") => {
+                overrides.max_connections =
+                    Some(number(parser.value().map_err(|e| e.to_string())?)?)
+            }
+            Long("max-connections-per-peer") => {
+                overrides.max_connections_per_peer =
+                    Some(number(parser.value().map_err(|e| e.to_string())?)?)
             }
             Long("region") => region = Some(text(parser.value().map_err(|e| e.to_string())?)?),
             Short('h') | Long("help") => {
@@ -244,8 +271,8 @@ fn admin(args: &Args) -> i32 {
     };
     let service = ControlService::new(
         store,
-        Arc::new(sgw_agent::control::provision::MemoryProvisioner::new()),
-        sgw_agent::control::service::Settings {
+        Arc::new(sgw_control::provision::MemoryProvisioner::new()),
+        sgw_control::service::Settings {
             regions: vec![],
             max_express_syncs: 0,
             poll_interval_secs: 0,

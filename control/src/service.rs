@@ -11,10 +11,10 @@ use super::auth::{self, AuthStore};
 use super::error::ApiError;
 use super::http::{Request, Response};
 use super::params::{ParamError, Params};
-use super::protocol::{self, AgentError};
 use super::provision::Provisioner;
 use super::render::{self, Format};
 use super::store::{Gateway, Store, StoreError};
+use sgw_agent::control_client::protocol::{self, AgentError};
 
 /// Settings the actions need.
 #[derive(Debug, Clone)]
@@ -52,12 +52,7 @@ impl Drop for BusyGuard<'_> {
     }
 }
 
-pub fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
+pub use sgw_agent::time::unix_now;
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> ApiError {
@@ -368,10 +363,10 @@ impl ControlService {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::control::auth::{format_iso8601, rpc_string_to_sign};
-    use crate::control::params::percent_encode;
-    use crate::control::provision::{MemoryProvisioner, ProvisionError};
-    use crate::control::store::ShareSpec;
+    use crate::auth::{format_iso8601, rpc_string_to_sign};
+    use crate::params::percent_encode;
+    use crate::provision::{MemoryProvisioner, ProvisionError};
+    use crate::store::ShareSpec;
     use std::time::Duration;
 
     fn service(p: Arc<MemoryProvisioner>) -> ControlService {

@@ -14,7 +14,7 @@
 //! against requests captured from them (tests below). A timestamp must be within
 //! [`TIMESTAMP_WINDOW_SECS`] of the server clock and a nonce is accepted once.
 
-use ring::{digest, hmac};
+use ring::hmac;
 
 use super::error::ApiError;
 use super::http::Request;
@@ -53,58 +53,17 @@ pub struct Verified {
     pub action: String,
 }
 
-/// Parses `YYYY-MM-DDTHH:MM:SSZ` (what both SDKs send) into Unix seconds.
+/// Parses `YYYY-MM-DDTHH:MM:SSZ` (what both SDKs send) into Unix seconds: the agent's RFC 3339
+/// parser, held to the one exact form a signature date may take.
 pub fn parse_iso8601(text: &str) -> Option<i64> {
     let b = text.as_bytes();
-    if b.len() != 20
-        || b[4] != b'-'
-        || b[7] != b'-'
-        || b[10] != b'T'
-        || b[13] != b':'
-        || b[16] != b':'
-        || b[19] != b'Z'
-    {
+    if b.len() != 20 || b[10] != b'T' || b[19] != b'Z' {
         return None;
     }
-    let num = |range: std::ops::Range<usize>| -> Option<i64> {
-        let s = text.get(range)?;
-        if !s.bytes().all(|c| c.is_ascii_digit()) {
-            return None;
-        }
-        s.parse().ok()
-    };
-    let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
-    let (hour, minute, second) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    if !(1..=12).contains(&month)
-        || !(1..=31).contains(&day)
-        || hour > 23
-        || minute > 59
-        || second > 60
-    {
-        return None;
-    }
-    let month = u32::try_from(month).ok()?;
-    let day_u = u32::try_from(day).ok()?;
-    let days = crate::time::days_from_civil(year, month, day_u);
-    // Reject 2024-02-31 and friends: the date must survive the round trip.
-    if crate::time::civil_from_days(days) != (year, month, day_u) {
-        return None;
-    }
-    Some(days * 86_400 + hour * 3600 + minute * 60 + second)
+    sgw_agent::time::parse_iso8601(text)
 }
 
-/// Formats Unix seconds as `YYYY-MM-DDTHH:MM:SSZ`.
-pub fn format_iso8601(unix_secs: i64) -> String {
-    let days = unix_secs.div_euclid(86_400);
-    let rem = unix_secs.rem_euclid(86_400);
-    let (y, m, d) = crate::time::civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
+pub use sgw_agent::control_client::sign::format_iso8601;
 
 fn check_token(value: &str, what: &str) -> Result<(), ApiError> {
     if value.is_empty()
@@ -151,13 +110,7 @@ fn hex_decode(text: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
-fn hex_lower(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-pub fn sha256_hex(data: &[u8]) -> String {
-    hex_lower(digest::digest(&digest::SHA256, data).as_ref())
-}
+pub use sgw_agent::control_client::sign::{hex_lower, sha256_hex};
 
 /// Verifies an API request signed by either SDK. `query` holds the query-string parameters,
 /// `all` those plus any form-body parameters.
@@ -384,54 +337,11 @@ fn verify_rpc(
 // ---------------------------------------------------------------------------------------------
 // Agents: gateway id + secret.
 
-/// Authorization scheme name of agent requests.
-pub const AGENT_SCHEME: &str = "SGW-HMAC-SHA256";
-
-/// The text an agent signs: scheme, method, path, gateway id, date, nonce, body hash, one per
-/// line.
-pub fn agent_string_to_sign(
-    method: &str,
-    path: &str,
-    gateway_id: &str,
-    date: &str,
-    nonce: &str,
-    body: &[u8],
-) -> String {
-    format!(
-        "{AGENT_SCHEME}\n{method}\n{path}\n{gateway_id}\n{date}\n{nonce}\n{}",
-        sha256_hex(body)
-    )
-}
-
-/// Hex HMAC-SHA256 of [`agent_string_to_sign`] with the gateway secret.
-pub fn agent_signature(secret: &str, string_to_sign: &str) -> String {
-    let key = hmac::Key::new(hmac::HMAC_SHA256, secret.as_bytes());
-    hex_lower(hmac::sign(&key, string_to_sign.as_bytes()).as_ref())
-}
-
-/// Headers an agent adds to a request (`x-sgw-gateway-id`, `x-sgw-date`, `x-sgw-nonce`,
-/// `authorization`). `nonce` must be unique per request (e.g. 16 random bytes in hex).
-pub fn sign_agent_request(
-    method: &str,
-    path: &str,
-    gateway_id: &str,
-    secret: &str,
-    unix_now: i64,
-    nonce: &str,
-    body: &[u8],
-) -> Vec<(&'static str, String)> {
-    let date = format_iso8601(unix_now);
-    let sts = agent_string_to_sign(method, path, gateway_id, &date, nonce, body);
-    vec![
-        ("x-sgw-gateway-id", gateway_id.to_string()),
-        ("x-sgw-date", date),
-        ("x-sgw-nonce", nonce.to_string()),
-        (
-            "authorization",
-            format!("{AGENT_SCHEME} Signature={}", agent_signature(secret, &sts)),
-        ),
-    ]
-}
+// The agent side of this scheme (string to sign, signature, headers) lives in the agent
+// crate, which both sides share.
+pub use sgw_agent::control_client::sign::{
+    AGENT_SCHEME, agent_signature, agent_string_to_sign, sign_agent_request,
+};
 
 /// Verifies an agent request; returns the gateway id.
 pub fn verify_agent_request(

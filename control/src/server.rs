@@ -4,14 +4,15 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::http::{Handler, Server};
+use super::http::{Handler, Limits, Server};
 use super::provision::{AwsProvisioner, Provisioner};
 use super::service::{ControlService, Settings, unix_now};
 use super::store::Store;
-use crate::cloud::sigv4::Credentials;
+use sgw_agent::cloud::sigv4::Credentials;
 
 /// Exit status for a configuration error (`EX_CONFIG`).
 pub const EXIT_CONFIG: i32 = 78;
@@ -41,6 +42,12 @@ struct RawConfig {
     listen: Option<String>,
     data_dir: Option<String>,
     workers: Option<i64>,
+    max_connections: Option<i64>,
+    max_connections_per_peer: Option<i64>,
+    header_timeout_secs: Option<i64>,
+    body_timeout_secs: Option<i64>,
+    idle_timeout_secs: Option<i64>,
+    shutdown_timeout_secs: Option<i64>,
     max_express_syncs: Option<i64>,
     poll_interval_secs: Option<i64>,
     cloud: Option<RawCloud>,
@@ -62,6 +69,8 @@ pub struct Overrides {
     pub data_dir: Option<PathBuf>,
     pub cloud_endpoint: Option<String>,
     pub cloud_region: Option<String>,
+    pub max_connections: Option<i64>,
+    pub max_connections_per_peer: Option<i64>,
 }
 
 /// The effective configuration.
@@ -69,7 +78,8 @@ pub struct Overrides {
 pub struct ControlConfig {
     pub listen: String,
     pub data_dir: PathBuf,
-    pub workers: usize,
+    /// The HTTP server's limits (`workers`, connections, timeouts); see [`super::http`].
+    pub limits: Limits,
     pub max_express_syncs: i64,
     pub poll_interval_secs: u64,
     pub cloud_endpoint: String,
@@ -121,10 +131,88 @@ impl ControlConfig {
         if data_dir.as_os_str().is_empty() {
             return Err(err("data_dir", "a directory path".into()));
         }
-        let workers = match raw.workers {
-            None => 8,
-            Some(n @ 1..=256) => usize::try_from(n).unwrap_or(8),
-            Some(n) => return Err(err("workers", format!("a number from 1 to 256, got {n}"))),
+        let defaults = Limits::default();
+        let number = |key: &str,
+                      value: Option<i64>,
+                      range: std::ops::RangeInclusive<i64>,
+                      default: usize| {
+            match value {
+                None => Ok(default),
+                Some(n) if range.contains(&n) => Ok(usize::try_from(n).unwrap_or(default)),
+                Some(n) => Err(err(
+                    key,
+                    format!(
+                        "a number from {} to {}, got {n}",
+                        range.start(),
+                        range.end()
+                    ),
+                )),
+            }
+        };
+        let secs = |key: &str,
+                    value: Option<i64>,
+                    range: std::ops::RangeInclusive<i64>,
+                    default: Duration| {
+            match value {
+                None => Ok(default),
+                Some(n) if range.contains(&n) => Ok(Duration::from_secs(n.unsigned_abs())),
+                Some(n) => Err(err(
+                    key,
+                    format!("seconds from {} to {}, got {n}", range.start(), range.end()),
+                )),
+            }
+        };
+        let workers = number("workers", raw.workers, 1..=256, defaults.workers)?;
+        let max_connections = number(
+            "max_connections",
+            overrides.max_connections.or(raw.max_connections),
+            1..=65_536,
+            defaults.max_connections,
+        )?;
+        let max_connections_per_peer = number(
+            "max_connections_per_peer",
+            overrides
+                .max_connections_per_peer
+                .or(raw.max_connections_per_peer),
+            1..=65_536,
+            defaults.max_connections_per_peer.min(max_connections),
+        )?;
+        if max_connections_per_peer > max_connections {
+            return Err(err(
+                "max_connections_per_peer",
+                format!(
+                    "at most max_connections ({max_connections}), got {max_connections_per_peer}"
+                ),
+            ));
+        }
+        let limits = Limits {
+            header_timeout: secs(
+                "header_timeout_secs",
+                raw.header_timeout_secs,
+                1..=300,
+                defaults.header_timeout,
+            )?,
+            body_timeout: secs(
+                "body_timeout_secs",
+                raw.body_timeout_secs,
+                1..=600,
+                defaults.body_timeout,
+            )?,
+            idle_timeout: secs(
+                "idle_timeout_secs",
+                raw.idle_timeout_secs,
+                1..=3600,
+                defaults.idle_timeout,
+            )?,
+            shutdown_timeout: secs(
+                "shutdown_timeout_secs",
+                raw.shutdown_timeout_secs,
+                1..=600,
+                defaults.shutdown_timeout,
+            )?,
+            max_connections,
+            max_connections_per_peer,
+            workers,
         };
         let max_express_syncs = match raw.max_express_syncs {
             None => 100,
@@ -161,7 +249,7 @@ impl ControlConfig {
             }
         };
         let allow_http = cloud.allow_http.unwrap_or(false) || endpoint_from_cli;
-        crate::cloud::http::Endpoint::parse(&cloud_endpoint, allow_http)
+        sgw_agent::cloud::http::Endpoint::parse(&cloud_endpoint, allow_http)
             .map_err(|e| err("cloud.endpoint", e))?;
         let cloud_region = overrides
             .cloud_region
@@ -185,7 +273,7 @@ impl ControlConfig {
         Ok(ControlConfig {
             listen,
             data_dir,
-            workers,
+            limits,
             max_express_syncs,
             poll_interval_secs,
             cloud_endpoint,
@@ -297,7 +385,7 @@ pub fn start(
     }
     let handler_service = Arc::clone(&service);
     let handler: Arc<Handler> = Arc::new(move |req| handler_service.handle(req));
-    let server = Server::start(&config.listen, config.workers, handler)
+    let server = Server::start(&config.listen, config.limits.clone(), handler)
         .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
     Ok(Running { server, service })
 }
@@ -320,9 +408,13 @@ mod tests {
             data_dir: Some("/tmp/x".into()),
             cloud_endpoint: Some("http://127.0.0.1:5000".into()),
             cloud_region: Some("eu-west-1".into()),
+            max_connections: Some(100),
+            ..Overrides::default()
         };
         let c = load("listen = \"0.0.0.0:1\"\ndata_dir = \"/a\"\n[cloud]\nendpoint = \"https://s3.example\"\n", &o).expect("valid");
         assert_eq!(c.listen, "127.0.0.1:0");
+        assert_eq!(c.limits.max_connections, 100);
+        assert_eq!(c.limits.max_connections_per_peer, 64);
         assert_eq!(c.data_dir, PathBuf::from("/tmp/x"));
         assert_eq!(c.cloud_endpoint, "http://127.0.0.1:5000");
         assert_eq!(c.regions, vec!["eu-west-1".to_string()]);
@@ -359,5 +451,54 @@ mod tests {
         let e = ControlConfig::load(Some(Path::new("/nonexistent/control.toml")), &none)
             .expect_err("missing file");
         assert_eq!(e.file, "/nonexistent/control.toml");
+    }
+
+    #[test]
+    fn limits_come_from_the_file_with_defaults_and_ranges() {
+        let none = Overrides::default();
+        let c = load("[cloud]\nendpoint = \"https://x\"\n", &none).expect("defaults");
+        assert_eq!(c.limits, Limits::default());
+        assert_eq!(c.limits.header_timeout, Duration::from_secs(10));
+        let c = load(
+            "workers = 4\nmax_connections = 20\nmax_connections_per_peer = 5\nheader_timeout_secs = 3\n\
+             body_timeout_secs = 4\nidle_timeout_secs = 6\nshutdown_timeout_secs = 7\n\
+             [cloud]\nendpoint = \"https://x\"\n",
+            &none,
+        )
+        .expect("valid");
+        assert_eq!(
+            c.limits,
+            Limits {
+                header_timeout: Duration::from_secs(3),
+                body_timeout: Duration::from_secs(4),
+                idle_timeout: Duration::from_secs(6),
+                max_connections: 20,
+                max_connections_per_peer: 5,
+                shutdown_timeout: Duration::from_secs(7),
+                workers: 4,
+            }
+        );
+        // A small total limit lowers the per-peer default with it.
+        let c = load(
+            "max_connections = 10\n[cloud]\nendpoint = \"https://x\"\n",
+            &none,
+        )
+        .expect("valid");
+        assert_eq!(c.limits.max_connections_per_peer, 10);
+        for (text, key) in [
+            ("max_connections = 0\n", "max_connections"),
+            (
+                "max_connections = 4\nmax_connections_per_peer = 5\n",
+                "max_connections_per_peer",
+            ),
+            ("header_timeout_secs = 0\n", "header_timeout_secs"),
+            ("body_timeout_secs = 601\n", "body_timeout_secs"),
+            ("idle_timeout_secs = -1\n", "idle_timeout_secs"),
+            ("shutdown_timeout_secs = 0\n", "shutdown_timeout_secs"),
+        ] {
+            let e =
+                load(&format!("{text}[cloud]\nendpoint = \"https://x\"\n"), &none).expect_err(text);
+            assert_eq!(e.key, key, "{text}");
+        }
     }
 }

@@ -17,10 +17,10 @@ use std::time::Duration;
 use quick_xml::events::Event;
 use quick_xml::reader::Reader;
 
-use crate::cloud::CloudError;
-use crate::cloud::http::{Call, SignedClient, read_capped};
-use crate::cloud::retry::{RetryPolicy, retry};
-use crate::cloud::sigv4::Credentials;
+use sgw_agent::cloud::CloudError;
+use sgw_agent::cloud::http::{Call, SignedClient, read_capped};
+use sgw_agent::cloud::retry::{RetryPolicy, retry};
+use sgw_agent::cloud::sigv4::Credentials;
 
 /// Id prefix of the bucket notification rules we own.
 pub const RULE_ID_PREFIX: &str = "sgw-express-sync-";
@@ -367,7 +367,7 @@ impl AwsProvisioner {
     fn sns(&self, action: &str, params: &[(&str, &str)]) -> Result<String, CloudError> {
         let mut form = vec![("Action", action), ("Version", "2010-03-31")];
         form.extend_from_slice(params);
-        let body = crate::cloud::sigv4::canonical_query(&form);
+        let body = sgw_agent::cloud::sigv4::canonical_query(&form);
         let call = Call {
             method: "POST",
             path: "/",

@@ -1,6 +1,6 @@
 //! The agent <-> control protocol: JSON bodies of the agent-facing endpoints, shared by the
-//! server here and the agent's client. Requests are signed with
-//! [`super::auth::sign_agent_request`].
+//! agent's client and the `sgw-control` server (which depends on this crate). Requests are signed with
+//! [`super::sign::sign_agent_request`].
 //!
 //! | Method | Path | Body | Answer |
 //! |---|---|---|---|

@@ -1,17 +1,17 @@
 //! The agent's side of the agent API: register, fetch assignments, report progress.
 //!
-//! Requests are signed with the gateway secret ([`super::auth::sign_agent_request`]). Failures
+//! Requests are signed with the gateway secret ([`super::sign::sign_agent_request`]). Failures
 //! come back as [`CloudError`], so "the control endpoint said no" (a 4xx with its code) and "it
 //! could not be reached" stay apart; the runner keeps syncing either way.
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::auth::sign_agent_request;
 use super::protocol::{
     ASSIGNMENTS_PATH, AgentError, AssignmentsResponse, PROGRESS_PATH, ProgressRequest,
     ProgressResponse, REGISTER_PATH, RegisterRequest, RegisterResponse,
 };
+use super::sign::sign_agent_request;
 use crate::cloud::CloudError;
 use crate::cloud::http::{build_agent, read_capped};
 use crate::config::ControlSettings;

@@ -3,6 +3,7 @@
 //! its share directories picks up the assignment, mirrors the bucket, follows its events and
 //! reports progress; deleting the group removes the messaging from the peer.
 
+#[path = "../../tests/common/mod.rs"]
 mod common;
 mod control_support;
 

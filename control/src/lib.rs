@@ -1,4 +1,4 @@
-//! The control endpoint (`sgw-control`): the Cloud Storage Gateway express-sync API for
+//! `sgw-control`, the control endpoint: the Cloud Storage Gateway express-sync API for
 //! operators, the provisioning of the messaging behind it, and the API agents poll.
 //!
 //! # Operators: the API (`POST /`)
@@ -32,11 +32,11 @@
 //! topic. Today on the AWS protocol (S3 + SNS + SQS); the [`provision::Provisioner`] trait is
 //! the seam for OSS + MNS.
 //!
-//! # Agents ([`protocol`])
+//! # Agents ([`sgw_agent::control_client::protocol`])
 //!
 //! An operator creates a gateway with `sgw-control gateway add NAME [--region R]`, which prints
 //! `gateway_id` and `gateway_secret` (shown once). The agent signs each request with that
-//! secret ([`auth::sign_agent_request`]):
+//! secret (`sgw_agent::control_client::sign`, which this crate verifies with):
 //!
 //! ```text
 //! x-sgw-gateway-id: gw-…
@@ -47,10 +47,10 @@
 //!                  NONCE "\n" hex(SHA-256(body))
 //! ```
 //!
-//! It then `POST`s [`protocol::REGISTER_PATH`] with its shares, polls
-//! [`protocol::ASSIGNMENTS_PATH`] every `poll_interval_secs` (a share that appears there starts
+//! It then `POST`s [`REGISTER_PATH`](sgw_agent::control_client::protocol::REGISTER_PATH) with its shares, polls
+//! [`ASSIGNMENTS_PATH`](sgw_agent::control_client::protocol::ASSIGNMENTS_PATH) every `poll_interval_secs` (a share that appears there starts
 //! its full sync from the queue given; one that disappears stops), and `POST`s
-//! [`protocol::PROGRESS_PATH`] with each share's `SyncProgress` and `ExpressSyncState`, which
+//! [`PROGRESS_PATH`](sgw_agent::control_client::protocol::PROGRESS_PATH) with each share's `SyncProgress` and `ExpressSyncState`, which
 //! `DescribeExpressSyncShares` shows.
 //!
 //! A registered share may name its bucket (`bucket_region` + `bucket_name`, optional
@@ -65,17 +65,40 @@
 //! # Running
 //!
 //! `sgw-control -c control.toml` (see `--help`), with `--listen`, `--data-dir`,
-//! `--cloud-endpoint`, `--cloud-region` overriding the file and `AWS_*` credentials for
-//! provisioning. It serves plain HTTP ([`http`]: one request per connection, a fixed worker
-//! pool, bounded header/body sizes and time): bind it to loopback or put a TLS-terminating
-//! proxy in front. SIGTERM/SIGINT stop it after the requests in progress.
+//! `--cloud-endpoint`, `--cloud-region`, `--max-connections`, `--max-connections-per-peer`
+//! overriding the file and `AWS_*` credentials for provisioning. It serves plain HTTP/1.1
+//! ([`http`]: hyper on tokio, keep-alive, deadlines for heads and bodies, connections bounded
+//! in total and per peer address, handlers on a bounded blocking pool): bind it to loopback or
+//! put a TLS-terminating proxy in front. SIGTERM/SIGINT stop accepting and let the requests in
+//! progress finish (within `shutdown_timeout_secs`).
+//!
+//! # Layout
+//!
+//! This crate is the workspace member `control/` (package `sgw-control`); the root package is
+//! the agent, which stays small and blocking: it links no tokio, hyper or SQLite. This crate
+//! depends on the agent's library for what both sides share, so nothing is defined twice:
+//! `sgw_agent::control_client::{protocol, sign}` (the agent API's JSON types and
+//! `SGW-HMAC-SHA256` signature) and `sgw_agent::cloud` (the S3/SNS/SQS clients and SigV4 that
+//! provisioning uses). A third "shared types" crate would hold just those two small modules
+//! and add a crate boundary without removing a dependency, so there is none.
+//!
+//! - [`http`]: the HTTP server and its limits; [`Request`](http::Request) /
+//!   [`Response`](http::Response) are plain types, so everything below is sans-hyper.
+//! - [`server`]: `control.toml` + command-line overrides, start-up.
+//! - [`service`]: routing a request to the API, the agent endpoints or `/health`.
+//! - [`auth`]: both Alibaba signature schemes and the agents' signatures, replay protection.
+//! - [`params`], [`render`], [`error`]: API parameters, JSON/XML answers, the documented errors.
+//! - `actions`, `agent`: the express-sync actions and the agent endpoints.
+//! - [`provision`]: topics, queues, subscriptions, bucket notification rules.
+//! - [`store`]: SQLite (one transaction per change).
+//! - `main.rs`: the `sgw-control` binary (arguments, logging, exit codes).
+
+#![forbid(unsafe_code)]
 
 pub mod auth;
-pub mod client;
 pub mod error;
 pub mod http;
 pub mod params;
-pub mod protocol;
 pub mod provision;
 pub mod render;
 pub mod server;

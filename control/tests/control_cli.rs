@@ -78,9 +78,30 @@ fn configuration_errors_exit_78_with_file_key_and_expectation() {
         .expect("run");
     assert_eq!(out.status.code(), Some(78));
     assert!(String::from_utf8_lossy(&out.stderr).contains("SGW_ACCESS_KEY_SECRET"));
+}
 
-    let out = control().arg("frobnicate").output().expect("run");
-    assert_eq!(out.status.code(), Some(2));
+/// Usage errors exit 64 (`EX_USAGE`), which systemd/sgw-control.service lists in
+/// `RestartPreventExitStatus` next to 78: a typo in the unit must not restart in a loop.
+#[test]
+fn usage_errors_exit_64_naming_the_problem() {
+    for (args, needle) in [
+        (&["frobnicate"][..], "unknown command"),
+        (&["bogus"][..], "unknown command"),
+        (&["--no-such-flag"][..], "--no-such-flag"),
+        (&["--listen"][..], "--listen"),
+        (
+            &["gateway", "list", "--region", "us-east-1"][..],
+            "--region",
+        ),
+    ] {
+        let out = control().args(args).output().expect("run");
+        assert_eq!(out.status.code(), Some(64), "sgw-control {args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(needle), "sgw-control {args:?}: {stderr}");
+    }
+    let out = control().arg("--help").output().expect("run");
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(help.contains("64 usage error"), "{help}");
 }
 
 #[test]
@@ -128,5 +149,5 @@ fn gateways_and_keys_are_managed_from_the_command_line() {
         "ops-team"
     );
     assert!(run(&["key", "remove", "ops-team"]).status.success());
-    assert_eq!(run(&["gateway", "add", ""]).status.code(), Some(2));
+    assert_eq!(run(&["gateway", "add", ""]).status.code(), Some(64));
 }
