@@ -84,6 +84,15 @@ pub fn share_context(
             format!("{} is not an existing directory", share.path.display()),
         ));
     }
+    // A share the service cannot write (no ReadWritePaths=, wrong owner) is a configuration
+    // error: exit 78, which the unit does not restart, instead of failing every download.
+    crate::access::check_share_dir(&share.path, &crate::access::Identity::current()).map_err(
+        |problem| ConfigError {
+            file: cfg.file.clone(),
+            key: format!("share {:?}", share.name),
+            problem,
+        },
+    )?;
     Ok(ShareContext {
         cfg: share.clone(),
         state_dir: cfg.share_state_dir(share),

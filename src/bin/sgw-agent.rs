@@ -6,6 +6,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use sgw_agent::access;
 use sgw_agent::config::{Config, DEFAULT_CONFIG_PATH, EXIT_CONFIG, EXIT_USAGE};
 use sgw_agent::runner;
 use sgw_agent::service::{Logger, Shutdown, utc_timestamp_of};
@@ -155,43 +156,7 @@ fn main() {
     Logger::init(level);
     let code = match args.command {
         Command::Status { json } => status(&cfg, json),
-        Command::CheckConfig => match cfg.credentials() {
-            Ok(creds) => {
-                let shutdown = Shutdown::new();
-                for share in &cfg.shares {
-                    if cfg.control.is_some() {
-                        // Its bucket comes from the control endpoint: only the path is ours.
-                        if !share.path.is_dir() {
-                            eprintln!(
-                                "sgw-agent: configuration error: {}: share {:?}: path: {} is not an existing directory",
-                                cfg.file.display(),
-                                share.name,
-                                share.path.display()
-                            );
-                            std::process::exit(EXIT_CONFIG);
-                        }
-                        continue;
-                    }
-                    if let Err(e) =
-                        runner::share_context(&cfg, share, &creds, &shutdown, Arc::new(Silent))
-                    {
-                        eprintln!("sgw-agent: configuration error: {e}");
-                        std::process::exit(EXIT_CONFIG);
-                    }
-                }
-                println!(
-                    "{}: OK ({} share(s), credentials for key id {})",
-                    cfg.file.display(),
-                    cfg.shares.len(),
-                    creds.access_key_id
-                );
-                0
-            }
-            Err(e) => {
-                eprintln!("sgw-agent: configuration error: {e}");
-                EXIT_CONFIG
-            }
-        },
+        Command::CheckConfig => check_config(&cfg),
         Command::Run | Command::Sync => {
             let creds = match cfg.credentials() {
                 Ok(c) => c,
@@ -200,6 +165,12 @@ fn main() {
                     std::process::exit(EXIT_CONFIG);
                 }
             };
+            // Before anything starts: a share or state directory the service cannot write
+            // (a missing ReadWritePaths=) is exit 78, not a restart loop of failing syncs.
+            if let Err(e) = access::check_config_dirs(&cfg) {
+                eprintln!("sgw-agent: configuration error: {e}");
+                std::process::exit(EXIT_CONFIG);
+            }
             let shutdown = Shutdown::new();
             if let Err(e) = shutdown.on_signals() {
                 eprintln!("sgw-agent: cannot install signal handlers: {e}");
@@ -218,6 +189,44 @@ fn main() {
         }
     };
     std::process::exit(code);
+}
+
+/// `check-config`: what `run` checks before it starts, without starting anything: the file,
+/// the credentials, every share and state directory writable by this user, every share's
+/// endpoint and queue URL. Exit 0 or 78 with one line naming what to fix.
+fn check_config(cfg: &Config) -> i32 {
+    let fail = |e: &dyn std::fmt::Display| {
+        eprintln!("sgw-agent: configuration error: {e}");
+        EXIT_CONFIG
+    };
+    let (creds, source) = match cfg.credentials_with_source() {
+        Ok(c) => c,
+        Err(e) => return fail(&e),
+    };
+    if let Err(e) = access::check_config_dirs(cfg) {
+        return fail(&e);
+    }
+    let shutdown = Shutdown::new();
+    for share in &cfg.shares {
+        // Under a control endpoint the bucket comes from it: only the path is ours (checked
+        // above).
+        if cfg.control.is_none()
+            && let Err(e) = runner::share_context(cfg, share, &creds, &shutdown, Arc::new(Silent))
+        {
+            return fail(&e);
+        }
+    }
+    let me = access::Identity::current();
+    println!(
+        "{}: OK ({} share(s) and {} writable by user {}, credentials for key id {} from {})",
+        cfg.file.display(),
+        cfg.shares.len(),
+        cfg.state_dir.display(),
+        me.user,
+        creds.access_key_id,
+        source
+    );
+    0
 }
 
 fn status(cfg: &Config, json: bool) -> i32 {
