@@ -493,20 +493,120 @@ fn valid_bucket(b: &str) -> bool {
         && !b.contains("..")
 }
 
-/// Turn a TOML parse error into "file: key: problem (line N)".
+/// Turn a TOML parse or type error into "file: key: problem (line N)": the key (with its
+/// `share[N].` table) is found from the error's position, so a type error names it as a
+/// validation error would.
 fn toml_error(file: &Path, text: &str, e: &toml::de::Error) -> ConfigError {
-    let line = e
-        .span()
-        .map(|s| text[..s.start.min(text.len())].lines().count().max(1));
-    let mut problem = e.message().trim().to_owned();
-    if let Some(l) = line {
-        problem = format!("line {l}: {problem}");
-    }
+    let message = e.message().trim().to_owned();
+    let Some(span) = e.span() else {
+        return ConfigError {
+            file: file.to_owned(),
+            key: String::new(),
+            problem: message,
+        };
+    };
+    let before = text.get(..span.start.min(text.len())).unwrap_or(text);
+    let line_no = before.matches('\n').count() + 1;
+    let line = text.lines().nth(line_no - 1).unwrap_or("").trim();
+    let (key, problem) = match key_at(text, line_no) {
+        Some(key) => {
+            let leaf = key.rsplit('.').next().unwrap_or(&key).to_owned();
+            (key.clone(), explain(&key, &leaf, line, &message))
+        }
+        None => (String::new(), message),
+    };
     ConfigError {
         file: file.to_owned(),
-        key: String::new(),
-        problem,
+        key,
+        problem: format!("{problem} (line {line_no})"),
     }
+}
+
+/// The dotted key defined on line `line_no` (1-based): `share[2].download_concurrency`, a
+/// header's own name (`share`), or a top-level key.
+fn key_at(text: &str, line_no: usize) -> Option<String> {
+    let mut table = String::new();
+    let mut shares = 0;
+    for (i, raw) in text.lines().enumerate().take(line_no) {
+        let line = raw.trim();
+        let header = if let Some(h) = line.strip_prefix("[[") {
+            h.split("]]").next().map(|h| (h.trim(), true))
+        } else if let Some(h) = line.strip_prefix('[') {
+            h.split(']').next().map(|h| (h.trim(), false))
+        } else {
+            None
+        };
+        if let Some((name, array)) = header {
+            if array && name == "share" {
+                shares += 1;
+                table = format!("share[{shares}]");
+            } else {
+                table = name.to_owned();
+            }
+            if i + 1 == line_no {
+                return Some(name.to_owned());
+            }
+            continue;
+        }
+        if i + 1 == line_no {
+            let (k, _) = line.split_once('=')?;
+            let k = k.trim().trim_matches('"');
+            if k.is_empty() {
+                return None;
+            }
+            return Some(if table.is_empty() {
+                k.to_owned()
+            } else {
+                format!("{table}.{k}")
+            });
+        }
+    }
+    None
+}
+
+/// A serde message (`invalid type: string "eight", expected i64`) as the operator reads it.
+fn explain(key: &str, leaf: &str, line: &str, message: &str) -> String {
+    if leaf == "share" && line.starts_with('[') && !line.starts_with("[[") {
+        return "[share] is a single table; each share is an array entry: write [[share]] \
+                (two brackets)"
+            .into();
+    }
+    if let Some(rest) = message.strip_prefix("unknown field ") {
+        let name = rest.split(',').next().unwrap_or(rest).trim_matches('`');
+        let expected = rest.split_once(", expected ").map(|(_, e)| e).unwrap_or("");
+        return format!(
+            "unknown key {name:?}; expected {}",
+            expected.replace('`', "")
+        );
+    }
+    let Some(rest) = message.strip_prefix("invalid type: ") else {
+        return message.to_owned();
+    };
+    let got = rest.split(", expected").next().unwrap_or(rest);
+    let got = if let Some(v) = got.strip_prefix("string ") {
+        v.to_owned()
+    } else if let Some(v) = got
+        .strip_prefix("integer ")
+        .or_else(|| got.strip_prefix("boolean "))
+        .or_else(|| got.strip_prefix("floating point "))
+    {
+        v.trim_matches('`').to_owned()
+    } else {
+        match got {
+            "map" => "a table".to_owned(),
+            "sequence" => "an array".to_owned(),
+            other => other.to_owned(),
+        }
+    };
+    let expected = match leaf {
+        "download_concurrency" => format!("a number from 1 to {MAX_DOWNLOAD_CONCURRENCY}"),
+        "full_sync_interval_secs" => "a number of seconds: 0 (off) or 60 to 2592000".to_owned(),
+        "allow_http" | "control_allow_http" => "true or false".to_owned(),
+        "share" => "[[share]] tables".to_owned(),
+        _ if key == "share" => "[[share]] tables".to_owned(),
+        _ => "a string in double quotes".to_owned(),
+    };
+    format!("expected {expected}, got {got}")
 }
 
 fn control_settings(
@@ -776,7 +876,12 @@ download_concurrency = 8
             "download_concurrency = 8",
             "download_concurrency = \"eight\"",
         ));
-        assert!(e.contains("line"), "{e}");
+        assert!(
+            e.ends_with(
+                "share[1].download_concurrency: expected a number from 1 to 64, got \"eight\" (line 12)"
+            ),
+            "{e}"
+        );
         let e = err("this is not toml [[[");
         assert!(e.starts_with("/etc/sgw-agent/agent.toml:"), "{e}");
     }
@@ -891,5 +996,41 @@ download_concurrency = 8
             assert!(e.contains("chmod 0640"), "{e}");
             eprintln!("partly skipped: chown to root needs root");
         }
+    }
+
+    #[test]
+    fn type_errors_name_the_key_and_its_line() {
+        let two = format!(
+            "{GOOD}\n[[share]]\nname = \"b\"\npath = \"/srv/b\"\nbucket = \"b-2\"\nendpoint = \"https://e\"\nregion = \"r\"\nallow_http = \"yes\"\n"
+        );
+        let e = err(&two);
+        assert!(
+            e.ends_with("share[2].allow_http: expected true or false, got \"yes\" (line 20)"),
+            "{e}"
+        );
+        let e = err(&GOOD.replace("region = \"eu-west-1\"", "region = 42"));
+        assert!(
+            e.ends_with("share[1].region: expected a string in double quotes, got 42 (line 9)"),
+            "{e}"
+        );
+        let e = err(&GOOD.replace("region =", "regoin ="));
+        assert!(
+            e.contains("share[1].regoin: unknown key \"regoin\"; expected"),
+            "{e}"
+        );
+        assert!(e.ends_with("(line 9)"), "{e}");
+        let e = err("log_level = 3\nstate_dir = \"/x\"\n");
+        assert!(e.contains("log_level: expected a string"), "{e}");
+    }
+
+    #[test]
+    fn a_single_share_table_says_to_use_two_brackets() {
+        let e = err(&GOOD.replace("[[share]]", "[share]"));
+        assert!(
+            e.ends_with(
+                "agent.toml: share: [share] is a single table; each share is an array entry: write [[share]] (two brackets) (line 3)"
+            ),
+            "{e}"
+        );
     }
 }
