@@ -55,6 +55,8 @@ if [[ ! -e "$share" ]]; then
 fi
 cleanup_share() { [[ -z "$created_share" ]] || rm -rf "$created_share"; }
 trap cleanup_share EXIT
+# postinst applies tmpfiles.d only where systemd runs (debhelper's rule); elsewhere, as at boot:
+[[ -d /run/systemd/system ]] || systemd-tmpfiles --create sgw-agent.conf
 [[ "$(stat -c '%a %U %G' /var/lib/sgw-agent)" == "750 sgw-agent sgw-agent" ]] ||
     fail "the package did not create /var/lib/sgw-agent 0750 sgw-agent:sgw-agent"
 # README "Install the Debian package", command by command (sudoedit writes into the file it

@@ -293,12 +293,6 @@ fn main() {
                     std::process::exit(EXIT_CONFIG);
                 }
             };
-            // Before anything starts: a share or state directory the service cannot write
-            // (a missing ReadWritePaths=) is exit 78, not a restart loop of failing syncs.
-            if let Err(e) = access::check_config_dirs(&cfg) {
-                eprintln!("sgw-agent: configuration error: {e}");
-                std::process::exit(EXIT_CONFIG);
-            }
             let shutdown = Shutdown::new();
             if let Err(e) = shutdown.on_signals() {
                 eprintln!("sgw-agent: cannot install signal handlers: {e}");
