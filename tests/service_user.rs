@@ -65,10 +65,20 @@ fn cannot_run() -> Option<String> {
     None
 }
 
+/// Says so on the real stderr: libtest captures `eprintln!`, so a skip would look like a pass.
+fn skipped(why: &str) {
+    use std::io::Write;
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("service_user")
+        .to_owned();
+    let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {why}");
+}
+
 macro_rules! skip_unless_root {
     () => {
         if let Some(why) = cannot_run() {
-            eprintln!("SKIPPED {}: {why}", module_path!());
+            skipped(&why);
             return;
         }
     };
@@ -405,9 +415,9 @@ fn a_read_only_share_is_a_configuration_error_naming_the_drop_in() {
     skip_unless_root!();
     let rig = Rig::new(4);
     if !can_bind_ro(&rig.share) {
-        eprintln!(
-            "SKIPPED the read-only bind mount case: unshare -m / mount --bind -o ro is not \
-             available here; the unwritable-directory case below still runs"
+        skipped(
+            "the read-only bind mount case: unshare -m / mount --bind -o ro is not available \
+             here; the unwritable-directory case below still runs",
         );
     } else {
         // ProtectSystem=strict without ReadWritePaths=: the share is a read-only mount, its
