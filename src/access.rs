@@ -275,15 +275,7 @@ pub fn check_state_dir(state_dir: &Path, me: &Identity) -> Result<(), String> {
     let shares = state_dir.join("shares");
     let mut dirs = vec![state_dir.to_owned()];
     if shares.is_dir() {
-        dirs.push(shares.clone());
-        if let Ok(entries) = fs::read_dir(&shares) {
-            dirs.extend(
-                entries
-                    .filter_map(Result::ok)
-                    .map(|e| e.path())
-                    .filter(|p| p.is_dir()),
-            );
-        }
+        dirs.push(shares);
     }
     for dir in &dirs {
         probe_writable(dir).map_err(|e| not_writable(dir, state_dir, &e, me))?;
@@ -302,7 +294,14 @@ pub fn check_config_dirs(cfg: &Config) -> Result<(), ConfigError> {
     };
     check_state_dir(&cfg.state_dir, &me).map_err(|p| at("state_dir".into(), p))?;
     for share in &cfg.shares {
-        check_share_dir(&share.path, &me).map_err(|p| at(format!("share {:?}", share.name), p))?;
+        let key = || format!("share {:?}", share.name);
+        check_share_dir(&share.path, &me).map_err(|p| at(key(), p))?;
+        // Its state, when a run (perhaps `sudo sgw-agent sync`) left one.
+        let state = cfg.share_state_dir(share);
+        if state.is_dir() {
+            probe_writable(&state)
+                .map_err(|e| at(key(), not_writable(&state, &cfg.state_dir, &e, &me)))?;
+        }
     }
     Ok(())
 }

@@ -482,4 +482,25 @@ fn an_unwritable_state_directory_is_a_configuration_error() {
         all.contains("state_dir: ") && all.contains("is not writable by user uid"),
         "{all}"
     );
+    // The share's own state left root's by `sudo sgw-agent sync`: named, with the fix.
+    chown(&rig.state, Some(rig.uid), Some(rig.gid)).unwrap();
+    fs::create_dir_all(rig.state.join("shares/projects")).unwrap();
+    chown(rig.state.join("shares"), Some(rig.uid), Some(rig.gid)).unwrap();
+    let out = rig.run(&[], "check-config", &[]);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(EXIT_CONFIG), "{all}");
+    assert!(
+        all.contains("share \"projects\": ") && all.contains("shares/projects is not writable"),
+        "{all}"
+    );
+    // A share no longer configured keeps its old state; that is no reason to refuse.
+    chown(
+        rig.state.join("shares/projects"),
+        Some(rig.uid),
+        Some(rig.gid),
+    )
+    .unwrap();
+    fs::create_dir(rig.state.join("shares/removed-long-ago")).unwrap();
+    let out = rig.run(&[], "check-config", &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
 }

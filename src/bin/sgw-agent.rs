@@ -45,6 +45,9 @@ ENVIRONMENT:
     AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN
                         Credentials (else the credentials_file of the configuration,
                         whose [AWS_PROFILE or default] section is used).
+    CREDENTIALS_DIRECTORY
+                        Set by systemd (LoadCredential=): a credential named like the
+                        credentials_file (e.g. \"credentials\") is read instead of the file.
     SGW_LOG             Log level override: error, warn, info, debug, trace.
 
 EXIT CODES:
