@@ -8,6 +8,8 @@
 //!   journal.
 //! - [`cloud`]: wire protocols behind small traits (`ObjectStore`, `EventQueue`): S3, SQS,
 //!   event formats, SigV4, retries.
+//! - [`access`]: who the agent runs as; the rule for secret files and the write check of share
+//!   and state directories (a directory the service cannot write is a configuration error).
 //! - [`config`]: the TOML configuration and credentials, with errors that name file and key.
 //! - [`shell`]: the I/O shell that drives one share (full sync, then the event loop), a folder
 //!   of small rooms: the driver, the full sync, queue batches, disk effects, the download
@@ -26,6 +28,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod cache;
 pub mod cloud;
 pub mod config;

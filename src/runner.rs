@@ -85,6 +85,15 @@ pub fn share_context(
             format!("{} is not an existing directory", share.path.display()),
         ));
     }
+    // A share the service cannot write (no ReadWritePaths=, wrong owner) is a configuration
+    // error: exit 78, which the unit does not restart, instead of failing every download.
+    crate::access::check_share_dir(&share.path, &crate::access::Identity::current()).map_err(
+        |problem| ConfigError {
+            file: cfg.file.clone(),
+            key: format!("share {:?}", share.name),
+            problem,
+        },
+    )?;
     Ok(ShareContext {
         cfg: share.clone(),
         state_dir: cfg.share_state_dir(share),
@@ -140,6 +149,11 @@ pub fn sync_once(
     shutdown: &Shutdown,
     progress: Arc<dyn ProgressSink>,
 ) -> i32 {
+    // As for `run`: unwritable directories are a configuration error before anything starts.
+    if let Err(e) = crate::access::check_config_dirs(cfg) {
+        error!("{e}");
+        return EXIT_CONFIG;
+    }
     let assignments = match &cfg.control {
         Some(control) => {
             let client = ControlClient::new(control);
@@ -578,6 +592,13 @@ pub fn run_daemon(cfg: &Config, creds: &Credentials, shutdown: &Shutdown) -> i32
     let mut control = cfg.control.as_ref().map(ControlLoop::new);
     let mut assignments = control.as_ref().and_then(|_| load_assignments(&cfg));
     let mut desired = effective_shares(&cfg, assignments.as_ref());
+    // Before anything starts: a share or state directory the service cannot write (a missing
+    // ReadWritePaths=) is exit 78, not a restart loop of failing syncs. Every configured share,
+    // also those the control endpoint has not assigned yet.
+    if let Err(e) = crate::access::check_config_dirs(&cfg) {
+        error!("{e}");
+        return EXIT_CONFIG;
+    }
     // Check every share before starting any: a bad configuration exits 78 with nothing started.
     if let Err(e) = set.check(&cfg, &creds, &desired) {
         error!("{e}");

@@ -6,6 +6,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use sgw_agent::access;
 use sgw_agent::config::{Config, DEFAULT_CONFIG_PATH, EXIT_CONFIG, EXIT_USAGE};
 use sgw_agent::format::human_bytes;
 use sgw_agent::runner;
@@ -24,6 +25,7 @@ sgw-agent — keep local share directories in step with their cloud buckets
 
 USAGE:
     sgw-agent [-c PATH] <COMMAND> [OPTIONS]
+    sgw-agent <COMMAND> --help | sgw-agent help <COMMAND>
 
 COMMANDS:
     run             Keep every share in step: a full sync, then follow each share's
@@ -36,12 +38,14 @@ COMMANDS:
     status          Show each share's state, progress and counters (from the state
                     directory; works whether or not the agent is running).
         --json      Print the same as JSON.
-    check-config    Validate the configuration and credentials, then exit.
+    check-config    Validate the configuration and credentials, and that every share
+                    and the state directory are writable by this user, then exit.
+    help [COMMAND]  Print this help, or a command's.
 
 OPTIONS:
     -c, --config PATH   Configuration file [default: /etc/sgw-agent/agent.toml]
     -q, --quiet         sync: no progress lines on stderr
-    --allow-mass-delete SHARE
+        --allow-mass-delete SHARE
                         sync: let this run delete more than the share's
                         max_delete_percent / max_delete allow (the guard
                         refuses by default: see the README)
@@ -52,6 +56,9 @@ ENVIRONMENT:
     AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN
                         Credentials (else the credentials_file of the configuration,
                         whose [AWS_PROFILE or default] section is used).
+    CREDENTIALS_DIRECTORY
+                        Set by systemd (LoadCredential=): a credential named like the
+                        credentials_file (e.g. \"credentials\") is read instead of the file.
     SGW_LOG             Log level override: error, warn, info, debug, trace.
 
 EXIT CODES:
@@ -75,11 +82,123 @@ A minimal configuration:
 See the README for every key.
 ";
 
+const HELP_RUN: &str = "\
+sgw-agent run — the daemon (what the systemd service runs)
+
+USAGE:
+    sgw-agent [-c PATH] run
+
+Checks everything check-config checks, then keeps every share in step: a full sync, then each
+share's queue of bucket events, and a full reconcile every full_sync_interval_secs. Under
+systemd (Type=notify) it reports READY=1 once every share's state is loaded and pings the
+watchdog. SIGHUP re-reads the configuration (shares added, removed or changed without a
+restart); SIGTERM or Ctrl-C finish in-flight downloads (at most 30 s) and exit 0.
+
+OPTIONS:
+    -c, --config PATH   Configuration file [default: /etc/sgw-agent/agent.toml]
+
+EXIT CODES:
+    0   stopped by a signal
+    1   no share could be started, or a runtime failure
+    78  configuration or credentials error, or a share or the state directory that this user
+        cannot write (under systemd: add it to ReadWritePaths=); not restarted by the unit
+";
+
+const HELP_SYNC: &str = "\
+sgw-agent sync — one full sync of every share, then exit
+
+USAGE:
+    sgw-agent [-c PATH] sync [--quiet] [--allow-mass-delete SHARE]...
+
+Lists each share's bucket (or prefix) once, downloads what is missing or different, removes
+what the bucket deleted, and exits. Shares sync in parallel. Keys that can never be a safe
+local path are skipped and reported, not failures.
+
+OPTIONS:
+    -c, --config PATH   Configuration file [default: /etc/sgw-agent/agent.toml]
+    -q, --quiet         No progress lines on stderr
+        --allow-mass-delete SHARE
+                        Let this run delete more of SHARE than its max_delete_percent and
+                        max_delete allow. Without it, a listing that would delete more than
+                        both (default: over 50 % of the share's files and over 100 of them)
+                        deletes nothing and the share is in error: a wrong prefix, an emptied
+                        bucket or another account's credentials look like that.
+
+EXIT CODES:
+    0   every share matches its bucket
+    1   something could not be brought in line, or deletes were refused (the log says what)
+    78  configuration or credentials error, or an unwritable share or state directory
+";
+
+const HELP_STATUS: &str = "\
+sgw-agent status — each share's state, progress and counters
+
+USAGE:
+    sgw-agent [-c PATH] status [--json]
+
+Reads <state_dir>/shares/<name>/status.json, which the agent keeps current as it works, so it
+works whether or not the daemon runs, and needs no credentials.
+
+OPTIONS:
+    -c, --config PATH   Configuration file [default: /etc/sgw-agent/agent.toml]
+        --json          Print the same fields as JSON
+
+EXIT CODES:
+    0   printed
+    78  the configuration file is invalid
+";
+
+const HELP_CHECK_CONFIG: &str = "\
+sgw-agent check-config — validate what the service needs, then exit
+
+USAGE:
+    sgw-agent [-c PATH] check-config
+
+Checks the configuration file, the credentials (environment, systemd credential or
+credentials_file, which must be 0600 of this user or 0640 root:<this user's group>), that every
+share and the state directory are writable by this user (a file is created and removed; nothing
+stays), and every share's endpoint and queue URL. Makes no network request.
+
+Run it as the service's user: sudo -u sgw-agent sgw-agent check-config. Outside the unit it
+cannot see what the unit adds (Environment=, LoadCredential=, the read-only sandbox without
+ReadWritePaths=); `systemctl start sgw-agent` makes the same checks inside the unit and fails at
+once (exit 78) on a problem.
+
+OPTIONS:
+    -c, --config PATH   Configuration file [default: /etc/sgw-agent/agent.toml]
+
+EXIT CODES:
+    0   OK (the line names the user, the shares and where the credentials came from)
+    78  the problem, on one line, with the file, the key and the fix
+";
+
+#[derive(Clone, Copy)]
 enum Command {
     Run,
     Sync,
     Status { json: bool },
     CheckConfig,
+}
+
+impl Command {
+    fn from_name(name: &str) -> Option<Command> {
+        Some(match name {
+            "run" => Command::Run,
+            "sync" => Command::Sync,
+            "status" => Command::Status { json: false },
+            "check-config" => Command::CheckConfig,
+            _ => return None,
+        })
+    }
+
+    fn help(self) -> &'static str {
+        match self {
+            Command::Run => HELP_RUN,
+            Command::Sync => HELP_SYNC,
+            Command::Status { .. } => HELP_STATUS,
+            Command::CheckConfig => HELP_CHECK_CONFIG,
+        }
+    }
 }
 
 struct Args {
@@ -98,13 +217,12 @@ fn parse_args() -> Result<Option<Args>, lexopt::Error> {
     let mut json = false;
     let mut quiet = false;
     let mut allow_mass_delete = Vec::new();
+    let mut help = false;
     while let Some(arg) = parser.next()? {
         match arg {
             Short('c') | Long("config") => config = parser.value()?.into(),
-            Short('h') | Long("help") => {
-                print!("{HELP}");
-                return Ok(None);
-            }
+            // `sgw-agent <command> --help` prints that command's help (below).
+            Short('h') | Long("help") => help = true,
             Short('V') | Long("version") => {
                 println!("sgw-agent {}", env!("CARGO_PKG_VERSION"));
                 return Ok(None);
@@ -114,20 +232,40 @@ fn parse_args() -> Result<Option<Args>, lexopt::Error> {
             Long("allow-mass-delete") => allow_mass_delete.push(parser.value()?.string()?),
             Value(v) if command.is_none() => {
                 let v = v.string()?;
-                command =
-                    Some(match v.as_str() {
-                        "run" => Command::Run,
-                        "sync" => Command::Sync,
-                        "status" => Command::Status { json: false },
-                        "check-config" => Command::CheckConfig,
-                        other => return Err(format!(
-                            "unknown command {other:?} (expected run, sync, status or check-config)"
-                        )
-                        .into()),
-                    });
+                if v == "help" {
+                    // `sgw-agent help [COMMAND]`
+                    let text = match parser.next()? {
+                        None => HELP,
+                        Some(Value(name)) => {
+                            let name = name.string()?;
+                            Command::from_name(&name)
+                                .ok_or_else(|| {
+                                    format!(
+                                        "no help for {name:?} (commands: run, sync, status, check-config)"
+                                    )
+                                })?
+                                .help()
+                        }
+                        Some(other) => return Err(other.unexpected()),
+                    };
+                    if let Some(extra) = parser.next()? {
+                        return Err(extra.unexpected());
+                    }
+                    print!("{text}");
+                    return Ok(None);
+                }
+                command = Some(Command::from_name(&v).ok_or_else(|| {
+                    format!(
+                        "unknown command {v:?} (expected run, sync, status, check-config or help)"
+                    )
+                })?);
             }
             _ => return Err(arg.unexpected()),
         }
+    }
+    if help {
+        print!("{}", command.map_or(HELP, Command::help));
+        return Ok(None);
     }
     let command = match command {
         Some(Command::Status { .. }) => Command::Status { json },
@@ -186,43 +324,7 @@ fn main() {
     Logger::init(level);
     let code = match args.command {
         Command::Status { json } => status(&cfg, json),
-        Command::CheckConfig => match cfg.credentials() {
-            Ok(creds) => {
-                let shutdown = Shutdown::new();
-                for share in &cfg.shares {
-                    if cfg.control.is_some() {
-                        // Its bucket comes from the control endpoint: only the path is ours.
-                        if !share.path.is_dir() {
-                            eprintln!(
-                                "sgw-agent: configuration error: {}: share {:?}: path: {} is not an existing directory",
-                                cfg.file.display(),
-                                share.name,
-                                share.path.display()
-                            );
-                            std::process::exit(EXIT_CONFIG);
-                        }
-                        continue;
-                    }
-                    if let Err(e) =
-                        runner::share_context(&cfg, share, &creds, &shutdown, Arc::new(Silent))
-                    {
-                        eprintln!("sgw-agent: configuration error: {e}");
-                        std::process::exit(EXIT_CONFIG);
-                    }
-                }
-                println!(
-                    "{}: OK ({} share(s), credentials for key id {})",
-                    cfg.file.display(),
-                    cfg.shares.len(),
-                    creds.access_key_id
-                );
-                0
-            }
-            Err(e) => {
-                eprintln!("sgw-agent: configuration error: {e}");
-                EXIT_CONFIG
-            }
-        },
+        Command::CheckConfig => check_config(&cfg),
         Command::Run | Command::Sync => {
             let creds = match cfg.credentials() {
                 Ok(c) => c,
@@ -249,6 +351,44 @@ fn main() {
         }
     };
     std::process::exit(code);
+}
+
+/// `check-config`: what `run` checks before it starts, without starting anything: the file,
+/// the credentials, every share and state directory writable by this user, every share's
+/// endpoint and queue URL. Exit 0 or 78 with one line naming what to fix.
+fn check_config(cfg: &Config) -> i32 {
+    let fail = |e: &dyn std::fmt::Display| {
+        eprintln!("sgw-agent: configuration error: {e}");
+        EXIT_CONFIG
+    };
+    let (creds, source) = match cfg.credentials_with_source() {
+        Ok(c) => c,
+        Err(e) => return fail(&e),
+    };
+    if let Err(e) = access::check_config_dirs(cfg) {
+        return fail(&e);
+    }
+    let shutdown = Shutdown::new();
+    for share in &cfg.shares {
+        // Under a control endpoint the bucket comes from it: only the path is ours (checked
+        // above).
+        if cfg.control.is_none()
+            && let Err(e) = runner::share_context(cfg, share, &creds, &shutdown, Arc::new(Silent))
+        {
+            return fail(&e);
+        }
+    }
+    let me = access::Identity::current();
+    println!(
+        "{}: OK ({} share(s) and {} writable by user {}, credentials for key id {} from {})",
+        cfg.file.display(),
+        cfg.shares.len(),
+        cfg.state_dir.display(),
+        me.user,
+        creds.access_key_id,
+        source
+    );
+    0
 }
 
 fn status(cfg: &Config, json: bool) -> i32 {
