@@ -194,7 +194,19 @@ pub struct Recovery {
 /// Stops at the first frame that is short, fails its CRC, is over-long or does not decode:
 /// that is the torn tail, and everything from there on is reported in
 /// [`Recovery::dropped_bytes`]. Memory is one frame at a time.
-pub fn read_journal<T, F>(
+pub fn read_journal<T, F>(path: &Path, kind: u16, on_record: F) -> Result<Recovery, JournalError>
+where
+    T: DeserializeOwned,
+    F: FnMut(T),
+{
+    let file = File::open(path).map_err(io_err(path))?;
+    read_journal_file(file, path, kind, on_record)
+}
+
+/// [`read_journal`] of a file the caller opened (the share's staging sidecars are opened
+/// relative to a directory descriptor, never by path); `path` only names it in errors.
+pub fn read_journal_file<T, F>(
+    file: File,
     path: &Path,
     kind: u16,
     mut on_record: F,
@@ -203,7 +215,6 @@ where
     T: DeserializeOwned,
     F: FnMut(T),
 {
-    let file = File::open(path).map_err(io_err(path))?;
     let file_len = file.metadata().map_err(io_err(path))?.len();
     let mut reader = BufReader::with_capacity(64 * 1024, file);
     let mut header = [0u8; HEADER_LEN];

@@ -3,12 +3,12 @@
 //! Here: the staging file, the HEAD and GET, streaming with the CRC (and MD5) computed on the
 //! way, and the verified publish.
 
-use std::io::{ErrorKind, Read};
+use std::io::Read;
 
 use log::{info, warn};
 
 use super::pool::{Job, JobOutcome};
-use crate::cache::publish::{Expected, PublishError, Published, ShareDir, Staged};
+use crate::cache::publish::{Expected, PublishError, Published, ShareDir, Staged, is_no_space};
 use crate::cloud::retry::default_delay;
 use crate::cloud::{CloudError, ObjectBody, ObjectStore};
 use crate::engine::download::{
@@ -135,9 +135,7 @@ pub(super) fn download(
                         Err(PublishError::ChecksumMismatch { expected, actual }) => {
                             PublishResult::ChecksumMismatch { expected, actual }
                         }
-                        Err(PublishError::Io(e)) if e.kind() == ErrorKind::StorageFull => {
-                            PublishResult::DiskFull
-                        }
+                        Err(e) if e.is_no_space() => PublishResult::DiskFull,
                         Err(e) => PublishResult::Failed(e.to_string()),
                     },
                 )
@@ -191,7 +189,7 @@ fn stream(body: ObjectBody, staged: &mut Staged, want_md5: bool, buf: &mut [u8])
         }
         if let Err(e) = staged.write_all(&buf[..n]) {
             return StreamResult::DiskFailed {
-                full: e.kind() == ErrorKind::StorageFull,
+                full: is_no_space(&e),
                 why: e.to_string(),
             };
         }

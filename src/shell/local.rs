@@ -151,7 +151,7 @@ impl Share {
             }
         }
         let want_md5 = meta.crc64nvme.is_none() && meta.etag.as_deref().is_some_and(is_md5_etag);
-        let digest = match digest_of_file(&self.ctx.cfg.path.join(rel), want_md5, &self.heartbeat) {
+        let digest = match digest_of_file(&self.dir, rel, want_md5, &self.heartbeat) {
             Ok(d) => d,
             Err(e) => {
                 warn!(
@@ -294,7 +294,7 @@ impl Share {
             Ok(KeyPath::Dir(rel)) => {
                 // A folder marker: remove the directory only if it is empty.
                 if !rel.as_os_str().is_empty() {
-                    let _ = std::fs::remove_dir(self.ctx.cfg.path.join(&rel));
+                    let _ = self.dir.remove_empty_dir(&rel);
                 }
                 report.deleted += 1;
             }

@@ -9,6 +9,7 @@ use log::info;
 use super::{Share, ShareError};
 use crate::cache::crc64::Crc64Nvme;
 use crate::cache::paths::{KeyPath, key_to_relpath};
+use crate::cache::publish::ShareDir;
 use crate::engine::local::FileDigest;
 use crate::format::hex_lower;
 use crate::model::{LocalRecord, ObjectMeta};
@@ -46,8 +47,7 @@ impl Share {
                     Some(facts),
                 )
             {
-                let crc = digest_of_file(&self.ctx.cfg.path.join(&rel), false, &self.heartbeat)?
-                    .crc64nvme;
+                let crc = digest_of_file(&self.dir, &rel, false, &self.heartbeat)?.crc64nvme;
                 self.state.put(LocalRecord {
                     key: intent.key.clone(),
                     size: facts.size,
@@ -73,11 +73,12 @@ impl Share {
     pub(super) fn report_unknown_files(&mut self) {
         self.status.unknown_local_files = 0;
         self.status.unknown_examples.clear();
-        let root = self.ctx.cfg.path.clone();
         let mut stack = vec![PathBuf::new()];
         while let Some(rel_dir) = stack.pop() {
             self.heartbeat.beat();
-            let Ok(entries) = std::fs::read_dir(root.join(&rel_dir)) else {
+            // Through the share's descriptors: a directory swapped for a symlink is not
+            // followed, so no name from outside the share reaches the status file.
+            let Ok(entries) = self.dir.read_dir(&rel_dir) else {
                 continue;
             };
             for entry in entries.flatten() {
@@ -113,12 +114,14 @@ impl Share {
 
 /// CRC-64/NVME (and, when asked, the MD5) of a local file (adoption, recovery); beats
 /// `heartbeat` as it reads, since a big file on a slow card can take minutes.
+/// The file is opened through the share's descriptors: never through a symlink, never a FIFO.
 pub(super) fn digest_of_file(
-    path: &Path,
+    dir: &ShareDir,
+    rel: &Path,
     want_md5: bool,
     heartbeat: &Heartbeat,
 ) -> std::io::Result<FileDigest> {
-    let mut f = std::fs::File::open(path)?;
+    let mut f = dir.open_file_read(rel)?;
     let mut crc = Crc64Nvme::new();
     let mut md5 = want_md5.then(<md5::Md5 as md5::Digest>::new);
     let mut buf = vec![0u8; 256 * 1024];
