@@ -18,7 +18,7 @@
 //!   the civil calendar, RFC 3339 text).
 //! - [`status`]: per-share status files written by the agent and read by `sgw-agent status`.
 //! - [`runner`]: the `sync` and `run` commands: one thread per share, graceful stop.
-//! - [`service`]: signals and graceful shutdown; logging set-up for terminals and journald.
+//! - [`daemon`]: signals and graceful shutdown; logging set-up for terminals and journald.
 //! - [`control_client`]: the agent's side of the agent<->control protocol (types, signing,
 //!   client). The control endpoint itself is the `sgw-control` crate in `control/`, a member
 //!   of this workspace that depends on this crate; the agent links no async runtime, HTTP
@@ -33,11 +33,11 @@ pub mod cache;
 pub mod cloud;
 pub mod config;
 pub mod control_client;
+pub mod daemon;
 pub mod engine;
 pub mod format;
 pub mod model;
 pub mod runner;
-pub mod service;
 pub mod shell;
 pub mod status;
 pub mod time;

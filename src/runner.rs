@@ -25,7 +25,7 @@ use crate::control_client::protocol::{
     AssignmentEntry, AssignmentsResponse, ProgressRequest, RegisterRequest, RegisteredShare,
     ShareProgress,
 };
-use crate::service::{Heartbeat, Notifier, ReloadRequest, Shutdown};
+use crate::daemon::{Heartbeat, Notifier, ReloadRequest, Shutdown};
 use crate::shell::{ProgressSink, Share, ShareContext};
 use crate::status::{ShareState, ShareStatus, read_status, write_status};
 use crate::time::unix_now;
@@ -665,9 +665,7 @@ pub fn run_daemon(cfg: &Config, creds: &Credentials, shutdown: &Shutdown) -> i32
                         plan.stop.len(),
                         plan.unchanged
                     );
-                    crate::service::set_log_level(crate::service::effective_log_level(
-                        new.log_level,
-                    ));
+                    crate::daemon::set_log_level(crate::daemon::effective_log_level(new.log_level));
                     if new.control != cfg.control {
                         control = new.control.as_ref().map(ControlLoop::new);
                     } else if let Some(c) = control.as_mut() {

@@ -29,8 +29,8 @@ use proptest::test_runner::TestCaseError;
 use sgw_agent::cloud::memory::{Fault, Faulty, MemoryBucket, MemoryQueue};
 use sgw_agent::cloud::{EventQueue, ObjectStore};
 use sgw_agent::config::ShareConfig;
+use sgw_agent::daemon::Shutdown;
 use sgw_agent::model::ConsistencyCheck;
-use sgw_agent::service::Shutdown;
 use sgw_agent::shell::{Share, ShareContext, Silent};
 
 const PREFIX: &str = "share/";

@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 use super::error::{ApiError, printable};
 use super::params::Params;
 use super::provision::{GroupHandles, GroupSpec, ProvisionError, QueueHandles};
-use super::service::{ActionResult, ControlService, unix_now};
+use super::router::{ActionResult, ControlService, unix_now};
 use super::store::{ExpressSync, Member, STATE_INIT, Share, Task};
 
 /// Longest `BucketPrefix` (S3 keys are at most 1024 bytes).

@@ -17,7 +17,7 @@
 use ring::hmac;
 
 use super::error::ApiError;
-use super::http::Request;
+use super::http_server::Request;
 use super::params::{Params, percent_encode};
 
 /// Requests signed more than this many seconds before or after the server's clock are refused.

@@ -67,7 +67,7 @@
 //! `sgw-control -c control.toml` (see `--help`), with `--listen`, `--data-dir`,
 //! `--cloud-endpoint`, `--cloud-region`, `--max-connections`, `--max-connections-per-peer`
 //! overriding the file and `AWS_*` credentials for provisioning. It serves plain HTTP/1.1
-//! ([`http`]: hyper on tokio, keep-alive, deadlines for heads and bodies, connections bounded
+//! ([`http_server`]: hyper on tokio, keep-alive, deadlines for heads and bodies, connections bounded
 //! in total and per peer address, handlers on a bounded blocking pool): bind it to loopback or
 //! put a TLS-terminating proxy in front. SIGTERM/SIGINT stop accepting and let the requests in
 //! progress finish (within `shutdown_timeout_secs`).
@@ -82,10 +82,10 @@
 //! provisioning uses). A third "shared types" crate would hold just those two small modules
 //! and add a crate boundary without removing a dependency, so there is none.
 //!
-//! - [`http`]: the HTTP server and its limits; [`Request`](http::Request) /
-//!   [`Response`](http::Response) are plain types, so everything below is sans-hyper.
+//! - [`http_server`]: the HTTP server and its limits; [`Request`](http_server::Request) /
+//!   [`Response`](http_server::Response) are plain types, so everything below is sans-hyper.
 //! - [`server`]: `control.toml` + command-line overrides, start-up.
-//! - [`service`]: routing a request to the API, the agent endpoints or `/health`.
+//! - [`router`]: routing a request to the API, the agent endpoints or `/health`.
 //! - [`auth`]: both Alibaba signature schemes and the agents' signatures, replay protection.
 //! - [`params`], [`render`], [`error`]: API parameters, JSON/XML answers, the documented errors.
 //! - `actions`, `agent`: the express-sync actions and the agent endpoints.
@@ -97,13 +97,13 @@
 
 pub mod auth;
 pub mod error;
-pub mod http;
+pub mod http_server;
 pub mod params;
 pub mod provision;
 pub mod render;
+pub mod router;
 pub mod server;
-pub mod service;
 pub mod store;
 
 mod actions;
-mod agent;
+mod agent_api;

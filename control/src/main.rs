@@ -9,10 +9,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use sgw_control::router::{ControlService, unix_now};
 use sgw_control::server::{
     self, ConfigError, ControlConfig, DEFAULT_CONFIG_PATH, EXIT_CONFIG, Overrides,
 };
-use sgw_control::service::{ControlService, unix_now};
 use sgw_control::store::Store;
 
 const HELP: &str = "\
@@ -89,30 +89,6 @@ EXAMPLE:
 /// Exit status for a usage error (`EX_USAGE`; the unit's `RestartPreventExitStatus` has it).
 const EXIT_USAGE: i32 = 64;
 
-/// Logs to stderr as `LEVEL target: message` (journald adds the time).
-struct StderrLogger {
-    level: log::LevelFilter,
-}
-
-impl log::Log for StderrLogger {
-    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
-        // Libraries (the HTTP client) only get to speak at info and above.
-        metadata.level() <= self.level
-            && (metadata.level() <= log::Level::Info || metadata.target().starts_with("sgw_"))
-    }
-    fn log(&self, record: &log::Record<'_>) {
-        if self.enabled(record.metadata()) {
-            let _ = writeln!(
-                std::io::stderr().lock(),
-                "{:<5} {}",
-                record.level(),
-                record.args()
-            );
-        }
-    }
-    fn flush(&self) {}
-}
-
 fn init_logging() {
     let level = match std::env::var("SGW_LOG")
         .unwrap_or_default()
@@ -125,10 +101,8 @@ fn init_logging() {
         "trace" => log::LevelFilter::Trace,
         _ => log::LevelFilter::Info,
     };
-    let logger: &'static StderrLogger = Box::leak(Box::new(StderrLogger { level }));
-    if log::set_logger(logger).is_ok() {
-        log::set_max_level(level);
-    }
+    // The agent's logger: one line per event, syslog priorities under journald.
+    sgw_agent::daemon::Logger::init(level);
 }
 
 enum Command {
@@ -272,7 +246,7 @@ fn admin(args: &Args) -> i32 {
     let service = ControlService::new(
         store,
         Arc::new(sgw_control::provision::MemoryProvisioner::new()),
-        sgw_control::service::Settings {
+        sgw_control::router::Settings {
             regions: vec![],
             max_express_syncs: 0,
             poll_interval_secs: 0,

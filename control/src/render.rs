@@ -7,7 +7,7 @@
 use serde_json::Value;
 
 use super::error::ApiError;
-use super::http::Response;
+use super::http_server::Response;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {

@@ -1,16 +1,15 @@
 //! `sgw-control`'s configuration (`control.toml` plus command-line overrides) and start-up:
 //! open the store, install the bootstrap API key, build the provisioner, serve.
 
-use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::http::{Handler, Limits, Server};
+use super::http_server::{Handler, Limits, Server};
 use super::provision::{AwsProvisioner, Provisioner};
-use super::service::{ControlService, Settings, unix_now};
+use super::router::{ControlService, Settings, unix_now};
 use super::store::Store;
 use sgw_agent::cloud::sigv4::Credentials;
 
@@ -20,21 +19,9 @@ pub const DEFAULT_CONFIG_PATH: &str = "/etc/sgw-control/control.toml";
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8480";
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/sgw-control";
 
-/// A configuration problem: which file, which key, what was expected.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
-    pub file: String,
-    pub key: String,
-    pub expected: String,
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}: {}", self.file, self.key, self.expected)
-    }
-}
-
-impl std::error::Error for ConfigError {}
+/// A configuration problem: which file (or "command line" / "environment"), which key, what
+/// was expected. The agent's type, so both programs word configuration errors alike.
+pub use sgw_agent::config::ConfigError;
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -78,7 +65,7 @@ pub struct Overrides {
 pub struct ControlConfig {
     pub listen: String,
     pub data_dir: PathBuf,
-    /// The HTTP server's limits (`workers`, connections, timeouts); see [`super::http`].
+    /// The HTTP server's limits (`workers`, connections, timeouts); see [`super::http_server`].
     pub limits: Limits,
     pub max_express_syncs: i64,
     pub poll_interval_secs: u64,
@@ -95,9 +82,9 @@ impl ControlConfig {
     pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<ControlConfig, ConfigError> {
         let shown = file.map_or_else(|| "command line".to_string(), |p| p.display().to_string());
         let err = |key: &str, expected: String| ConfigError {
-            file: shown.clone(),
+            file: PathBuf::from(&shown),
             key: key.to_string(),
-            expected,
+            problem: expected,
         };
         let raw: RawConfig = match file {
             None => RawConfig::default(),
@@ -312,9 +299,9 @@ pub fn aws_credentials_from_env() -> Result<Credentials, ConfigError> {
             session_token: get("AWS_SESSION_TOKEN"),
         }),
         _ => Err(ConfigError {
-            file: "environment".into(),
+            file: PathBuf::from("environment"),
             key: "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY".into(),
-            expected: "credentials for the cloud endpoint (provisioning topics, queues and bucket notifications)".into(),
+            problem: "credentials for the cloud endpoint (provisioning topics, queues and bucket notifications)".into(),
         }),
     }
 }
@@ -326,18 +313,18 @@ pub fn bootstrap_key_from_env() -> Result<Option<(String, String)>, ConfigError>
         (Some(id), Some(secret)) => {
             if id.len() > 128 || !id.bytes().all(|b| b.is_ascii_graphic()) {
                 return Err(ConfigError {
-                    file: "environment".into(),
+                    file: PathBuf::from("environment"),
                     key: "SGW_ACCESS_KEY_ID".into(),
-                    expected: "at most 128 printable ASCII characters".into(),
+                    problem: "at most 128 printable ASCII characters".into(),
                 });
             }
             Ok(Some((id, secret)))
         }
         (None, None) => Ok(None),
         _ => Err(ConfigError {
-            file: "environment".into(),
+            file: PathBuf::from("environment"),
             key: "SGW_ACCESS_KEY_ID / SGW_ACCESS_KEY_SECRET".into(),
-            expected: "both set (the bootstrap API key) or neither".into(),
+            problem: "both set (the bootstrap API key) or neither".into(),
         }),
     }
 }
@@ -433,7 +420,7 @@ mod tests {
         let e =
             load("[cloud]\nendpoint = \"http://x\"\n", &none).expect_err("http needs allow_http");
         assert_eq!(e.key, "cloud.endpoint");
-        assert!(e.expected.contains("allow_http"), "{e}");
+        assert!(e.problem.contains("allow_http"), "{e}");
         load(
             "[cloud]\nendpoint = \"http://x\"\nallow_http = true\n",
             &none,
@@ -445,12 +432,12 @@ mod tests {
         let e = load("colour = \"blue\"\n", &none).expect_err("unknown key");
         assert_eq!(e.key, "colour");
         let e = load("listen = [\n", &none).expect_err("syntax");
-        assert!(!e.expected.is_empty());
+        assert!(!e.problem.is_empty());
         let e = load("", &none).expect_err("no endpoint");
         assert_eq!(e.key, "cloud.endpoint");
         let e = ControlConfig::load(Some(Path::new("/nonexistent/control.toml")), &none)
             .expect_err("missing file");
-        assert_eq!(e.file, "/nonexistent/control.toml");
+        assert_eq!(e.file, Path::new("/nonexistent/control.toml"));
     }
 
     #[test]

@@ -8,9 +8,9 @@ use std::sync::Arc;
 
 use sgw_agent::access;
 use sgw_agent::config::{Config, DEFAULT_CONFIG_PATH, EXIT_CONFIG, EXIT_USAGE};
+use sgw_agent::daemon::{Logger, Shutdown};
 use sgw_agent::format::human_bytes;
 use sgw_agent::runner;
-use sgw_agent::service::{Logger, Shutdown};
 use sgw_agent::shell::{ProgressSink, Silent};
 use sgw_agent::time::utc_timestamp_of;
 

@@ -11,11 +11,11 @@ use super::pool::{Job, JobOutcome};
 use crate::cache::publish::{Expected, PublishError, Published, ShareDir, Staged, is_no_space};
 use crate::cloud::retry::default_delay;
 use crate::cloud::{CloudError, ObjectBody, ObjectStore};
+use crate::daemon::Shutdown;
 use crate::engine::download::{
     Download, GetResult, HeadResult, Outcome, PublishResult, Step, StreamResult,
 };
 use crate::format::hex_lower;
-use crate::service::Shutdown;
 
 /// Stream one object into the share: staged, checked, published.
 pub(super) fn download(

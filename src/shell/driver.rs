@@ -15,9 +15,9 @@ use super::{LONG_POLL_SECS, SYNC_EVERY, SYNC_EVERY_RECORDS, ShareContext, ShareE
 use crate::cache::publish::ShareDir;
 use crate::cache::state::StateStore;
 use crate::cloud::retry::Backoff;
+use crate::daemon::Heartbeat;
 use crate::engine::batch::Batch;
 use crate::engine::progress::Progress;
-use crate::service::Heartbeat;
 use crate::status::{ShareState, ShareStatus, write_status};
 use crate::time::unix_now;
 

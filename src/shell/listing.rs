@@ -26,8 +26,8 @@ use serde::{Deserialize, Serialize};
 use super::ShareError;
 use crate::cache::journal::{self, FRAME_CRC, FRAME_HEADER_LEN, MAX_FRAME};
 use crate::cloud::ObjectStore;
+use crate::daemon::Shutdown;
 use crate::model::ObjectMeta;
-use crate::service::Shutdown;
 
 /// One listing entry as spooled (listings never carry a CRC-64).
 #[derive(Serialize, Deserialize)]

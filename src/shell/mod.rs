@@ -36,8 +36,8 @@ use std::time::Duration;
 use crate::cache::state::StateError;
 use crate::cloud::{CloudError, EventQueue, ObjectStore};
 use crate::config::ShareConfig;
+use crate::daemon::Shutdown;
 use crate::engine::progress::Progress;
-use crate::service::Shutdown;
 
 pub use driver::Share;
 

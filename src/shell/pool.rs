@@ -11,8 +11,8 @@ use super::JOB_BATCH;
 use super::download::download;
 use crate::cache::publish::ShareDir;
 use crate::cloud::ObjectStore;
+use crate::daemon::Shutdown;
 use crate::model::{LocalRecord, ObjectMeta};
-use crate::service::Shutdown;
 
 /// A download the worker pool performs.
 pub(super) struct Job {

@@ -10,10 +10,10 @@ use super::{Share, ShareError};
 use crate::cache::crc64::Crc64Nvme;
 use crate::cache::paths::{KeyPath, key_to_relpath};
 use crate::cache::publish::ShareDir;
+use crate::daemon::Heartbeat;
 use crate::engine::local::FileDigest;
 use crate::format::hex_lower;
 use crate::model::{LocalRecord, ObjectMeta};
-use crate::service::Heartbeat;
 
 impl Share {
     /// After a crash: files published whose records never reached the journal. A file still

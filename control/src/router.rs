@@ -9,7 +9,7 @@ use ring::rand::{SecureRandom, SystemRandom};
 
 use super::auth::{self, AuthStore};
 use super::error::ApiError;
-use super::http::{Request, Response};
+use super::http_server::{Request, Response};
 use super::params::{ParamError, Params};
 use super::provision::Provisioner;
 use super::render::{self, Format};

@@ -2,7 +2,7 @@
 
 use super::actions::{plausible_region, valid_bucket_name, valid_prefix, valid_share_name};
 use super::error::{ApiError, printable};
-use super::service::ControlService;
+use super::router::ControlService;
 use super::store::{ProgressReport, ShareSpec};
 use sgw_agent::control_client::protocol::{
     AssignmentEntry, AssignmentsResponse, MAX_SHARES_PER_GATEWAY, ProgressRequest,
