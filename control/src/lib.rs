@@ -29,8 +29,11 @@
 //! rule on the bucket whose events and prefix overlap is refused with
 //! `ExpressSyncNotificationEventConflict`; other rules are kept byte for byte. Removing a
 //! share deletes its subscription and queue; deleting a group deletes them all, the rule and the
-//! topic. Today on the AWS protocol (S3 + SNS + SQS); the [`provision::Provisioner`] trait is
-//! the seam for OSS + MNS.
+//! topic. Today on the AWS protocol (S3 + SNS + SQS, three hosts on AWS: by default
+//! `s3.`/`sns.`/`sqs.<region>.amazonaws.com`, each overridable in `[cloud]`, or one `endpoint`
+//! for a moto-like peer); the [`provision::Provisioner`] trait is the seam for OSS + MNS. The
+//! wire protocols themselves live in `sgw_agent::cloud` (`sns`, `sqs_admin`, `notification`);
+//! [`provision`] is only the choreography: policies, conflict checks, cleanup on failure.
 //!
 //! # Agents ([`sgw_agent::control_client::protocol`])
 //!
@@ -88,7 +91,7 @@
 //! - [`router`]: routing a request to the API, the agent endpoints or `/health`.
 //! - [`auth`]: both Alibaba signature schemes and the agents' signatures, replay protection.
 //! - [`params`], [`render`], [`error`]: API parameters, JSON/XML answers, the documented errors.
-//! - `actions`, `agent`: the express-sync actions and the agent endpoints.
+//! - `actions`, `agent_api`: the express-sync actions and the agent endpoints.
 //! - [`provision`]: topics, queues, subscriptions, bucket notification rules.
 //! - [`store`]: SQLite (one transaction per change).
 //! - `main.rs`: the `sgw-control` binary (arguments, logging, exit codes).

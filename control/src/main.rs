@@ -39,9 +39,10 @@ OPTIONS:
         --listen ADDR          Address to serve on, e.g. 127.0.0.1:8480 (port 0 = any free
                                port; the chosen address is printed on stdout)
         --data-dir DIR         Where the SQLite database lives
-        --cloud-endpoint URL   S3/SNS/SQS endpoint to provision on (an http:// URL given
-                               here counts as explicitly allowed)
-        --cloud-region REGION  Signing region of that endpoint [default: AWS_REGION or us-east-1]
+        --cloud-endpoint URL   One endpoint for S3, SNS and SQS (moto-like peers; an http://
+                               URL given here counts as explicitly allowed) [default: the
+                               [cloud] keys, else AWS's s3./sns./sqs.<region>.amazonaws.com]
+        --cloud-region REGION  Signing region [default: AWS_REGION or us-east-1]
         --max-connections N    Open connections in all [default: 512]
         --max-connections-per-peer N
                                Open connections from one IP address [default: 64]; a
@@ -70,9 +71,12 @@ CONFIGURATION (control.toml):
     max_express_syncs = 100      # group limit
     poll_interval_secs = 30      # how often agents poll (reported as MnsFullSyncDelay)
     [cloud]
-    endpoint = \"https://s3.example.com\"
-    region = \"us-east-1\"
-    allow_http = false
+    region = \"us-east-1\"      # signing region; on AWS also picks the endpoints
+    # endpoint = \"http://127.0.0.1:5000\"  # one endpoint for S3, SNS and SQS (moto-like)
+    # s3_endpoint = \"https://s3.us-east-1.amazonaws.com\"   # per-service overrides
+    # sns_endpoint = \"https://sns.us-east-1.amazonaws.com\"   [default: endpoint, else
+    # sqs_endpoint = \"https://sqs.us-east-1.amazonaws.com\"    AWS's for the region]
+    allow_http = false           # needed for http:// endpoints in this file
     regions = [\"us-east-1\"]     # accepted BucketRegion values [default: [region]]
 
 EXIT STATUS:
@@ -82,7 +86,7 @@ EXAMPLE:
     SGW_ACCESS_KEY_ID=ops SGW_ACCESS_KEY_SECRET=change-me \\
     AWS_ACCESS_KEY_ID=… AWS_SECRET_ACCESS_KEY=… \\
         sgw-control --listen 127.0.0.1:8480 --data-dir /var/lib/sgw-control \\
-                    --cloud-endpoint https://s3.us-east-1.amazonaws.com
+                    --cloud-region us-east-1
     sgw-control --data-dir /var/lib/sgw-control gateway add edge-01 --region us-east-1
 ";
 
@@ -222,13 +226,9 @@ fn config_path(args: &Args) -> Option<PathBuf> {
         .or_else(|| Some(PathBuf::from(DEFAULT_CONFIG_PATH)).filter(|p| p.exists()))
 }
 
-/// Admin subcommands only need the data directory; the cloud endpoint is not required.
+/// Admin subcommands only need the data directory.
 fn admin_data_dir(args: &Args) -> Result<PathBuf, ConfigError> {
-    let mut overrides = args.overrides.clone();
-    if overrides.cloud_endpoint.is_none() {
-        overrides.cloud_endpoint = Some("https://unused.invalid".into());
-    }
-    ControlConfig::load(config_path(args).as_deref(), &overrides).map(|c| c.data_dir)
+    ControlConfig::load(config_path(args).as_deref(), &args.overrides).map(|c| c.data_dir)
 }
 
 fn admin(args: &Args) -> i32 {
@@ -357,10 +357,12 @@ fn serve(args: &Args) -> i32 {
     };
     let addr = running.server.local_addr();
     log::info!(
-        "serving on http://{addr} (data {}, provisioning on {} region {})",
+        "serving on http://{addr} (data {}, provisioning in region {} on S3 {}, SNS {}, SQS {})",
         config.data_dir.display(),
-        config.cloud_endpoint,
-        config.cloud_region
+        config.cloud_region,
+        config.endpoints.s3,
+        config.endpoints.sns,
+        config.endpoints.sqs
     );
     // Scripts and tests read the bound address (port 0 picks one) from this line.
     println!("listening on http://{addr}");

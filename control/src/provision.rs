@@ -14,18 +14,15 @@ use std::fmt;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use quick_xml::events::Event;
-use quick_xml::reader::Reader;
-
 use sgw_agent::cloud::CloudError;
-use sgw_agent::cloud::http::{Call, SignedClient, read_capped};
-use sgw_agent::cloud::retry::{RetryPolicy, retry};
+use sgw_agent::cloud::notification::{BucketNotifications, topic_rule_xml};
+use sgw_agent::cloud::retry::RetryPolicy;
 use sgw_agent::cloud::sigv4::Credentials;
+use sgw_agent::cloud::sns::SnsAdmin;
+use sgw_agent::cloud::sqs_admin::SqsAdmin;
 
 /// Id prefix of the bucket notification rules we own.
 pub const RULE_ID_PREFIX: &str = "sgw-express-sync-";
-/// Largest provider answer we read.
-const ANSWER_LIMIT: usize = 1024 * 1024;
 
 /// What a group needs on the provider side.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -129,326 +126,102 @@ pub trait Provisioner: Send + Sync {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Bucket notification configuration: keep other rules verbatim, find overlaps.
+// AWS protocol (S3 + SNS + SQS), e.g. moto in tests. The wire protocols are in
+// `sgw_agent::cloud` (`sns`, `sqs_admin`, `notification`); this is only the choreography.
 
-/// One top-level rule of a `NotificationConfiguration`.
+/// Where each AWS-protocol service is reached. On AWS they are three hosts
+/// (`s3.<region>.amazonaws.com`, `sns.…`, `sqs.…`); a moto-like peer serves all three on one.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NotificationRule {
-    /// The element as it was sent (re-sent unchanged).
-    pub raw: String,
-    pub id: String,
-    pub events: Vec<String>,
-    pub prefix: String,
+pub struct ServiceEndpoints {
+    pub s3: String,
+    pub sns: String,
+    pub sqs: String,
 }
 
-impl NotificationRule {
-    /// Events in the categories we use (`ObjectCreated`, `ObjectRemoved`, or `s3:*`).
-    fn touches_our_events(&self) -> bool {
-        self.events.iter().any(|e| {
-            let e = e.trim();
-            e == "s3:*" || e.starts_with("s3:ObjectCreated:") || e.starts_with("s3:ObjectRemoved:")
-        })
-    }
-
-    /// True if this rule and one for `prefix` would both fire for some key.
-    pub fn overlaps(&self, prefix: &str) -> bool {
-        self.touches_our_events()
-            && (self.prefix.starts_with(prefix) || prefix.starts_with(&self.prefix))
-    }
-}
-
-/// Text of an element so far, with entity references resolved (quick-xml reports them apart).
-fn push_ref(text: &mut String, r: &quick_xml::events::BytesRef<'_>) -> Result<(), String> {
-    match r.resolve_char_ref() {
-        Ok(Some(c)) => text.push(c),
-        Ok(None) => text.push_str(
-            quick_xml::escape::resolve_predefined_entity(r)
-                .ok_or_else(|| format!("unknown entity &{};", &**r))?,
-        ),
-        Err(e) => return Err(format!("bad character reference: {e}")),
-    }
-    Ok(())
-}
-
-/// Splits a `NotificationConfiguration` document into its rules.
-pub fn parse_notification_config(xml: &str) -> Result<Vec<NotificationRule>, ProvisionError> {
-    let bad = |why: String| {
-        ProvisionError::Failed(format!(
-            "unreadable bucket notification configuration: {why}"
-        ))
-    };
-    let mut reader = Reader::from_str(xml);
-    let mut rules = Vec::new();
-    let mut path: Vec<String> = Vec::new();
-    let mut start = 0usize;
-    let mut current: Option<NotificationRule> = None;
-    let mut filter_name = String::new();
-    let mut text = String::new();
-    loop {
-        let before = usize::try_from(reader.buffer_position()).unwrap_or(usize::MAX);
-        let event = reader.read_event().map_err(|e| bad(e.to_string()))?;
-        match event {
-            Event::Start(e) => {
-                let name = e.local_name().as_ref().to_string();
-                if path.len() == 1 {
-                    start = before;
-                    current = Some(NotificationRule {
-                        raw: String::new(),
-                        id: String::new(),
-                        events: Vec::new(),
-                        prefix: String::new(),
-                    });
-                }
-                path.push(name);
-                text.clear();
-                if path.len() > 16 {
-                    return Err(bad("nested too deeply".into()));
-                }
-            }
-            Event::Empty(_) if path.len() == 1 => {
-                let end = usize::try_from(reader.buffer_position()).unwrap_or(usize::MAX);
-                let raw = xml
-                    .get(before..end)
-                    .ok_or_else(|| bad("bad offsets".into()))?;
-                rules.push(NotificationRule {
-                    raw: raw.trim().to_string(),
-                    id: String::new(),
-                    events: Vec::new(),
-                    prefix: String::new(),
-                });
-            }
-            Event::Text(t) => text.push_str(&t.xml10_content()),
-            Event::CData(t) => text.push_str(&t.xml10_content()),
-            Event::GeneralRef(r) => push_ref(&mut text, &r).map_err(bad)?,
-            Event::End(_) => {
-                let value = std::mem::take(&mut text);
-                if let (Some(rule), Some(leaf)) = (current.as_mut(), path.last()) {
-                    let in_filter_rule = path.iter().any(|p| p == "FilterRule");
-                    match (path.len(), leaf.as_str()) {
-                        (3, "Id") => rule.id = value.trim().to_string(),
-                        (3, "Event") => rule.events.push(value.trim().to_string()),
-                        (_, "Name") if in_filter_rule => {
-                            filter_name = value.trim().to_ascii_lowercase()
-                        }
-                        (_, "Value") if in_filter_rule && filter_name == "prefix" => {
-                            rule.prefix = value
-                        }
-                        _ => {}
-                    }
-                }
-                path.pop();
-                if path.len() == 1
-                    && let Some(mut rule) = current.take()
-                {
-                    let end = usize::try_from(reader.buffer_position()).unwrap_or(usize::MAX);
-                    rule.raw = xml
-                        .get(start..end)
-                        .ok_or_else(|| bad("bad offsets".into()))?
-                        .trim()
-                        .to_string();
-                    rules.push(rule);
-                }
-            }
-            Event::Eof => break,
-            _ => {}
+impl ServiceEndpoints {
+    /// One endpoint for every service (moto, LocalStack-style peers).
+    pub fn single(url: &str) -> ServiceEndpoints {
+        ServiceEndpoints {
+            s3: url.to_string(),
+            sns: url.to_string(),
+            sqs: url.to_string(),
         }
     }
-    if !path.is_empty() {
-        return Err(bad("document ends inside an element".into()));
+
+    /// AWS's public endpoints for `region` (the `amazonaws.com.cn` partition for `cn-*`).
+    pub fn aws(region: &str) -> ServiceEndpoints {
+        let domain = if region.starts_with("cn-") {
+            "amazonaws.com.cn"
+        } else {
+            "amazonaws.com"
+        };
+        let url = |service: &str| format!("https://{service}.{region}.{domain}");
+        ServiceEndpoints {
+            s3: url("s3"),
+            sns: url("sns"),
+            sqs: url("sqs"),
+        }
     }
-    Ok(rules)
 }
-
-fn xml_escape(s: &str) -> String {
-    quick_xml::escape::escape(s).into_owned()
-}
-
-/// Our rule for `spec` pointing at `topic_arn`.
-pub fn our_rule_xml(spec: &GroupSpec, topic_arn: &str) -> String {
-    let mut xml = format!(
-        "<TopicConfiguration><Id>{}</Id><Topic>{}</Topic><Event>s3:ObjectCreated:*</Event><Event>s3:ObjectRemoved:*</Event>",
-        xml_escape(&spec.rule_id()),
-        xml_escape(topic_arn)
-    );
-    if !spec.bucket_prefix.is_empty() {
-        xml.push_str(&format!(
-            "<Filter><S3Key><FilterRule><Name>prefix</Name><Value>{}</Value></FilterRule></S3Key></Filter>",
-            xml_escape(&spec.bucket_prefix)
-        ));
-    }
-    xml.push_str("</TopicConfiguration>");
-    xml
-}
-
-/// A configuration document holding `rules` (raw) in order.
-pub fn notification_config_xml(rules: &[String]) -> String {
-    let mut xml = String::from(
-        "<NotificationConfiguration xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\">",
-    );
-    for rule in rules {
-        xml.push_str(rule);
-    }
-    xml.push_str("</NotificationConfiguration>");
-    xml
-}
-
-// ---------------------------------------------------------------------------------------------
-// AWS protocol (S3 + SNS + SQS), e.g. moto in tests.
 
 pub struct AwsProvisioner {
-    s3: SignedClient,
-    sns: SignedClient,
-    sqs: SignedClient,
-    endpoint: String,
+    sns: SnsAdmin,
+    sqs: SqsAdmin,
+    notifications: BucketNotifications,
+    s3_endpoint: String,
     region: String,
-    retry: RetryPolicy,
     /// Bucket notification changes are read-modify-write: one at a time.
     notification_lock: Mutex<()>,
 }
 
-/// Text of the first `<wanted>` element (TopicArn, SubscriptionArn) in an SNS answer.
-fn first_element_text(xml: &str, wanted: &str) -> Option<String> {
-    let mut reader = Reader::from_str(xml);
-    let mut inside = false;
-    let mut text = String::new();
-    loop {
-        match reader.read_event().ok()? {
-            Event::Start(e) => {
-                inside = e.local_name().as_ref() == wanted;
-                text.clear();
-            }
-            Event::Text(t) if inside => text.push_str(&t.xml10_content()),
-            Event::GeneralRef(r) if inside => push_ref(&mut text, &r).ok()?,
-            Event::End(_) if inside => {
-                return Some(text.trim().to_string()).filter(|t| !t.is_empty());
-            }
-            Event::Eof => return None,
-            _ => {}
-        }
-    }
-}
-
 impl AwsProvisioner {
     pub fn new(
-        endpoint: &str,
+        endpoints: &ServiceEndpoints,
         region: &str,
         allow_http: bool,
         credentials: Credentials,
     ) -> Result<AwsProvisioner, String> {
-        let client =
-            |service| SignedClient::new(endpoint, allow_http, credentials.clone(), region, service);
+        let retry = RetryPolicy {
+            max_attempts: 4,
+            base: Duration::from_millis(200),
+            cap: Duration::from_secs(3),
+        };
+        let at = |key: &str, e: String| format!("{key} {e}");
         Ok(AwsProvisioner {
-            s3: client("s3")?,
-            sns: client("sns")?,
-            sqs: client("sqs")?,
-            endpoint: endpoint.trim_end_matches('/').to_string(),
+            sns: SnsAdmin::new(
+                &endpoints.sns,
+                allow_http,
+                credentials.clone(),
+                region,
+                retry,
+            )
+            .map_err(|e| at("SNS endpoint:", e))?,
+            sqs: SqsAdmin::new(
+                &endpoints.sqs,
+                allow_http,
+                credentials.clone(),
+                region,
+                retry,
+            )
+            .map_err(|e| at("SQS endpoint:", e))?,
+            notifications: BucketNotifications::new(
+                &endpoints.s3,
+                allow_http,
+                credentials,
+                region,
+                retry,
+            )
+            .map_err(|e| at("S3 endpoint:", e))?,
+            s3_endpoint: endpoints.s3.trim_end_matches('/').to_string(),
             region: region.to_string(),
-            retry: RetryPolicy {
-                max_attempts: 4,
-                base: Duration::from_millis(200),
-                cap: Duration::from_secs(3),
-            },
             notification_lock: Mutex::new(()),
         })
     }
 
-    fn send(
-        &self,
-        client: &SignedClient,
-        what: &str,
-        call: &Call<'_>,
-    ) -> Result<Vec<u8>, CloudError> {
-        retry(&self.retry, what, &|| false, || {
-            let response = client.send(call)?;
-            read_capped(response.into_body(), ANSWER_LIMIT, what)
-        })
-    }
-
-    fn sns(&self, action: &str, params: &[(&str, &str)]) -> Result<String, CloudError> {
-        let mut form = vec![("Action", action), ("Version", "2010-03-31")];
-        form.extend_from_slice(params);
-        let body = sgw_agent::cloud::sigv4::canonical_query(&form);
-        let call = Call {
-            method: "POST",
-            path: "/",
-            query: &[],
-            headers: &[(
-                "content-type",
-                "application/x-www-form-urlencoded; charset=utf-8",
-            )],
-            body: body.as_bytes(),
-            read_timeout: None,
-        };
-        let bytes = self.send(&self.sns, &format!("SNS {action}"), &call)?;
-        Ok(String::from_utf8_lossy(&bytes).into_owned())
-    }
-
-    fn sqs(&self, action: &str, body: &serde_json::Value) -> Result<serde_json::Value, CloudError> {
-        let body = serde_json::to_vec(body)
-            .map_err(|e| CloudError::Transport(format!("encoding {action}: {e}")))?;
-        let target = format!("AmazonSQS.{action}");
-        let call = Call {
-            method: "POST",
-            path: "/",
-            query: &[],
-            headers: &[
-                ("content-type", "application/x-amz-json-1.0"),
-                ("x-amz-target", &target),
-            ],
-            body: &body,
-            read_timeout: None,
-        };
-        let bytes = self.send(&self.sqs, &format!("SQS {action}"), &call)?;
-        if bytes.iter().all(u8::is_ascii_whitespace) {
-            return Ok(serde_json::Value::Null);
-        }
-        serde_json::from_slice(&bytes)
-            .map_err(|e| CloudError::Transport(format!("SQS {action}: bad JSON answer: {e}")))
-    }
-
-    fn notification_rules(&self, bucket: &str) -> Result<Vec<NotificationRule>, ProvisionError> {
-        let path = format!("/{bucket}");
-        let call = Call {
-            method: "GET",
-            path: &path,
-            query: &[("notification", "")],
-            headers: &[],
-            body: &[],
-            read_timeout: None,
-        };
-        let bytes = self.send(
-            &self.s3,
-            &format!("S3 GetBucketNotificationConfiguration {bucket}"),
-            &call,
-        )?;
-        parse_notification_config(&String::from_utf8_lossy(&bytes))
-    }
-
-    fn put_notification_rules(&self, bucket: &str, rules: &[String]) -> Result<(), ProvisionError> {
-        let path = format!("/{bucket}");
-        let body = notification_config_xml(rules);
-        let call = Call {
-            method: "PUT",
-            path: &path,
-            query: &[("notification", "")],
-            headers: &[("content-type", "application/xml")],
-            body: body.as_bytes(),
-            read_timeout: None,
-        };
-        self.send(
-            &self.s3,
-            &format!("S3 PutBucketNotificationConfiguration {bucket}"),
-            &call,
-        )?;
-        Ok(())
-    }
-
-    fn delete_topic(&self, topic_arn: &str) -> Result<(), CloudError> {
-        match self.sns("DeleteTopic", &[("TopicArn", topic_arn)]) {
-            Ok(_) => Ok(()),
-            Err(e) if e.is_not_found() => Ok(()),
-            Err(e) => Err(e),
-        }
+    fn lock_notifications(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.notification_lock
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
 
     fn create_group_inner(&self, spec: &GroupSpec, topic_arn: &str) -> Result<(), ProvisionError> {
@@ -464,19 +237,9 @@ impl AwsProvisioner {
             }]
         })
         .to_string();
-        self.sns(
-            "SetTopicAttributes",
-            &[
-                ("TopicArn", topic_arn),
-                ("AttributeName", "Policy"),
-                ("AttributeValue", &policy),
-            ],
-        )?;
-        let _guard = self
-            .notification_lock
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        let existing = self.notification_rules(&spec.bucket_name)?;
+        self.sns.set_topic_attribute(topic_arn, "Policy", &policy)?;
+        let _guard = self.lock_notifications();
+        let existing = self.notifications.rules(&spec.bucket_name)?;
         let rule_id = spec.rule_id();
         if let Some(other) = existing
             .iter()
@@ -492,8 +255,8 @@ impl AwsProvisioner {
             .filter(|r| r.id != rule_id)
             .map(|r| r.raw)
             .collect();
-        rules.push(our_rule_xml(spec, topic_arn));
-        self.put_notification_rules(&spec.bucket_name, &rules)
+        rules.push(topic_rule_xml(&rule_id, topic_arn, &spec.bucket_prefix));
+        Ok(self.notifications.put_rules(&spec.bucket_name, &rules)?)
     }
 
     fn create_queue_inner(
@@ -501,14 +264,7 @@ impl AwsProvisioner {
         queue_url: &str,
         topic_ref: &str,
     ) -> Result<QueueHandles, ProvisionError> {
-        let attrs = self.sqs(
-            "GetQueueAttributes",
-            &serde_json::json!({"QueueUrl": queue_url, "AttributeNames": ["QueueArn"]}),
-        )?;
-        let queue_arn = attrs["Attributes"]["QueueArn"]
-            .as_str()
-            .ok_or_else(|| ProvisionError::Failed(format!("no QueueArn for {queue_url}")))?
-            .to_string();
+        let queue_arn = self.sqs.queue_arn(queue_url)?;
         let policy = serde_json::json!({
             "Version": "2012-10-17",
             "Statement": [{
@@ -521,53 +277,22 @@ impl AwsProvisioner {
             }]
         })
         .to_string();
-        self.sqs(
-            "SetQueueAttributes",
-            &serde_json::json!({"QueueUrl": queue_url, "Attributes": {"Policy": policy}}),
-        )?;
-        let answer = self.sns(
-            "Subscribe",
-            &[
-                ("TopicArn", topic_ref),
-                ("Protocol", "sqs"),
-                ("Endpoint", &queue_arn),
-                ("Attributes.entry.1.key", "RawMessageDelivery"),
-                ("Attributes.entry.1.value", "true"),
-                ("ReturnSubscriptionArn", "true"),
-            ],
-        )?;
-        let subscription_ref = first_element_text(&answer, "SubscriptionArn").ok_or_else(|| {
-            ProvisionError::Failed("Subscribe returned no SubscriptionArn".into())
-        })?;
+        self.sqs.set_policy(queue_url, &policy)?;
+        let subscription_ref = self.sns.subscribe_queue_raw(topic_ref, &queue_arn)?;
         Ok(QueueHandles {
             queue_url: queue_url.to_string(),
             queue_ref: queue_arn,
             subscription_ref,
         })
     }
-
-    fn delete_queue_url(&self, queue_url: &str) -> Result<(), CloudError> {
-        match self.sqs("DeleteQueue", &serde_json::json!({"QueueUrl": queue_url})) {
-            Ok(_) => Ok(()),
-            Err(e)
-                if e.is_not_found()
-                    || matches!(&e, CloudError::Service { code, .. } if code.contains("NonExistentQueue")) =>
-            {
-                Ok(())
-            }
-            Err(e) => Err(e),
-        }
-    }
 }
 
 impl Provisioner for AwsProvisioner {
     fn create_group(&self, spec: &GroupSpec) -> Result<GroupHandles, ProvisionError> {
-        let answer = self.sns("CreateTopic", &[("Name", &spec.topic_name)])?;
-        let topic_arn = first_element_text(&answer, "TopicArn")
-            .ok_or_else(|| ProvisionError::Failed("CreateTopic returned no TopicArn".into()))?;
+        let topic_arn = self.sns.create_topic(&spec.topic_name)?;
         if let Err(e) = self.create_group_inner(spec, &topic_arn) {
             // Leave nothing behind: the group does not exist.
-            if let Err(cleanup) = self.delete_topic(&topic_arn) {
+            if let Err(cleanup) = self.sns.delete_topic(&topic_arn) {
                 log::warn!("could not delete topic {topic_arn} after a failed create: {cleanup}");
             }
             return Err(e);
@@ -580,11 +305,12 @@ impl Provisioner for AwsProvisioner {
 
     fn delete_group(&self, spec: &GroupSpec, handles: &GroupHandles) -> Result<(), ProvisionError> {
         {
-            let _guard = self
-                .notification_lock
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            match self.notification_rules(&spec.bucket_name) {
+            let _guard = self.lock_notifications();
+            match self
+                .notifications
+                .rules(&spec.bucket_name)
+                .map_err(ProvisionError::from)
+            {
                 Ok(existing) => {
                     if existing.iter().any(|r| r.id == handles.notification_ref) {
                         let rest: Vec<String> = existing
@@ -592,7 +318,7 @@ impl Provisioner for AwsProvisioner {
                             .filter(|r| r.id != handles.notification_ref)
                             .map(|r| r.raw)
                             .collect();
-                        self.put_notification_rules(&spec.bucket_name, &rest)?;
+                        self.notifications.put_rules(&spec.bucket_name, &rest)?;
                     }
                 }
                 // The bucket is gone, and its rules with it.
@@ -600,7 +326,7 @@ impl Provisioner for AwsProvisioner {
                 Err(e) => return Err(e),
             }
         }
-        self.delete_topic(&handles.topic_ref)?;
+        self.sns.delete_topic(&handles.topic_ref)?;
         Ok(())
     }
 
@@ -609,15 +335,11 @@ impl Provisioner for AwsProvisioner {
         queue_name: &str,
         topic_ref: &str,
     ) -> Result<QueueHandles, ProvisionError> {
-        let created = self.sqs("CreateQueue", &serde_json::json!({"QueueName": queue_name}))?;
-        let queue_url = created["QueueUrl"]
-            .as_str()
-            .ok_or_else(|| ProvisionError::Failed("CreateQueue returned no QueueUrl".into()))?
-            .to_string();
+        let queue_url = self.sqs.create_queue(queue_name)?;
         match self.create_queue_inner(&queue_url, topic_ref) {
             Ok(handles) => Ok(handles),
             Err(e) => {
-                if let Err(cleanup) = self.delete_queue_url(&queue_url) {
+                if let Err(cleanup) = self.sqs.delete_queue(&queue_url) {
                     log::warn!(
                         "could not delete queue {queue_url} after a failed create: {cleanup}"
                     );
@@ -629,21 +351,14 @@ impl Provisioner for AwsProvisioner {
 
     fn delete_queue(&self, handles: &QueueHandles) -> Result<(), ProvisionError> {
         if !handles.subscription_ref.is_empty() {
-            match self.sns(
-                "Unsubscribe",
-                &[("SubscriptionArn", &handles.subscription_ref)],
-            ) {
-                Ok(_) => {}
-                Err(e) if e.is_not_found() => {}
-                Err(e) => return Err(e.into()),
-            }
+            self.sns.unsubscribe(&handles.subscription_ref)?;
         }
-        self.delete_queue_url(&handles.queue_url)?;
+        self.sqs.delete_queue(&handles.queue_url)?;
         Ok(())
     }
 
     fn agent_endpoint(&self) -> (String, String) {
-        (self.endpoint.clone(), self.region.clone())
+        (self.s3_endpoint.clone(), self.region.clone())
     }
 }
 
@@ -776,17 +491,6 @@ impl Provisioner for MemoryProvisioner {
 mod tests {
     use super::*;
 
-    const EXISTING: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
-<NotificationConfiguration xmlns="http://s3.amazonaws.com/doc/2006-03-01/">
-  <QueueConfiguration><Id>theirs</Id><Queue>arn:aws:sqs:us-east-1:1:q</Queue>
-    <Event>s3:ObjectCreated:Put</Event>
-    <Filter><S3Key><FilterRule><Name>Prefix</Name><Value>logs/&amp;x</Value></FilterRule>
-      <FilterRule><Name>suffix</Name><Value>.gz</Value></FilterRule></S3Key></Filter>
-  </QueueConfiguration>
-  <TopicConfiguration><Id>restore</Id><Topic>arn:t</Topic><Event>s3:ObjectRestore:*</Event></TopicConfiguration>
-  <EventBridgeConfiguration/>
-</NotificationConfiguration>"#;
-
     fn spec(prefix: &str) -> GroupSpec {
         GroupSpec {
             sync_id: "sync-1".into(),
@@ -797,49 +501,19 @@ mod tests {
     }
 
     #[test]
-    fn parses_rules_and_keeps_them_verbatim() {
-        let rules = parse_notification_config(EXISTING).expect("parses");
-        assert_eq!(rules.len(), 3);
-        assert_eq!(rules[0].id, "theirs");
-        assert_eq!(rules[0].events, vec!["s3:ObjectCreated:Put"]);
-        assert_eq!(rules[0].prefix, "logs/&x");
-        assert!(
-            rules[0].raw.starts_with("<QueueConfiguration>")
-                && rules[0].raw.ends_with("</QueueConfiguration>")
-        );
-        assert_eq!(rules[2].raw, "<EventBridgeConfiguration/>");
-        // Re-serialised with ours appended, every foreign rule reads back the same.
-        let mut raws: Vec<String> = rules.iter().map(|r| r.raw.clone()).collect();
-        raws.push(our_rule_xml(&spec("data/"), "arn:topic"));
-        let again = parse_notification_config(&notification_config_xml(&raws)).expect("parses");
-        assert_eq!(&again[..3], &rules[..]);
-        assert_eq!(again[3].id, "sgw-express-sync-sync-1");
-        assert_eq!(again[3].prefix, "data/");
+    fn aws_endpoints_are_per_service_and_per_partition() {
+        let e = ServiceEndpoints::aws("eu-west-1");
+        assert_eq!(e.s3, "https://s3.eu-west-1.amazonaws.com");
+        assert_eq!(e.sns, "https://sns.eu-west-1.amazonaws.com");
+        assert_eq!(e.sqs, "https://sqs.eu-west-1.amazonaws.com");
         assert_eq!(
-            again[3].events,
-            vec!["s3:ObjectCreated:*", "s3:ObjectRemoved:*"]
+            ServiceEndpoints::aws("cn-north-1").sqs,
+            "https://sqs.cn-north-1.amazonaws.com.cn"
         );
-    }
-
-    #[test]
-    fn overlap_needs_both_events_and_prefixes() {
-        let rules = parse_notification_config(EXISTING).expect("parses");
-        assert!(rules[0].overlaps("logs/"), "ours is a prefix of theirs");
-        assert!(rules[0].overlaps(""), "whole bucket covers theirs");
-        assert!(rules[0].overlaps("logs/&x/deeper"), "theirs covers ours");
-        assert!(!rules[0].overlaps("data/"));
-        assert!(!rules[1].overlaps(""), "restore events are not ours");
-    }
-
-    #[test]
-    fn refuses_hostile_configuration_documents() {
-        assert!(parse_notification_config("<a><b></a>").is_err());
-        let deep = format!("{}{}", "<a>".repeat(40), "</a>".repeat(40));
-        assert!(parse_notification_config(&deep).is_err());
-        // Escapes in our own values cannot break out of the element.
-        let evil = our_rule_xml(&spec("</Value></FilterRule><x>"), "arn");
-        let parsed = parse_notification_config(&notification_config_xml(&[evil])).expect("parses");
-        assert_eq!(parsed[0].prefix, "</Value></FilterRule><x>");
+        assert_eq!(
+            ServiceEndpoints::single("http://127.0.0.1:5000").sns,
+            "http://127.0.0.1:5000"
+        );
     }
 
     #[test]

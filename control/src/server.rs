@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::http_server::{Handler, Limits, Server};
-use super::provision::{AwsProvisioner, Provisioner};
+use super::provision::{AwsProvisioner, Provisioner, ServiceEndpoints};
 use super::router::{ControlService, Settings, unix_now};
 use super::store::Store;
 use sgw_agent::cloud::sigv4::Credentials;
@@ -44,6 +44,9 @@ struct RawConfig {
 #[serde(deny_unknown_fields)]
 struct RawCloud {
     endpoint: Option<String>,
+    s3_endpoint: Option<String>,
+    sns_endpoint: Option<String>,
+    sqs_endpoint: Option<String>,
     region: Option<String>,
     allow_http: Option<bool>,
     regions: Option<Vec<String>>,
@@ -69,7 +72,8 @@ pub struct ControlConfig {
     pub limits: Limits,
     pub max_express_syncs: i64,
     pub poll_interval_secs: u64,
-    pub cloud_endpoint: String,
+    /// Where S3, SNS and SQS are reached (one URL each; the same for moto-like peers).
+    pub endpoints: ServiceEndpoints,
     pub cloud_region: String,
     pub allow_http: bool,
     /// Accepted `BucketRegion` values.
@@ -222,22 +226,6 @@ impl ControlConfig {
             }
         };
 
-        // An http:// endpoint typed on the command line is the operator's explicit choice; in
-        // the file it needs `allow_http = true` next to it.
-        let (cloud_endpoint, endpoint_from_cli) = match (&overrides.cloud_endpoint, cloud.endpoint)
-        {
-            (Some(cli), _) => (cli.clone(), true),
-            (None, Some(file)) => (file, false),
-            (None, None) => {
-                return Err(err(
-                    "cloud.endpoint",
-                    "the S3/SNS/SQS endpoint URL to provision on (or --cloud-endpoint URL)".into(),
-                ));
-            }
-        };
-        let allow_http = cloud.allow_http.unwrap_or(false) || endpoint_from_cli;
-        sgw_agent::cloud::http::Endpoint::parse(&cloud_endpoint, allow_http)
-            .map_err(|e| err("cloud.endpoint", e))?;
         let cloud_region = overrides
             .cloud_region
             .clone()
@@ -250,6 +238,28 @@ impl ControlConfig {
                 format!("a region id like us-east-1, got {cloud_region:?}"),
             ));
         }
+        // Per service: the command line's one endpoint, else `<service>_endpoint`, else
+        // `endpoint`, else AWS's public endpoint for the region. An http:// endpoint typed on
+        // the command line is the operator's explicit choice; in the file it needs
+        // `allow_http = true` next to it.
+        let endpoint_from_cli = overrides.cloud_endpoint.is_some();
+        let allow_http = cloud.allow_http.unwrap_or(false) || endpoint_from_cli;
+        let derived = ServiceEndpoints::aws(&cloud_region);
+        let pick = |own: Option<String>, own_key: &str, default: String| {
+            let (url, key) = match (&overrides.cloud_endpoint, own, &cloud.endpoint) {
+                (Some(cli), _, _) => (cli.clone(), "--cloud-endpoint".to_string()),
+                (None, Some(own), _) => (own, format!("cloud.{own_key}")),
+                (None, None, Some(shared)) => (shared.clone(), "cloud.endpoint".to_string()),
+                (None, None, None) => return Ok(default),
+            };
+            sgw_agent::cloud::http::Endpoint::parse(&url, allow_http).map_err(|e| err(&key, e))?;
+            Ok(url)
+        };
+        let endpoints = ServiceEndpoints {
+            s3: pick(cloud.s3_endpoint, "s3_endpoint", derived.s3)?,
+            sns: pick(cloud.sns_endpoint, "sns_endpoint", derived.sns)?,
+            sqs: pick(cloud.sqs_endpoint, "sqs_endpoint", derived.sqs)?,
+        };
         let regions = cloud.regions.unwrap_or_else(|| vec![cloud_region.clone()]);
         if regions.is_empty() || regions.iter().any(|r| !super::actions::plausible_region(r)) {
             return Err(err(
@@ -263,7 +273,7 @@ impl ControlConfig {
             limits,
             max_express_syncs,
             poll_interval_secs,
-            cloud_endpoint,
+            endpoints,
             cloud_region,
             allow_http,
             regions,
@@ -357,7 +367,7 @@ pub fn start(
     bootstrap: Option<(String, String)>,
 ) -> Result<Running, String> {
     let provisioner = AwsProvisioner::new(
-        &config.cloud_endpoint,
+        &config.endpoints,
         &config.cloud_region,
         config.allow_http,
         credentials,
@@ -403,7 +413,10 @@ mod tests {
         assert_eq!(c.limits.max_connections, 100);
         assert_eq!(c.limits.max_connections_per_peer, 64);
         assert_eq!(c.data_dir, PathBuf::from("/tmp/x"));
-        assert_eq!(c.cloud_endpoint, "http://127.0.0.1:5000");
+        assert_eq!(
+            c.endpoints,
+            ServiceEndpoints::single("http://127.0.0.1:5000")
+        );
         assert_eq!(c.regions, vec!["eu-west-1".to_string()]);
         assert!(c.allow_http);
     }
@@ -433,8 +446,6 @@ mod tests {
         assert_eq!(e.key, "colour");
         let e = load("listen = [\n", &none).expect_err("syntax");
         assert!(!e.problem.is_empty());
-        let e = load("", &none).expect_err("no endpoint");
-        assert_eq!(e.key, "cloud.endpoint");
         let e = ControlConfig::load(Some(Path::new("/nonexistent/control.toml")), &none)
             .expect_err("missing file");
         assert_eq!(e.file, Path::new("/nonexistent/control.toml"));
@@ -487,5 +498,29 @@ mod tests {
                 load(&format!("{text}[cloud]\nendpoint = \"https://x\"\n"), &none).expect_err(text);
             assert_eq!(e.key, key, "{text}");
         }
+    }
+
+    #[test]
+    fn endpoints_follow_aws_per_service_unless_overridden() {
+        let none = Overrides::default();
+        let c = load("[cloud]\nregion = \"eu-west-1\"\n", &none).expect("AWS by default");
+        assert_eq!(c.endpoints, ServiceEndpoints::aws("eu-west-1"));
+        assert_eq!(c.endpoints.sqs, "https://sqs.eu-west-1.amazonaws.com");
+        let c = load(
+            "[cloud]\nendpoint = \"https://one.example\"\nsqs_endpoint = \"https://q.example\"\n",
+            &none,
+        )
+        .expect("shared + override");
+        assert_eq!(c.endpoints.s3, "https://one.example");
+        assert_eq!(c.endpoints.sns, "https://one.example");
+        assert_eq!(c.endpoints.sqs, "https://q.example");
+        let e = load("[cloud]\nsns_endpoint = \"http://x\"\n", &none).expect_err("http");
+        assert_eq!(e.key, "cloud.sns_endpoint");
+        let cli = Overrides {
+            cloud_endpoint: Some("http://127.0.0.1:9".into()),
+            ..Overrides::default()
+        };
+        let c = load("[cloud]\ns3_endpoint = \"https://s3.example\"\n", &cli).expect("cli wins");
+        assert_eq!(c.endpoints, ServiceEndpoints::single("http://127.0.0.1:9"));
     }
 }

@@ -424,6 +424,24 @@ mod quick_ack {
     }
 }
 
+/// Largest administrative answer (SNS, SQS admin, bucket configuration) read into memory.
+pub const ADMIN_ANSWER_LIMIT: usize = 1024 * 1024;
+
+/// Sends `call` under `policy` (4xx permanent, the rest retried) and reads the whole answer,
+/// at most `limit` bytes. For small administrative calls; object bodies stream instead.
+pub fn send_and_read(
+    client: &SignedClient,
+    policy: &super::retry::RetryPolicy,
+    what: &str,
+    call: &Call<'_>,
+    limit: usize,
+) -> Result<Vec<u8>, CloudError> {
+    super::retry::retry(policy, what, &|| false, || {
+        let response = client.send(call)?;
+        read_capped(response.into_body(), limit, what)
+    })
+}
+
 /// One request as a client describes it; [`SignedClient::send`] encodes, signs and sends it.
 #[derive(Debug, Clone)]
 pub struct Call<'a> {

@@ -1,4 +1,5 @@
-//! Wire protocols, one module per protocol, behind two small traits.
+//! Wire protocols, one module per protocol, behind two small traits (plus the administrative
+//! calls `sgw-control` provisions with: [`sns`], [`sqs_admin`], [`notification`]).
 //!
 //! [`ObjectStore`] is the bucket (S3 today, OSS later) and [`EventQueue`] is the per-share queue
 //! (SQS today, MNS later). Errors separate "the service said no" from "the transport failed" so
@@ -8,10 +9,13 @@
 pub mod events;
 pub mod http;
 pub mod memory;
+pub mod notification;
 pub mod retry;
 pub mod s3;
 pub mod sigv4;
+pub mod sns;
 pub mod sqs;
+pub mod sqs_admin;
 
 use std::fmt;
 use std::io::Read;
