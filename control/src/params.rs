@@ -121,21 +121,9 @@ fn hex_value(b: u8) -> Option<u8> {
 }
 
 /// RFC 3986 percent-encoding (unreserved `A-Za-z0-9-_.~` kept, upper-case hex): Python's
-/// `quote(v, safe='~')`, and the SDKs' "pop standard" form of `urlencode`.
-pub fn percent_encode(input: &str) -> String {
-    const HEX: &[u8; 16] = b"0123456789ABCDEF";
-    let mut out = String::with_capacity(input.len() * 3 / 2);
-    for &b in input.as_bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(char::from(b));
-        } else {
-            out.push('%');
-            out.push(char::from(HEX[usize::from(b >> 4)]));
-            out.push(char::from(HEX[usize::from(b & 0x0f)]));
-        }
-    }
-    out
-}
+/// `quote(v, safe='~')`, and the SDKs' "pop standard" form of `urlencode`. The same set as
+/// SigV4's, so it is the agent's (the percent-encoding crate with that set).
+pub use sgw_agent::cloud::sigv4::encode_component as percent_encode;
 
 #[cfg(test)]
 mod tests {
