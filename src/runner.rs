@@ -20,7 +20,7 @@ use crate::cloud::sigv4::Credentials;
 use crate::cloud::sqs::{SqsClient, SqsConfig};
 use crate::cloud::{EventQueue, ObjectStore};
 use crate::config::{Config, ConfigError, EXIT_CONFIG, EXIT_NOT_CONVERGED, ShareConfig};
-use crate::control_client::client::ControlClient;
+use crate::control_client::client::{ControlClient, Polled};
 use crate::control_client::protocol::{
     AssignmentEntry, AssignmentsResponse, ProgressRequest, RegisterRequest, RegisteredShare,
     ShareProgress,
@@ -724,8 +724,24 @@ struct ControlLoop {
     down: bool,
     poll: Duration,
     next_poll: Instant,
+    /// The ETag of the assignments last polled: an unchanged poll is a bodiless 304.
+    etag: Option<String>,
     last_report: Option<ProgressRequest>,
     last_report_check: Instant,
+}
+
+/// `base` stretched or shrunk by up to ±20 % at random, so a fleet that started together
+/// (a power cut across a region, an endpoint restart) does not keep polling in step.
+fn jittered(base: Duration) -> Duration {
+    use ring::rand::SecureRandom;
+    let mut b = [0u8; 2];
+    let r = if ring::rand::SystemRandom::new().fill(&mut b).is_ok() {
+        u16::from_le_bytes(b)
+    } else {
+        u16::MAX / 2
+    };
+    // 0.8 + 0.4 * r / 65535
+    base.mul_f64(0.8 + 0.4 * f64::from(r) / f64::from(u16::MAX))
 }
 
 impl ControlLoop {
@@ -735,7 +751,9 @@ impl ControlLoop {
             registered: false,
             down: false,
             poll: DEFAULT_CONTROL_POLL,
-            next_poll: Instant::now(),
+            // The first poll within a second, spread so restarts do not arrive together.
+            next_poll: Instant::now() + jittered(Duration::from_millis(500)),
+            etag: None,
             last_report: None,
             last_report_check: Instant::now(),
         }
@@ -755,17 +773,19 @@ impl ControlLoop {
                     );
                     self.registered = true;
                 }
-                let a = self.client.assignments()?;
-                self.poll = Duration::from_secs(a.poll_interval_secs.clamp(1, 3600));
-                Ok::<_, crate::cloud::CloudError>(a)
+                self.client.assignments_since(self.etag.as_deref())
             })();
             match result {
-                Ok(a) => {
+                Ok(polled) => {
                     if self.down {
                         info!("control endpoint reachable again");
                         self.down = false;
                     }
-                    fresh = Some(a);
+                    if let Polled::Changed(a, etag) = polled {
+                        self.poll = Duration::from_secs(a.poll_interval_secs.clamp(1, 3600));
+                        self.etag = etag;
+                        fresh = Some(a);
+                    }
                 }
                 Err(e) => {
                     if !self.down {
@@ -778,11 +798,11 @@ impl ControlLoop {
                 }
             }
             self.next_poll = Instant::now()
-                + if self.down {
+                + jittered(if self.down {
                     self.poll.min(DEFAULT_CONTROL_POLL)
                 } else {
                     self.poll
-                };
+                });
         }
         // Progress goes out as it changes (not only at each poll), so an operator watching
         // DescribeExpressSyncShares sees it move.

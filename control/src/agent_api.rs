@@ -150,7 +150,7 @@ impl ControlService {
         gateway_id: &str,
         now: i64,
     ) -> Result<Vec<u8>, ApiError> {
-        self.store.touch_gateway(gateway_id, now)?;
+        self.touch_gateway(gateway_id, now)?;
         let (endpoint, region) = self.provisioner.agent_endpoint();
         let assignments = self
             .store

@@ -136,6 +136,8 @@ pub struct Response {
     pub status: u16,
     pub content_type: &'static str,
     pub body: Vec<u8>,
+    /// Further headers (`etag`, …); names lower-case, values printable ASCII.
+    pub headers: Vec<(&'static str, String)>,
 }
 
 impl Response {
@@ -144,7 +146,13 @@ impl Response {
             status,
             content_type,
             body: body.into(),
+            headers: Vec::new(),
         }
+    }
+
+    pub fn with_header(mut self, name: &'static str, value: impl Into<String>) -> Response {
+        self.headers.push((name, value.into()));
+        self
     }
 
     pub fn json(status: u16, body: impl Into<Vec<u8>>) -> Response {
@@ -729,6 +737,11 @@ fn to_hyper(response: Response, close: bool) -> hyper::Response<Full<Bytes>> {
     *out.status_mut() = hyper::StatusCode::from_u16(response.status)
         .unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
     let headers = out.headers_mut();
+    for (name, value) in &response.headers {
+        if let Ok(value) = HeaderValue::from_str(value) {
+            headers.insert(*name, value);
+        }
+    }
     headers.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static(response.content_type),

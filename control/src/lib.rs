@@ -93,6 +93,7 @@
 //! - [`params`], [`render`], [`error`]: API parameters, JSON/XML answers, the documented errors.
 //! - `actions`, `agent_api`: the express-sync actions and the agent endpoints.
 //! - [`provision`]: topics, queues, subscriptions, bucket notification rules.
+//! - [`metrics`]: `/metrics` (Prometheus text) and the provisioning-failure counter.
 //! - [`store`]: SQLite (one transaction per change).
 //! - `main.rs`: the `sgw-control` binary (arguments, logging, exit codes).
 
@@ -101,6 +102,7 @@
 pub mod auth;
 pub mod error;
 pub mod http_server;
+pub mod metrics;
 pub mod params;
 pub mod provision;
 pub mod render;

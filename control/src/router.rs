@@ -10,6 +10,7 @@ use ring::rand::{SecureRandom, SystemRandom};
 use super::auth::{self, AuthStore};
 use super::error::ApiError;
 use super::http_server::{Request, Response};
+use super::metrics::{CountingProvisioner, Gauges, Metrics, Route, SEEN_WINDOW};
 use super::params::{ParamError, Params};
 use super::provision::Provisioner;
 use super::render::{self, Format};
@@ -38,6 +39,52 @@ pub struct ControlService {
     /// Creates run one at a time: name, count and overlap checks see each other's results.
     pub(crate) create_lock: Mutex<()>,
     rng: SystemRandom,
+    pub(crate) metrics: Arc<Metrics>,
+    /// When each gateway's `last_seen` was last written: a poll writes it at most once a
+    /// [`TOUCH_EVERY`], so an idle fleet's polls are reads.
+    touched: Mutex<std::collections::HashMap<String, i64>>,
+}
+
+/// How stale a gateway's `last_seen` may get before a poll writes it again.
+pub(crate) const TOUCH_EVERY: i64 = 60;
+
+/// The API actions, as metric labels (anything else is `other`).
+const API_ACTIONS: [&str; 9] = [
+    "CreateExpressSync",
+    "ValidateExpressSyncConfig",
+    "AddSharesToExpressSync",
+    "RemoveSharesFromExpressSync",
+    "DescribeExpressSyncShares",
+    "DescribeExpressSyncs",
+    "DeleteExpressSync",
+    "DescribeSharesBucketInfoForExpressSync",
+    "DescribeTasks",
+];
+
+fn api_label(action: &str) -> &'static str {
+    API_ACTIONS
+        .iter()
+        .find(|a| **a == action)
+        .copied()
+        .unwrap_or("other")
+}
+
+/// A strong ETag for an answer: the first 16 bytes of its SHA-256, quoted.
+fn etag_of(body: &[u8]) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, body);
+    format!(
+        "\"{}\"",
+        sgw_agent::format::hex_lower(&digest.as_ref()[..16])
+    )
+}
+
+/// `If-None-Match` names `etag` (or `*`).
+fn not_modified(req: &Request, etag: &str) -> bool {
+    req.header("if-none-match").is_some_and(|v| {
+        v.split(',')
+            .map(|t| t.trim().trim_start_matches("W/"))
+            .any(|t| t == etag || t == "*")
+    })
 }
 
 /// Holds a group busy until dropped.
@@ -101,13 +148,19 @@ impl ControlService {
         provisioner: Arc<dyn Provisioner>,
         settings: Settings,
     ) -> ControlService {
+        let metrics = Arc::new(Metrics::default());
         ControlService {
             store,
-            provisioner,
+            provisioner: Arc::new(CountingProvisioner {
+                inner: provisioner,
+                metrics: Arc::clone(&metrics),
+            }),
             settings,
             busy: Mutex::new(HashSet::new()),
             create_lock: Mutex::new(()),
             rng: SystemRandom::new(),
+            metrics,
+            touched: Mutex::new(std::collections::HashMap::new()),
         }
     }
 
@@ -195,14 +248,77 @@ impl ControlService {
         Ok((gateway, secret))
     }
 
+    /// Writes the gateway's `last_seen`, unless this process wrote it less than
+    /// [`TOUCH_EVERY`] ago.
+    pub(crate) fn touch_gateway(&self, gateway_id: &str, now: i64) -> Result<(), StoreError> {
+        {
+            let touched = self.touched.lock().unwrap_or_else(|p| p.into_inner());
+            if touched
+                .get(gateway_id)
+                .is_some_and(|at| now - at < TOUCH_EVERY)
+            {
+                return Ok(());
+            }
+        }
+        self.store.touch_gateway(gateway_id, now)?;
+        self.touched
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(gateway_id.to_string(), now);
+        Ok(())
+    }
+
+    fn metrics_text(&self) -> Response {
+        let since = unix_now() - i64::try_from(SEEN_WINDOW.as_secs()).unwrap_or(600);
+        let gauges = match (
+            self.store.gateway_counts(since),
+            self.store.count_express_syncs(),
+        ) {
+            (Ok((gateways, gateways_seen)), Ok(express_syncs)) => Some(Gauges {
+                gateways,
+                gateways_seen,
+                express_syncs,
+            }),
+            (Err(e), _) | (_, Err(e)) => {
+                log::error!("metrics: reading the store: {e}");
+                None
+            }
+        };
+        Response::new(
+            200,
+            "text/plain; version=0.0.4; charset=utf-8",
+            self.metrics.render(gauges.as_ref()),
+        )
+    }
+
+    /// Healthy when the store answers: a load balancer takes a replica whose database is
+    /// gone out of rotation.
+    fn healthz(&self) -> Response {
+        match self.store.count_express_syncs() {
+            Ok(_) => Response::json(200, r#"{"status":"ok"}"#),
+            Err(e) => {
+                log::error!("health check: the store does not answer: {e}");
+                Response::json(503, r#"{"status":"store unavailable"}"#)
+            }
+        }
+    }
+
     /// Entry point for every request.
     pub fn handle(&self, req: Request) -> Response {
         let started = Instant::now();
         let path = req.path.clone();
+        let mut route: Route = ("other", "other");
         let response = match path.as_str() {
-            "/" => self.handle_api(&req),
-            "/health" if req.method == "GET" => Response::json(200, r#"{"status":"ok"}"#),
-            p if p.starts_with("/agent/") => self.handle_agent(&req),
+            "/" => self.handle_api(&req, &mut route),
+            "/health" | "/healthz" if req.method == "GET" => {
+                route = ("other", "healthz");
+                self.healthz()
+            }
+            "/metrics" if req.method == "GET" => {
+                route = ("other", "metrics");
+                self.metrics_text()
+            }
+            p if p.starts_with("/agent/") => self.handle_agent(&req, &mut route),
             _ => {
                 let e = ApiError::new(
                     404,
@@ -217,6 +333,8 @@ impl ControlService {
                 )
             }
         };
+        self.metrics
+            .observe(route, response.status, started.elapsed());
         log::debug!(
             "{} {} -> {} in {:?}",
             req.method,
@@ -227,7 +345,8 @@ impl ControlService {
         response
     }
 
-    fn handle_api(&self, req: &Request) -> Response {
+    fn handle_api(&self, req: &Request, route: &mut Route) -> Response {
+        *route = ("api", "other");
         let request_id = self.new_request_id();
         let now = unix_now();
         let mut query = Params::new();
@@ -285,6 +404,7 @@ impl ControlService {
             );
         };
         let action = verified.action.as_str();
+        *route = ("api", api_label(action));
         let result = self.dispatch(action, &all);
         match result {
             Ok(fields) => {
@@ -313,7 +433,16 @@ impl ControlService {
         }
     }
 
-    fn handle_agent(&self, req: &Request) -> Response {
+    fn handle_agent(&self, req: &Request, route: &mut Route) -> Response {
+        *route = (
+            "agent",
+            match req.path.as_str() {
+                protocol::REGISTER_PATH => "register",
+                protocol::ASSIGNMENTS_PATH => "assignments",
+                protocol::PROGRESS_PATH => "progress",
+                _ => "other",
+            },
+        );
         let request_id = self.new_request_id();
         let now = unix_now();
         let auth_store = StoreAuth {
@@ -347,6 +476,17 @@ impl ControlService {
             out
         });
         match result {
+            // An idle fleet's polls cost a few bytes each way: the agent sends back the ETag
+            // of the assignments it holds.
+            Ok(body) if req.path == protocol::ASSIGNMENTS_PATH => {
+                let etag = etag_of(&body);
+                if not_modified(req, &etag) {
+                    Response::new(304, "application/json;charset=utf-8", Vec::new())
+                        .with_header("etag", etag)
+                } else {
+                    Response::json(200, body).with_header("etag", etag)
+                }
+            }
             Ok(body) => Response::json(200, body),
             Err(e) => {
                 let body = AgentError {

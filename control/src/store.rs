@@ -769,6 +769,15 @@ impl Store {
         })
     }
 
+    /// Gateways in all, and those seen (polled) since `since`: for `/metrics`.
+    pub fn gateway_counts(&self, since: i64) -> StoreResult<(i64, i64)> {
+        Ok(self.lock().query_row(
+            "SELECT COUNT(*), COALESCE(SUM(last_seen >= ?1), 0) FROM gateways",
+            [since],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?)
+    }
+
     pub fn touch_gateway(&self, gateway_id: &str, now: i64) -> StoreResult<()> {
         self.lock().execute(
             "UPDATE gateways SET last_seen = ?2 WHERE id = ?1",

@@ -177,6 +177,27 @@ fn an_sdk_created_group_drives_a_running_agent_to_mns_healthy() {
         !r.share.join("live.txt").exists()
     });
 
+    // An agent whose assignments did not change polls with If-None-Match and gets 304s
+    // (this rig polls every second).
+    wait_for(
+        Duration::from_secs(15),
+        "unchanged polls answered 304",
+        || {
+            let (_, metrics) = r.control.raw(
+                format!(
+                    "GET /metrics HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+                    r.control.addr
+                )
+                .as_bytes(),
+            );
+            metrics.lines().any(|l| {
+            l.starts_with(
+                "sgw_control_requests_total{endpoint=\"agent\",action=\"assignments\",code=\"304\"}",
+            )
+        })
+        },
+    );
+
     // Deleting the group removes the messaging from the peer and stops the share cleanly.
     assert_ok(&r.control.sdk(
         "tea",

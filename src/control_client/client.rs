@@ -37,7 +37,28 @@ impl ControlClient {
     }
 
     pub fn assignments(&self) -> Result<AssignmentsResponse, CloudError> {
-        self.call::<(), _>("GET", ASSIGNMENTS_PATH, None)
+        match self.assignments_since(None)? {
+            Polled::Changed(a, _) => Ok(a),
+            Polled::Unchanged => Err(CloudError::Transport(
+                "control endpoint answered 304 to an unconditional poll".into(),
+            )),
+        }
+    }
+
+    /// A poll that sends back the ETag of the assignments held (`If-None-Match`), so an
+    /// unchanged answer is a bodiless 304.
+    pub fn assignments_since(&self, etag: Option<&str>) -> Result<Polled, CloudError> {
+        let extra: Vec<(&str, &str)> = etag.map(|e| ("if-none-match", e)).into_iter().collect();
+        let (status, headers, bytes) =
+            self.exchange("GET", ASSIGNMENTS_PATH, Vec::new(), &extra)?;
+        if status == 304 {
+            return Ok(Polled::Unchanged);
+        }
+        let etag = headers
+            .get("etag")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        Ok(Polled::Changed(decode(status, &bytes)?, etag))
     }
 
     pub fn progress(&self, req: &ProgressRequest) -> Result<ProgressResponse, CloudError> {
@@ -55,6 +76,18 @@ impl ControlClient {
                 .map_err(|e| CloudError::Transport(format!("encoding the request: {e}")))?,
             None => Vec::new(),
         };
+        let (status, _, bytes) = self.exchange(method, path, body, &[])?;
+        decode(status, &bytes)
+    }
+
+    /// Signs and sends one request; returns status, headers and the (capped) body.
+    fn exchange(
+        &self,
+        method: &str,
+        path: &str,
+        body: Vec<u8>,
+        extra_headers: &[(&str, &str)],
+    ) -> Result<(u16, ureq::http::HeaderMap, Vec<u8>), CloudError> {
         let headers = sign_agent_request(
             method,
             path,
@@ -72,6 +105,9 @@ impl ControlClient {
         for (k, v) in &headers {
             builder = builder.header(*k, v);
         }
+        for (k, v) in extra_headers {
+            builder = builder.header(*k, *v);
+        }
         let request = builder
             .body(body)
             .map_err(|e| CloudError::Transport(format!("building the request: {e}")))?;
@@ -79,25 +115,39 @@ impl ControlClient {
             CloudError::Transport(format!("control endpoint {}: {e}", self.settings.endpoint))
         })?;
         let status = response.status().as_u16();
+        let headers = response.headers().clone();
         let bytes = read_capped(response.into_body(), MAX_ANSWER_BYTES, "control answer")?;
-        if !(200..300).contains(&status) {
-            return Err(match serde_json::from_slice::<AgentError>(&bytes) {
-                Ok(e) => CloudError::Service {
-                    status,
-                    code: e.code,
-                    message: e.message,
-                },
-                Err(_) => CloudError::Service {
-                    status,
-                    code: String::new(),
-                    message: String::from_utf8_lossy(&bytes).chars().take(200).collect(),
-                },
-            });
-        }
-        serde_json::from_slice(&bytes).map_err(|e| {
-            CloudError::Transport(format!("control endpoint answered unreadable JSON: {e}"))
-        })
+        Ok((status, headers, bytes))
     }
+}
+
+/// What an assignments poll brought.
+pub enum Polled {
+    /// New assignments, with their ETag when the endpoint sent one.
+    Changed(AssignmentsResponse, Option<String>),
+    /// Unchanged since the ETag sent (304).
+    Unchanged,
+}
+
+/// A 2xx answer's JSON, or the endpoint's error.
+fn decode<R: DeserializeOwned>(status: u16, bytes: &[u8]) -> Result<R, CloudError> {
+    if !(200..300).contains(&status) {
+        return Err(match serde_json::from_slice::<AgentError>(bytes) {
+            Ok(e) => CloudError::Service {
+                status,
+                code: e.code,
+                message: e.message,
+            },
+            Err(_) => CloudError::Service {
+                status,
+                code: String::new(),
+                message: String::from_utf8_lossy(bytes).chars().take(200).collect(),
+            },
+        });
+    }
+    serde_json::from_slice(bytes).map_err(|e| {
+        CloudError::Transport(format!("control endpoint answered unreadable JSON: {e}"))
+    })
 }
 
 /// 16 random bytes, hex: a nonce the server accepts once.
