@@ -29,6 +29,9 @@ pub const DEFAULT_CONFIG_PATH: &str = "/etc/sgw-agent/agent.toml";
 const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
 const MAX_SHARES: usize = 256;
 const MAX_DOWNLOAD_CONCURRENCY: usize = 64;
+/// The default cap of the adaptive download pool (it starts at 4 and grows while throughput
+/// does; see `engine::concurrency`).
+pub const DEFAULT_DOWNLOAD_CONCURRENCY: usize = 32;
 
 /// A configuration problem: which file, which key, what was expected.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -419,7 +422,7 @@ fn validate_share(
         }
     };
     let download_concurrency = match s.download_concurrency {
-        None => 4,
+        None => DEFAULT_DOWNLOAD_CONCURRENCY,
         Some(n) if (1..=MAX_DOWNLOAD_CONCURRENCY as i64).contains(&n) => n as usize,
         Some(n) => {
             return Err((

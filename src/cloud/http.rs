@@ -140,6 +140,11 @@ pub fn build_agent() -> ureq::Agent {
         // of 4+ workers plus the listing closed and reopened connections all the time).
         .max_idle_connections(MAX_IDLE_CONNECTIONS)
         .max_idle_connections_per_host(MAX_IDLE_CONNECTIONS)
+        // ureq's default is 128 KiB each way per connection; with tens of connections in
+        // flight on a long link that alone would be most of the memory target. A response
+        // head still fits (at most 64 KiB), and requests are small or streamed.
+        .input_buffer_size(INPUT_BUFFER)
+        .output_buffer_size(OUTPUT_BUFFER)
         .build();
     use ureq::unversioned::transport::{ConnectProxyConnector, Connector, RustlsConnector};
     // ureq's default chain minus the parts this build has no feature for (SOCKS, native-tls),
@@ -151,6 +156,10 @@ pub fn build_agent() -> ureq::Agent {
     ureq::Agent::with_parts(config, connector, CachingResolver::default())
 }
 
+/// Per-connection read buffer (also the largest response head ureq accepts).
+const INPUT_BUFFER: usize = 64 * 1024;
+/// Per-connection write buffer.
+const OUTPUT_BUFFER: usize = 16 * 1024;
 /// Idle connections kept per agent: the largest download concurrency plus the listing's.
 const MAX_IDLE_CONNECTIONS: usize = 72;
 /// How long a resolved address is reused without asking the resolver again.

@@ -9,6 +9,8 @@
 //!   sequencer, which messages may be deleted once the effects are durable.
 //! - [`download`]: one object's download as a state machine: which request next, every retry
 //!   and its limit (resume with HEAD + If-Match, range ignored, MD5-ETag rule, disk full).
+//! - [`concurrency`]: how many downloads run at once (AIMD: grows while throughput grows,
+//!   halves on throttling), capped by `download_concurrency`.
 //! - [`guard`]: the mass-delete guard: how many deletes a sync may do before it refuses.
 //! - [`local`]: the sink side of a key: is the file at its path the agent's own (equal to its
 //!   base), and what may happen to it before a new version is published there.
@@ -17,6 +19,7 @@
 //! The I/O shell (`crate::shell`) executes the decisions and feeds results back.
 
 pub mod batch;
+pub mod concurrency;
 pub mod download;
 pub mod events;
 pub mod guard;

@@ -24,6 +24,7 @@ pub(super) fn download(
     job: &Job,
     shutdown: &Shutdown,
     buf: &mut [u8],
+    waits: &mut u32,
 ) -> JobOutcome {
     let key = job.meta.key.as_str();
     let (mut dl, mut step) = Download::new(job.meta.clone());
@@ -112,6 +113,7 @@ pub(super) fn download(
             }
             Step::Wait { attempt, why } => {
                 warn!("share download: {key:?}: {why}");
+                *waits += 1;
                 // Keep the staged bytes: the next round resumes with a ranged GET.
                 drop(staged.take());
                 shutdown.sleep(default_delay(attempt));

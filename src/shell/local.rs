@@ -124,7 +124,7 @@ impl Share {
             old,
         });
         // Group commit: flush a full batch, or at once while workers would otherwise idle.
-        if self.pending_jobs.len() >= JOB_BATCH || self.pool.in_flight < self.pool.workers.len() {
+        if self.pending_jobs.len() >= JOB_BATCH || self.pool.in_flight < self.pool.limit() {
             self.flush_jobs(report, progress)?;
         }
         Ok(())
