@@ -101,6 +101,9 @@ pub struct ShareConfig {
     pub queue_url: Option<String>,
     pub consistency_check: ConsistencyCheck,
     pub allow_http: bool,
+    /// `ca_file`: PEM root certificates trusted instead of the built-in ones (loaded and
+    /// checked when the configuration is).
+    pub ca_file: Option<PathBuf>,
     pub download_concurrency: usize,
     /// Seconds between full reconciles while running (0 = only at start and after outages).
     pub full_sync_interval_secs: u64,
@@ -138,6 +141,7 @@ struct RawShare {
     queue_url: Option<String>,
     consistency_check: Option<String>,
     allow_http: Option<bool>,
+    ca_file: Option<String>,
     download_concurrency: Option<i64>,
     full_sync_interval_secs: Option<i64>,
     max_delete_percent: Option<i64>,
@@ -421,6 +425,20 @@ fn validate_share(
             ));
         }
     };
+    let ca_file = match s.ca_file {
+        None => None,
+        Some(p) if !p.starts_with('/') => {
+            return Err((
+                key("ca_file"),
+                format!("expected an absolute path to a PEM file; got {p:?}"),
+            ));
+        }
+        Some(p) => {
+            let p = PathBuf::from(p);
+            crate::cloud::http::TrustedRoots::load(&p).map_err(|e| (key("ca_file"), e))?;
+            Some(p)
+        }
+    };
     let download_concurrency = match s.download_concurrency {
         None => DEFAULT_DOWNLOAD_CONCURRENCY,
         Some(n) if (1..=MAX_DOWNLOAD_CONCURRENCY as i64).contains(&n) => n as usize,
@@ -472,6 +490,7 @@ fn validate_share(
         queue_url,
         consistency_check,
         allow_http,
+        ca_file,
         download_concurrency,
         full_sync_interval_secs,
         delete_limits: DeleteLimits {

@@ -54,6 +54,10 @@ pub fn share_context(
     if share.bucket.is_empty() || share.endpoint.is_empty() {
         return Err(at("bucket", "no bucket assigned yet (the control endpoint assigns it when the share joins an express sync group)".into()));
     }
+    let roots = match &share.ca_file {
+        Some(p) => Some(crate::cloud::http::TrustedRoots::load(p).map_err(|e| at("ca_file", e))?),
+        None => None,
+    };
     let store: Arc<dyn ObjectStore> = Arc::new(
         S3Client::new(S3Config {
             endpoint: share.endpoint.clone(),
@@ -64,6 +68,7 @@ pub fn share_context(
             max_attempts: 6,
         })
         .map_err(|e| at("endpoint", e))?
+        .trusting(roots.as_ref())
         .with_stop_flag(shutdown.flag()),
     );
     let queue: Option<Arc<dyn EventQueue>> = match &share.queue_url {
@@ -75,6 +80,7 @@ pub fn share_context(
                 allow_http: share.allow_http,
             })
             .map_err(|e| at("queue_url", e))?
+            .trusting(roots.as_ref())
             .with_stop_flag(shutdown.flag()),
         )),
         None => None,

@@ -223,6 +223,7 @@ impl World {
             queue_url: Some("memory".into()),
             consistency_check: self.settings.mode,
             allow_http: false,
+            ca_file: None,
             download_concurrency: self.settings.concurrency,
             full_sync_interval_secs: 0,
             // Deleting most of five keys is normal here.

@@ -2,6 +2,7 @@
 //! signed requests, and the mapping of error responses to [`CloudError`].
 
 use std::io::Read;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use quick_xml::events::Event;
@@ -122,8 +123,45 @@ fn redact_userinfo(url: &str) -> String {
 /// connections kept alive over a TCP transport that acknowledges at once (see
 /// [`quick_ack`]): keep-alive peers that do not set `TCP_NODELAY` otherwise stall ~40 ms per
 /// small response. Errors are returned as responses.
+/// Root certificates to trust instead of the built-in (Mozilla) ones: a share's `ca_file`,
+/// for a server behind a private CA.
+#[derive(Clone, Debug)]
+pub struct TrustedRoots(Arc<Vec<ureq::tls::Certificate<'static>>>);
+
+impl TrustedRoots {
+    /// Every certificate in the PEM file at `path` (at least one).
+    pub fn load(path: &std::path::Path) -> Result<TrustedRoots, String> {
+        let pem =
+            std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let mut certs = Vec::new();
+        for item in ureq::tls::parse_pem(&pem) {
+            match item {
+                Ok(ureq::tls::PemItem::Certificate(c)) => certs.push(c),
+                Ok(_) => {}
+                Err(e) => return Err(format!("{}: not a PEM file: {e}", path.display())),
+            }
+        }
+        if certs.is_empty() {
+            return Err(format!("{}: no CERTIFICATE in it", path.display()));
+        }
+        Ok(TrustedRoots(Arc::new(certs)))
+    }
+}
+
 pub fn build_agent() -> ureq::Agent {
+    build_agent_trusting(None)
+}
+
+/// [`build_agent`], trusting `roots` instead of the built-in roots when given.
+pub fn build_agent_trusting(roots: Option<&TrustedRoots>) -> ureq::Agent {
+    let tls = match roots {
+        Some(r) => ureq::tls::TlsConfig::builder()
+            .root_certs(ureq::tls::RootCerts::Specific(Arc::clone(&r.0)))
+            .build(),
+        None => ureq::tls::TlsConfig::default(),
+    };
     let config = ureq::Agent::config_builder()
+        .tls_config(tls)
         .http_status_as_error(false)
         .https_only(false)
         .no_delay(true)
@@ -501,6 +539,11 @@ impl SignedClient {
 
     pub fn endpoint(&self) -> &Endpoint {
         &self.endpoint
+    }
+
+    /// Trust `roots` instead of the built-in roots (a fresh connection pool).
+    pub fn trust(&mut self, roots: &TrustedRoots) {
+        self.agent = build_agent_trusting(Some(roots));
     }
 
     /// Send `call`. A 2xx response is returned with its body unread; any other status becomes

@@ -63,6 +63,14 @@ impl S3Client {
         })
     }
 
+    /// Trust `roots` (a share's `ca_file`) instead of the built-in roots.
+    pub fn trusting(mut self, roots: Option<&super::http::TrustedRoots>) -> S3Client {
+        if let Some(r) = roots {
+            self.http.trust(r);
+        }
+        self
+    }
+
     /// Backoff sleeps end early once `flag` is set (graceful shutdown).
     pub fn with_stop_flag(mut self, flag: Arc<AtomicBool>) -> S3Client {
         self.stop = Some(flag);
