@@ -25,6 +25,32 @@
 //!   server or database.
 //!
 //! The binaries in `src/bin/` only parse arguments and call into this library.
+//!
+//! # Dependencies, and where we chose otherwise
+//!
+//! Small, blocking and bounded: `ureq` with `rustls` on plain threads for every HTTP call (no
+//! async runtime in the agent; `tokio` and `hyper` are only in `sgw-control`); `serde` with
+//! `postcard` for the state journal and `toml` for the configuration; `crc-fast` for CRC-64
+//! (SIMD, the hot path of every byte) with `crc` as its reference in tests; `log` as the
+//! facade; `rustix` for descriptor-relative share I/O (`openat`/`renameat`/`unlinkat`
+//! beneath one directory descriptor, so a symlink swapped in mid-sync is never followed);
+//! `ring` for SHA-256, HMAC and randomness; `quick-xml`, `percent-encoding`, `base64`,
+//! `httpdate` and `md-5` for the wire formats; `signal-hook` and `socket2` (TCP quick ACKs)
+//! for the OS; `lexopt` for arguments (a few KiB against clap's hundreds, and our help text
+//! is written by hand anyway, see `sgw-agent help`).
+//!
+//! Where the design card names a crate and we do not use it, the reason:
+//!
+//! - **simplelog**: not used. Under journald a line must start with its syslog priority
+//!   (`<3>` … `<7>`) so `journalctl -p err` and alerting work, carry no timestamp (journald
+//!   adds one) and never span two lines (a key with a newline must not forge a log line);
+//!   simplelog writes its own level names and time and has no priority prefix. The one logger
+//!   is [`daemon::Logger`] (about 50 lines), used by both `sgw-agent` and `sgw-control`.
+//! - **heapless**: not used. The bounded queues between threads are `std::sync::mpsc`
+//!   `sync_channel`s with a fixed capacity (the download pool, the listing spool's reader),
+//!   which already give back-pressure without unsafe code; a queue too large for memory is
+//!   spooled to disk instead (the listing, deferred deletes), so no fixed-capacity in-memory
+//!   container is on a hot path.
 
 #![forbid(unsafe_code)]
 
