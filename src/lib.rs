@@ -31,7 +31,8 @@
 //! Small, blocking and bounded: `ureq` with `rustls` on plain threads for every HTTP call (no
 //! async runtime in the agent; `tokio` and `hyper` are only in `sgw-control`); `serde` with
 //! `postcard` for the state journal and `toml` for the configuration; `crc-fast` for CRC-64
-//! (SIMD, the hot path of every byte) with `crc` as its reference in tests; `log` as the
+//! (SIMD, the hot path of every byte), with `crc` for the journal frames' CRC-32C and as the
+//! CRC-64 reference in tests; `log` as the
 //! facade; `rustix` for descriptor-relative share I/O (`openat`/`renameat`/`unlinkat`
 //! beneath one directory descriptor, so a symlink swapped in mid-sync is never followed);
 //! `ring` for SHA-256, HMAC and randomness; `quick-xml`, `percent-encoding`, `base64`,
