@@ -742,8 +742,8 @@ def markdown(r):
          "; through tests/peer/delay_proxy.py (each direction delayed by RTT/2, order kept; TLS "
          "terminated there with a throwaway CA every tool trusts); rclone with --transfers 16 "
          "--checkers 16, aws s3 sync with its default 10 requests")
-        for k in sorted(r["sync"], key=lambda k: (k.startswith("wan-large"), int(k.rsplit("-", 1)[1].removesuffix("ms"))))
-        if k.startswith("wan-")
+        for k in sorted((k for k in r["sync"] if k.startswith("wan-")),
+                        key=lambda k: (k.startswith("wan-large"), int(k.rsplit("-", 1)[1].removesuffix("ms"))))
     ]
     for ds, title, where in (
         ("small", "10,000 × 4 KiB", ""),
