@@ -20,6 +20,8 @@ use crate::model::ConsistencyCheck;
 pub const EXIT_CONFIG: i32 = 78;
 /// Exit code for a command-line usage error (sysexits `EX_USAGE`).
 pub const EXIT_USAGE: i32 = 64;
+/// Exit code when another agent holds the state directory (sysexits `EX_TEMPFAIL`).
+pub const EXIT_LOCKED: i32 = 75;
 /// Exit code when a sync could not bring every share in line.
 pub const EXIT_NOT_CONVERGED: i32 = 1;
 

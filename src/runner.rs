@@ -19,16 +19,18 @@ use crate::cloud::s3::{S3Client, S3Config};
 use crate::cloud::sigv4::Credentials;
 use crate::cloud::sqs::{SqsClient, SqsConfig};
 use crate::cloud::{EventQueue, ObjectStore};
-use crate::config::{Config, ConfigError, EXIT_CONFIG, EXIT_NOT_CONVERGED, ShareConfig};
+use crate::config::{
+    Config, ConfigError, EXIT_CONFIG, EXIT_LOCKED, EXIT_NOT_CONVERGED, ShareConfig,
+};
 use crate::control_client::client::ControlClient;
 use crate::control_client::protocol::{
     AssignmentEntry, AssignmentsResponse, ProgressRequest, RegisterRequest, RegisteredShare,
     ShareProgress,
 };
-use crate::daemon::{Heartbeat, Notifier, ReloadRequest, Shutdown};
+use crate::daemon::{AgentLock, Heartbeat, Notifier, ReloadRequest, Shutdown};
 use crate::shell::{ProgressSink, Share, ShareContext};
 use crate::status::{ShareState, ShareStatus, read_status, write_status};
-use crate::time::unix_now;
+use crate::time::{unix_now, utc_timestamp_of};
 
 /// How long a stopping agent waits for in-flight downloads before it exits anyway (the state
 /// store is crash-safe, so an exit past this point loses nothing that was completed).
@@ -154,6 +156,13 @@ pub fn sync_once(
         error!("{e}");
         return EXIT_CONFIG;
     }
+    let _lock = match AgentLock::acquire(&cfg.state_dir, "sync") {
+        Ok(l) => l,
+        Err(e) => {
+            error!("{e}");
+            return EXIT_LOCKED;
+        }
+    };
     let assignments = match &cfg.control {
         Some(control) => {
             let client = ControlClient::new(control);
@@ -218,6 +227,7 @@ pub fn sync_once(
 
 struct Running {
     cfg: ShareConfig,
+    state_dir: PathBuf,
     /// Rotated credentials restart the share (its clients sign with them).
     creds: Credentials,
     shutdown: Shutdown,
@@ -241,6 +251,8 @@ pub struct ShareSet {
     stopping: Vec<(String, JoinHandle<()>)>,
     /// Shares that could not start, and when that was last tried.
     failed: BTreeMap<String, Instant>,
+    /// Shares in trouble past `alert_after_secs`, and when that was last logged at `err`.
+    alerted: BTreeMap<String, Instant>,
 }
 
 impl Default for ShareSet {
@@ -255,6 +267,7 @@ impl ShareSet {
             running: BTreeMap::new(),
             stopping: Vec::new(),
             failed: BTreeMap::new(),
+            alerted: BTreeMap::new(),
         }
     }
 
@@ -398,6 +411,7 @@ impl ShareSet {
                     share.name.clone(),
                     Running {
                         cfg: share.clone(),
+                        state_dir: state_dir.clone(),
                         creds: creds.clone(),
                         shutdown,
                         idle,
@@ -448,9 +462,47 @@ impl ShareSet {
             notifier.feed_watchdog();
             std::thread::sleep(Duration::from_millis(100));
         }
+        // Idle threads wake within a moment and record their own stop; give them that.
+        let until = Instant::now() + Duration::from_millis(500);
+        while Instant::now() < until && self.running.values().any(|r| !r.handle.is_finished()) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
         for (_, r) in self.running {
             if r.handle.is_finished() {
                 let _ = r.handle.join();
+            } else {
+                // Still in a long poll: the process exits before it returns, so the stop is
+                // written here (`status` shows `stopped` after a stop).
+                mark_stopped(&r.cfg, &r.state_dir);
+            }
+        }
+    }
+
+    /// Log, at `err` priority and at most once an hour per share, every running share that
+    /// has been in `error` or `queue_failure` for longer than `alert_after_secs` (journald
+    /// based alerting watches `journalctl -p err`).
+    pub fn log_alerts(&mut self, cfg: &Config, now: i64) {
+        self.alerted
+            .retain(|name, _| self.running.contains_key(name));
+        for r in self.running.values() {
+            let Ok(Some(status)) = read_status(&cfg.share_state_dir(&r.cfg)) else {
+                continue;
+            };
+            if status.error_since.is_none() {
+                // Recovered: its next trouble is news at once.
+                self.alerted.remove(&r.cfg.name);
+                continue;
+            }
+            let Some(alert) = alert_text(&status, cfg.alert_after_secs, now) else {
+                continue;
+            };
+            let due = self
+                .alerted
+                .get(&r.cfg.name)
+                .is_none_or(|t| t.elapsed() >= ALERT_REPEAT);
+            if due {
+                error!("share {}: {alert}", r.cfg.name);
+                self.alerted.insert(r.cfg.name.clone(), Instant::now());
             }
         }
     }
@@ -470,10 +522,50 @@ impl ShareSet {
                     share_name: r.cfg.name.clone(),
                     sync_progress: progress,
                     express_sync_state: state.to_owned(),
+                    alert: alert_text(&status, cfg.alert_after_secs, unix_now()),
                 }
             })
             .collect();
         ProgressRequest { shares }
+    }
+}
+
+/// How often the daemon looks for shares in trouble, and how often one still in trouble is
+/// logged again.
+const ALERT_CHECK_EVERY: Duration = Duration::from_secs(1);
+const ALERT_REPEAT: Duration = Duration::from_secs(3600);
+
+/// "in error since 2026-…Z (20m 0s): why", when `s` has been in `error` or `queue_failure`
+/// (retries in between included) for at least `after_secs`.
+pub fn alert_text(s: &ShareStatus, after_secs: u64, now: i64) -> Option<String> {
+    let since = s.error_since?;
+    let secs = now.saturating_sub(since);
+    if secs < i64::try_from(after_secs).unwrap_or(i64::MAX) {
+        return None;
+    }
+    let state = if s.in_trouble_now() {
+        s.state.as_str()
+    } else {
+        "error (retrying)"
+    };
+    Some(format!(
+        "in {state} since {} ({}): {}",
+        utc_timestamp_of(since),
+        crate::format::duration_words(secs),
+        s.last_error.as_deref().unwrap_or("see the log")
+    ))
+}
+
+/// Record that the share stopped, keeping everything else its status says.
+fn mark_stopped(share: &ShareConfig, state_dir: &std::path::Path) {
+    let mut status = read_status(state_dir)
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| ShareStatus::new(&share.name));
+    status.state = ShareState::Stopped;
+    status.updated = unix_now();
+    if let Err(e) = write_status(state_dir, &status) {
+        warn!("share {}: cannot record the stop: {e}", share.name);
     }
 }
 
@@ -599,6 +691,14 @@ pub fn run_daemon(cfg: &Config, creds: &Credentials, shutdown: &Shutdown) -> i32
         error!("{e}");
         return EXIT_CONFIG;
     }
+    // Held until the process ends: `status` sees it, and a second agent refuses to start.
+    let _lock = match AgentLock::acquire(&cfg.state_dir, "run") {
+        Ok(l) => l,
+        Err(e) => {
+            error!("{e}");
+            return EXIT_LOCKED;
+        }
+    };
     // Check every share before starting any: a bad configuration exits 78 with nothing started.
     if let Err(e) = set.check(&cfg, &creds, &desired) {
         error!("{e}");
@@ -626,6 +726,7 @@ pub fn run_daemon(cfg: &Config, creds: &Credentials, shutdown: &Shutdown) -> i32
     notifier.ready(&last_status);
     let mut code = 0;
     let mut reported_stall = false;
+    let mut last_alert_check = Instant::now();
     while !shutdown.is_triggered() {
         // A stuck share thread stops the watchdog pings: systemd then restarts the agent.
         let stalled = set.stalled(SHARE_STALL_LIMIT);
@@ -692,6 +793,10 @@ pub fn run_daemon(cfg: &Config, creds: &Credentials, shutdown: &Shutdown) -> i32
         }
         // Starts new assignments, stops withdrawn ones, retries shares that failed to start.
         set.apply(&cfg, &creds, &desired);
+        if last_alert_check.elapsed() >= ALERT_CHECK_EVERY {
+            last_alert_check = Instant::now();
+            set.log_alerts(&cfg, unix_now());
+        }
         // STATUS= only when it changes: this loop runs five times a second.
         let status = set.status_line();
         if status != last_status {

@@ -73,13 +73,41 @@ pub struct ShareStatus {
     pub events_applied: u64,
     pub messages_discarded: u64,
     pub last_error: Option<String>,
-    /// Unix seconds of the last completed full sync.
+    /// Since when the share has been in `error` or `queue_failure` without getting healthy
+    /// in between (retries pass through `full_syncing`; they do not reset it).
+    #[serde(default, with = "crate::time::rfc3339::option")]
+    pub error_since: Option<i64>,
+    /// The last completed full sync (RFC 3339 in the file and in `status --json`).
+    #[serde(with = "crate::time::rfc3339::option")]
     pub last_full_sync: Option<i64>,
-    /// Unix seconds of this status.
+    /// When this status was written.
+    #[serde(with = "crate::time::rfc3339")]
     pub updated: i64,
 }
 
 impl ShareStatus {
+    /// In `error` or `queue_failure` now.
+    pub fn in_trouble_now(&self) -> bool {
+        matches!(self.state, ShareState::Error | ShareState::QueueFailure)
+    }
+
+    /// In `error` or `queue_failure`, or retrying after one without having been healthy
+    /// since: what `status` exits non-zero for.
+    pub fn in_trouble(&self) -> bool {
+        self.in_trouble_now() || self.error_since.is_some()
+    }
+
+    /// Keep [`ShareStatus::error_since`] in step with the state at `now`.
+    pub fn track_trouble(&mut self, now: i64) {
+        match self.state {
+            ShareState::Error | ShareState::QueueFailure => {
+                self.error_since.get_or_insert(now);
+            }
+            ShareState::Healthy => self.error_since = None,
+            _ => {}
+        }
+    }
+
     pub fn new(share: &str) -> ShareStatus {
         ShareStatus {
             share: share.to_owned(),

@@ -8,7 +8,9 @@ use std::sync::Arc;
 
 use sgw_agent::access;
 use sgw_agent::config::{Config, DEFAULT_CONFIG_PATH, EXIT_CONFIG, EXIT_USAGE};
-use sgw_agent::daemon::{Logger, Shutdown};
+use sgw_agent::daemon::{
+    AgentLock, LockHolder, Logger, Shutdown, effective_log_level, set_cli_log_level,
+};
 use sgw_agent::format::human_bytes;
 use sgw_agent::runner;
 use sgw_agent::shell::{ProgressSink, Silent};
@@ -35,16 +37,18 @@ COMMANDS:
                     matches its bucket, 1 when something could not be brought in
                     line (the log says what). Keys that can never be a safe local
                     path are skipped and reported, not failures.
-    status          Show each share's state, progress and counters (from the state
-                    directory; works whether or not the agent is running).
-        --json      Print the same as JSON.
+    status          Whether the agent is running, and each share's state, progress
+                    and counters (works whether or not the agent is running); exit 1
+                    when a share is in error or queue_failure.
+        --json      Print the same as JSON (times in RFC 3339).
     check-config    Validate the configuration and credentials, and that every share
                     and the state directory are writable by this user, then exit.
     help [COMMAND]  Print this help, or a command's.
 
 OPTIONS:
     -c, --config PATH   Configuration file [default: /etc/sgw-agent/agent.toml]
-    -q, --quiet         sync: no progress lines on stderr
+    -q, --quiet         Log warnings and errors only; sync: no progress lines
+    -v, --verbose       Log more: -v debug, -vv trace (wins over SGW_LOG and log_level)
         --allow-mass-delete SHARE
                         sync: let this run delete more than the share's
                         max_delete_percent / max_delete allow (the guard
@@ -63,8 +67,10 @@ ENVIRONMENT:
 
 EXIT CODES:
     0   success
-    1   sync finished but not every share converged
+    1   sync: not every share converged; status: a share is in error or
+        queue_failure (or retrying after one, not healthy since)
     64  usage error (bad command line)
+    75  another sgw-agent (run or sync) is using the state directory
     78  configuration or credentials error (systemd: RestartPreventExitStatus=78)
 
 A minimal configuration:
@@ -86,7 +92,7 @@ const HELP_RUN: &str = "\
 sgw-agent run — the daemon (what the systemd service runs)
 
 USAGE:
-    sgw-agent [-c PATH] run
+    sgw-agent [-c PATH] [-q | -v] run
 
 Checks everything check-config checks, then keeps every share in step: a full sync, then each
 share's queue of bucket events, and a full reconcile every full_sync_interval_secs. Under
@@ -94,12 +100,21 @@ systemd (Type=notify) it reports READY=1 once every share's state is loaded and 
 watchdog. SIGHUP re-reads the configuration (shares added, removed or changed without a
 restart); SIGTERM or Ctrl-C finish in-flight downloads (at most 30 s) and exit 0.
 
+While it runs it holds a lock on <state_dir>/agent.lock (status shows it running; a second
+agent on the same state directory exits 75). Every file published and every file deleted is
+logged at info (share, key, size). A share in error or queue_failure for longer than
+alert_after_secs (default 900) is logged at err priority once an hour while it lasts, and
+reported to the control endpoint when one is configured.
+
 OPTIONS:
     -c, --config PATH   Configuration file [default: /etc/sgw-agent/agent.toml]
+    -q, --quiet         Log warnings and errors only
+    -v, --verbose       Log more: -v debug, -vv trace
 
 EXIT CODES:
     0   stopped by a signal
     1   no share could be started, or a runtime failure
+    75  another sgw-agent is using the state directory
     78  configuration or credentials error, or a share or the state directory that this user
         cannot write (under systemd: add it to ReadWritePaths=); not restarted by the unit
 ";
@@ -136,15 +151,21 @@ sgw-agent status — each share's state, progress and counters
 USAGE:
     sgw-agent [-c PATH] status [--json]
 
-Reads <state_dir>/shares/<name>/status.json, which the agent keeps current as it works, so it
-works whether or not the daemon runs, and needs no credentials.
+First line: whether an agent is running (it holds a lock on <state_dir>/agent.lock; the pid
+and the command are shown), or stopped. Then each share from <state_dir>/shares/<name>/
+status.json, which the agent keeps current as it works: its state (not_synced, full_syncing,
+healthy, queue_failure, error, stopped), progress and counters. Needs no credentials. A clean
+stop leaves each share in `stopped`.
 
 OPTIONS:
     -c, --config PATH   Configuration file [default: /etc/sgw-agent/agent.toml]
-        --json          Print the same fields as JSON
+        --json          Print the same as a JSON array, one object per share, with \"agent\"
+                        (\"running\" or \"stopped\") and \"agent_pid\"; times (updated,
+                        last_full_sync, error_since) in RFC 3339 UTC
 
-EXIT CODES:
-    0   printed
+EXIT CODES (for monitoring scripts):
+    0   no share needs an operator (whether or not the agent is running)
+    1   a share is in error or queue_failure, or retrying after one and not healthy since
     78  the configuration file is invalid
 ";
 
@@ -205,6 +226,8 @@ struct Args {
     config: PathBuf,
     command: Command,
     quiet: bool,
+    /// `-v` once: debug; twice: trace.
+    verbose: u8,
     /// sync: shares whose mass-delete guard is lifted for this run.
     allow_mass_delete: Vec<String>,
 }
@@ -216,6 +239,7 @@ fn parse_args() -> Result<Option<Args>, lexopt::Error> {
     let mut command = None;
     let mut json = false;
     let mut quiet = false;
+    let mut verbose = 0u8;
     let mut allow_mass_delete = Vec::new();
     let mut help = false;
     while let Some(arg) = parser.next()? {
@@ -228,6 +252,7 @@ fn parse_args() -> Result<Option<Args>, lexopt::Error> {
                 return Ok(None);
             }
             Short('q') | Long("quiet") => quiet = true,
+            Short('v') | Long("verbose") => verbose = verbose.saturating_add(1),
             Long("json") => json = true,
             Long("allow-mass-delete") => allow_mass_delete.push(parser.value()?.string()?),
             Value(v) if command.is_none() => {
@@ -282,10 +307,14 @@ fn parse_args() -> Result<Option<Args>, lexopt::Error> {
             return Err("missing command (run, sync, status or check-config); see --help".into());
         }
     };
+    if quiet && verbose > 0 {
+        return Err("-q/--quiet and -v/--verbose do not go together".into());
+    }
     Ok(Some(Args {
         config,
         command,
         quiet,
+        verbose,
         allow_mass_delete,
     }))
 }
@@ -317,11 +346,20 @@ fn main() {
             }
         }
     }
-    let level = std::env::var("SGW_LOG")
-        .ok()
-        .and_then(|l| l.parse().ok())
-        .unwrap_or(cfg.log_level);
-    Logger::init(level);
+    match (args.quiet, args.verbose) {
+        (true, _) => set_cli_log_level(log::LevelFilter::Warn),
+        (_, 1) => set_cli_log_level(log::LevelFilter::Debug),
+        (_, 2..) => set_cli_log_level(log::LevelFilter::Trace),
+        _ => {}
+    }
+    Logger::init(effective_log_level(cfg.log_level));
+    log::debug!(
+        "configuration {}: {} share(s), state_dir {}, log level {}",
+        cfg.file.display(),
+        cfg.shares.len(),
+        cfg.state_dir.display(),
+        log::max_level()
+    );
     let code = match args.command {
         Command::Status { json } => status(&cfg, json),
         Command::CheckConfig => check_config(&cfg),
@@ -392,6 +430,17 @@ fn check_config(cfg: &Config) -> i32 {
 }
 
 fn status(cfg: &Config, json: bool) -> i32 {
+    let holder = match AgentLock::holder(&cfg.state_dir) {
+        Ok(h) => h,
+        Err(e) => {
+            eprintln!(
+                "sgw-agent: cannot tell whether the agent runs: {}/{}: {e}",
+                cfg.state_dir.display(),
+                sgw_agent::daemon::LOCK_FILE
+            );
+            LockHolder::Stopped
+        }
+    };
     let mut all = Vec::new();
     for share in &cfg.shares {
         let s = match read_status(&cfg.share_state_dir(share)) {
@@ -407,15 +456,57 @@ fn status(cfg: &Config, json: bool) -> i32 {
         };
         all.push(s);
     }
+    // Monitoring scripts read the exit code: 1 when a share needs an operator.
+    let code = if all.iter().any(ShareStatus::in_trouble) {
+        1
+    } else {
+        0
+    };
+    let (agent, pid, command) = match &holder {
+        LockHolder::Running { pid, command } => ("running", *pid, command.as_str()),
+        LockHolder::Stopped => ("stopped", None, ""),
+    };
     if json {
-        match serde_json::to_string_pretty(&all) {
+        #[derive(serde::Serialize)]
+        struct View<'a> {
+            #[serde(flatten)]
+            status: &'a ShareStatus,
+            /// `running` while an agent (`run` or `sync`) holds the state directory.
+            agent: &'a str,
+            agent_pid: Option<u32>,
+        }
+        let views: Vec<View> = all
+            .iter()
+            .map(|status| View {
+                status,
+                agent,
+                agent_pid: pid,
+            })
+            .collect();
+        match serde_json::to_string_pretty(&views) {
             Ok(t) => println!("{t}"),
             Err(e) => {
                 eprintln!("sgw-agent: {e}");
                 return 1;
             }
         }
-        return 0;
+        return code;
+    }
+    match &holder {
+        LockHolder::Running { .. } => println!(
+            "agent: running ({}{}) on {}",
+            pid.map_or("pid unknown".to_owned(), |p| format!("pid {p}")),
+            if command.is_empty() {
+                String::new()
+            } else {
+                format!(", sgw-agent {command}")
+            },
+            cfg.state_dir.display()
+        ),
+        LockHolder::Stopped => println!(
+            "agent: stopped (no sgw-agent holds {})",
+            cfg.state_dir.display()
+        ),
     }
     for s in &all {
         let progress = if s.sync_progress < 0 {
@@ -483,8 +574,11 @@ fn status(cfg: &Config, json: bool) -> i32 {
             "  last error:     {}",
             s.last_error.as_deref().unwrap_or("-")
         );
+        if let Some(since) = s.error_since {
+            println!("  in trouble since: {}", utc_timestamp_of(since));
+        }
     }
-    0
+    code
 }
 
 fn examples(list: &[String]) -> String {

@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use log::{debug, error, warn};
+use log::{debug, error, info, warn};
 
 use super::pool::{Job, JobOutcome};
 use super::recovery::digest_of_file;
@@ -84,6 +84,10 @@ impl Share {
             let adopted = decision == BeforePublish::Adopt
                 && self.adopt(&meta, &rel, sequencer.as_deref(), old.as_ref())?;
             if adopted {
+                info!(
+                    "share {name}: adopted {:?} ({} bytes): the file already there is this version",
+                    meta.key, meta.size
+                );
                 report.adopted += 1;
                 progress.done_objects += 1;
                 progress.done_bytes += meta.size;
@@ -195,7 +199,7 @@ impl Share {
                     if let Some(dir) = dir_to_sync {
                         self.dirs_to_sync.insert(dir);
                     }
-                    debug!(
+                    info!(
                         "share {name}: published {:?} ({} bytes)",
                         meta.key, meta.size
                     );
@@ -278,6 +282,7 @@ impl Share {
                 }
                 Ok(_) => match self.dir.remove_file(&rel) {
                     Ok(_) => {
+                        info!("share {name}: deleted {:?} ({} bytes)", rec.key, rec.size);
                         report.deleted += 1;
                         self.status.objects_deleted += 1;
                     }

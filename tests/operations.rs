@@ -1,0 +1,274 @@
+//! What an operator runs on the box (issue 15, "what operators expect"): `status` telling a
+//! running agent from a stopped one and exiting non-zero for a share in trouble, the alert
+//! line at `err` priority, the per-file log lines and `-q`/`-v`. The real binary against a real
+//! moto peer; nothing of the agent's I/O is mocked.
+
+mod common;
+
+use std::fs::File;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Peer, agent_command, agent_config_toml, wait_for};
+use serde_json::Value;
+
+struct Setup {
+    _tmp: tempfile::TempDir,
+    root: PathBuf,
+    share: PathBuf,
+    config: PathBuf,
+}
+
+fn setup_with(peer: &Peer, bucket: &str, queue_url: Option<&str>, extra_top: &str) -> Setup {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().to_path_buf();
+    let share = root.join("share");
+    std::fs::create_dir_all(&share).unwrap();
+    let config = root.join("agent.toml");
+    let text = agent_config_toml(
+        &root.join("state"),
+        &share,
+        bucket,
+        "",
+        &peer.endpoint,
+        queue_url,
+    );
+    std::fs::write(&config, format!("{extra_top}{text}")).unwrap();
+    Setup {
+        _tmp: tmp,
+        root,
+        share,
+        config,
+    }
+}
+
+fn run_agent(s: &Setup, args: &[&str]) -> Output {
+    agent_command(&s.config).args(args).output().unwrap()
+}
+
+fn status_json(s: &Setup) -> (Option<i32>, Value) {
+    let out = run_agent(s, &["status", "--json"]);
+    let v: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("status --json: {e}: {out:?}"));
+    (out.status.code(), v[0].clone())
+}
+
+fn spawn_run(s: &Setup, stderr: Stdio, envs: &[(&str, String)]) -> Child {
+    let mut cmd = agent_command(&s.config);
+    cmd.arg("run").stdout(Stdio::null()).stderr(stderr);
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    cmd.spawn().unwrap()
+}
+
+fn terminate(child: &mut Child) -> std::process::ExitStatus {
+    std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        if let Some(code) = child.try_wait().unwrap() {
+            return code;
+        }
+        assert!(Instant::now() < deadline, "no exit within 40 s of SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn is_rfc3339_utc(v: &Value) -> bool {
+    let Some(t) = v.as_str() else { return false };
+    let b = t.as_bytes();
+    b.len() == 20
+        && b[4] == b'-'
+        && b[7] == b'-'
+        && b[10] == b'T'
+        && b[13] == b':'
+        && b[16] == b':'
+        && b[19] == b'Z'
+}
+
+#[test]
+fn status_tells_a_running_agent_from_a_stopped_one_and_a_second_agent_is_refused() {
+    let peer = Peer::start();
+    peer.make_bucket("ops");
+    peer.put("ops", "a.txt", "alpha");
+    let s = setup_with(&peer, "ops", None, "");
+
+    // Never ran: stopped, nothing in trouble, exit 0.
+    let out = run_agent(&s, &["status"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("agent: stopped"), "{text}");
+
+    let mut agent = spawn_run(&s, Stdio::null(), &[]);
+    wait_for(Duration::from_secs(30), "the first full sync", || {
+        status_json(&s).1["state"] == "healthy"
+    });
+    let (code, st) = status_json(&s);
+    assert_eq!(code, Some(0), "{st}");
+    assert_eq!(st["agent"], "running", "{st}");
+    assert_eq!(
+        st["agent_pid"].as_u64(),
+        Some(u64::from(agent.id())),
+        "{st}"
+    );
+    for key in ["updated", "last_full_sync"] {
+        assert!(is_rfc3339_utc(&st[key]), "{key} is not RFC 3339: {st}");
+    }
+    let text = String::from_utf8_lossy(&run_agent(&s, &["status"]).stdout).into_owned();
+    assert!(
+        text.starts_with(&format!(
+            "agent: running (pid {}, sgw-agent run)",
+            agent.id()
+        )),
+        "{text}"
+    );
+
+    // A second agent on the same state directory: refused, naming the first (and a sync too).
+    for verb in ["run", "sync"] {
+        let second = run_agent(&s, &[verb]);
+        assert_eq!(second.status.code(), Some(75), "{verb}: {second:?}");
+        let log = String::from_utf8_lossy(&second.stderr);
+        assert!(
+            log.contains(&format!("another sgw-agent (pid {}, run)", agent.id())),
+            "{verb}: {log}"
+        );
+    }
+
+    assert!(terminate(&mut agent).success());
+    let (code, st) = status_json(&s);
+    assert_eq!(code, Some(0), "{st}");
+    assert_eq!(st["agent"], "stopped", "{st}");
+    assert_eq!(st["state"], "stopped", "a clean stop shows `stopped`: {st}");
+    assert!(st["agent_pid"].is_null(), "{st}");
+    // The lock went with the process: a sync may run now.
+    assert_eq!(run_agent(&s, &["sync", "-q"]).status.code(), Some(0));
+}
+
+/// stderr as a file that the agent takes for its journal stream (systemd.exec(5): the device
+/// and inode of stderr match `JOURNAL_STREAM`), so lines carry syslog priorities.
+fn journal_file(dir: &Path) -> (File, PathBuf, String) {
+    let path = dir.join("journal.log");
+    let file = File::create(&path).unwrap();
+    let meta = file.metadata().unwrap();
+    let stream = format!("{}:{}", meta.dev(), meta.ino());
+    (file, path, stream)
+}
+
+#[test]
+fn a_share_in_error_past_alert_after_is_logged_at_err_once_and_status_exits_1() {
+    let peer = Peer::start();
+    // No such bucket: every full sync fails, the share is in error and retries.
+    let s = setup_with(&peer, "never-made", None, "alert_after_secs = 1\n");
+    let (file, log_path, stream) = journal_file(&s.root);
+    let mut agent = spawn_run(&s, Stdio::from(file), &[("JOURNAL_STREAM", stream)]);
+    wait_for(Duration::from_secs(30), "the share to be in error", || {
+        status_json(&s).1["state"] == "error"
+    });
+    let (code, st) = status_json(&s);
+    assert_eq!(code, Some(1), "a share in error: status exits 1: {st}");
+    assert!(is_rfc3339_utc(&st["error_since"]), "{st}");
+    let text = run_agent(&s, &["status"]);
+    assert_eq!(text.status.code(), Some(1));
+    // Long enough for several retries (1 s, 2 s, 4 s backoff) and alert checks.
+    std::thread::sleep(Duration::from_secs(6));
+    assert!(terminate(&mut agent).success());
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    let alerts: Vec<&str> = log
+        .lines()
+        .filter(|l| l.starts_with("<3>share test: in error"))
+        .collect();
+    assert_eq!(
+        alerts.len(),
+        1,
+        "one err-priority alert (then hourly), whatever the retries:\n{log}"
+    );
+    assert!(alerts[0].contains(" since "), "{}", alerts[0]);
+    assert!(
+        log.lines().any(|l| l.starts_with("<6>")),
+        "info lines carry priority 6:\n{log}"
+    );
+    // Still not healthy after the stop: status keeps saying so.
+    let (code, st) = status_json(&s);
+    assert_eq!(code, Some(1), "{st}");
+}
+
+#[test]
+fn every_published_and_deleted_file_is_logged_at_info_and_q_and_v_set_the_level() {
+    let peer = Peer::start();
+    peer.make_bucket("logs");
+    peer.put("logs", "docs/a.txt", "alpha");
+    peer.put("logs", "b.bin", vec![7u8; 1234]);
+    let s = setup_with(&peer, "logs", None, "");
+    let out = run_agent(&s, &["sync", "-q"]);
+    assert!(out.status.success(), "{out:?}");
+    let quiet = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !quiet.contains(" INFO "),
+        "-q: warnings and errors only:\n{quiet}"
+    );
+
+    // Fresh state: everything is published again, one line each.
+    std::fs::remove_dir_all(s.root.join("state")).unwrap();
+    std::fs::remove_dir_all(&s.share).unwrap();
+    std::fs::create_dir(&s.share).unwrap();
+    let out = run_agent(&s, &["sync"]);
+    assert!(out.status.success(), "{out:?}");
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        log.contains("INFO  share test: published \"docs/a.txt\" (5 bytes)"),
+        "{log}"
+    );
+    assert!(
+        log.contains("INFO  share test: published \"b.bin\" (1234 bytes)"),
+        "{log}"
+    );
+    assert!(!log.contains("DEBUG"), "{log}");
+
+    peer.delete("logs", "b.bin");
+    let out = run_agent(&s, &["sync", "-v"]);
+    assert!(out.status.success(), "{out:?}");
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        log.contains("INFO  share test: deleted \"b.bin\" (1234 bytes)"),
+        "{log}"
+    );
+    assert!(log.contains("DEBUG"), "-v logs at debug:\n{log}");
+    let both = run_agent(&s, &["sync", "-q", "-v"]);
+    assert_eq!(both.status.code(), Some(64));
+}
+
+#[test]
+fn a_batch_of_many_events_gets_a_summary_line() {
+    let peer = Peer::start();
+    peer.make_bucket("batch");
+    let (_topic, queue) = peer.wire_events("batch", "", "batch-share");
+    // Queued before the agent starts: the first receive takes them as one batch.
+    for i in 0..8 {
+        peer.put("batch", &format!("f{i}.txt"), format!("file {i}"));
+    }
+    let s = setup_with(&peer, "batch", Some(&queue), "");
+    let log_path = s.root.join("agent.log");
+    let mut agent = spawn_run(&s, Stdio::from(File::create(&log_path).unwrap()), &[]);
+    wait_for(Duration::from_secs(30), "the queue to drain", || {
+        peer.queue_depth(&queue) == 0
+    });
+    wait_for(Duration::from_secs(10), "the summary line", || {
+        std::fs::read_to_string(&log_path)
+            .unwrap_or_default()
+            .contains("share test: batch of ")
+    });
+    assert!(terminate(&mut agent).success());
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    let line = log
+        .lines()
+        .find(|l| l.contains("share test: batch of "))
+        .unwrap();
+    assert!(line.contains(" message(s) in "), "{line}");
+    assert!(line.contains("failed"), "{line}");
+    assert!(s.share.join("f7.txt").exists());
+}
