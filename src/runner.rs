@@ -40,8 +40,9 @@ const DEFAULT_CONTROL_POLL: Duration = Duration::from_secs(30);
 /// How often share progress is checked and, when it changed, reported.
 const PROGRESS_EVERY: Duration = Duration::from_secs(2);
 
-/// Build the clients of one share. Errors here are configuration errors.
-pub fn share_context(
+/// Build the clients of one share, checking nothing on disk but that its directory exists.
+/// Errors here are configuration errors.
+pub fn share_clients(
     cfg: &Config,
     share: &ShareConfig,
     creds: &Credentials,
@@ -87,6 +88,26 @@ pub fn share_context(
             format!("{} is not an existing directory", share.path.display()),
         ));
     }
+    Ok(ShareContext {
+        cfg: share.clone(),
+        state_dir: cfg.share_state_dir(share),
+        store,
+        queue,
+        shutdown: shutdown.clone(),
+        progress,
+    })
+}
+
+/// Build the clients of one share and check that this user can write its directory. Errors
+/// here are configuration errors.
+pub fn share_context(
+    cfg: &Config,
+    share: &ShareConfig,
+    creds: &Credentials,
+    shutdown: &Shutdown,
+    progress: Arc<dyn ProgressSink>,
+) -> Result<ShareContext, ConfigError> {
+    let ctx = share_clients(cfg, share, creds, shutdown, progress)?;
     // A share the service cannot write (no ReadWritePaths=, wrong owner) is a configuration
     // error: exit 78, which the unit does not restart, instead of failing every download.
     crate::access::check_share_dir(&share.path, &crate::access::Identity::current()).map_err(
@@ -96,14 +117,7 @@ pub fn share_context(
             problem,
         },
     )?;
-    Ok(ShareContext {
-        cfg: share.clone(),
-        state_dir: cfg.share_state_dir(share),
-        store,
-        queue,
-        shutdown: shutdown.clone(),
-        progress,
-    })
+    Ok(ctx)
 }
 
 /// The shares to run: from the configuration, or — under a control endpoint — the configured
@@ -223,6 +237,51 @@ pub fn sync_once(
         all_ok &= h.join().unwrap_or(false);
     }
     if all_ok { 0 } else { EXIT_NOT_CONVERGED }
+}
+
+/// `sgw-agent sync --dry-run`: every share's full-sync decisions, sent to `sink`; nothing
+/// is written (no lock, no state, no status, no file; assignments are fetched, not kept).
+/// Exit 0 when every share could be planned, 1 when one could not (the log says why).
+pub fn dry_run(
+    cfg: &Config,
+    creds: &Credentials,
+    shutdown: &Shutdown,
+    sink: &dyn crate::shell::dry_run::PlanSink,
+    summary: &mut dyn FnMut(&str, &crate::shell::dry_run::DryRunReport),
+) -> i32 {
+    let assignments = match &cfg.control {
+        Some(control) => match ControlClient::new(control).assignments() {
+            Ok(a) => Some(a),
+            Err(e) => {
+                warn!("control endpoint unavailable ({e}); using the last known assignments");
+                load_assignments(cfg)
+            }
+        },
+        None => None,
+    };
+    let shares = effective_shares(cfg, assignments.as_ref());
+    let silent: Arc<dyn ProgressSink> = Arc::new(crate::shell::Silent);
+    let mut contexts = Vec::new();
+    for share in &shares {
+        match share_clients(cfg, share, creds, shutdown, Arc::clone(&silent)) {
+            Ok(c) => contexts.push(c),
+            Err(e) => {
+                error!("{e}");
+                return EXIT_CONFIG;
+            }
+        }
+    }
+    let mut code = 0;
+    for ctx in &contexts {
+        match crate::shell::dry_run::dry_run(ctx, sink) {
+            Ok(report) => summary(&ctx.cfg.name, &report),
+            Err(e) => {
+                error!("share {}: cannot plan a full sync: {e}", ctx.cfg.name);
+                code = EXIT_NOT_CONVERGED;
+            }
+        }
+    }
+    code
 }
 
 struct Running {

@@ -272,3 +272,156 @@ fn a_batch_of_many_events_gets_a_summary_line() {
     assert!(line.contains("failed"), "{line}");
     assert!(s.share.join("f7.txt").exists());
 }
+
+/// Every file under `dir` with its bytes and modification time (the agent's own included).
+fn tree(dir: &Path) -> std::collections::BTreeMap<String, (Vec<u8>, i64)> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            let meta = std::fs::symlink_metadata(&p).unwrap();
+            let rel = p.strip_prefix(dir).unwrap().to_string_lossy().into_owned();
+            if meta.is_dir() {
+                out.insert(format!("{rel}/"), (Vec::new(), meta.mtime()));
+                stack.push(p);
+            } else {
+                out.insert(rel, (std::fs::read(&p).unwrap(), meta.mtime()));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn dry_run_reports_each_decision_of_the_sync_and_changes_nothing() {
+    let peer = Peer::start();
+    peer.make_bucket("plan");
+    peer.put("plan", "kept.txt", "unchanged");
+    peer.put("plan", "gone.txt", "deleted from the bucket");
+    let s = setup_with(&peer, "plan", None, "");
+    assert!(run_agent(&s, &["sync", "-q"]).status.success());
+
+    peer.delete("plan", "gone.txt");
+    peer.put("plan", "new.txt", "new in the bucket");
+    peer.put("plan", "mine.txt", "the bucket's version");
+    peer.put("plan", "same.txt", "copied in by hand");
+    // Someone's own file where the bucket has a key: kept as a conflict copy.
+    std::fs::write(s.share.join("mine.txt"), "a local edit").unwrap();
+    // The object's bytes and time, copied by hand: adopted, not downloaded.
+    std::fs::write(s.share.join("same.txt"), "copied in by hand").unwrap();
+    let lm = peer.head("plan", "same.txt")["last_modified"]
+        .as_i64()
+        .unwrap();
+    File::options()
+        .write(true)
+        .open(s.share.join("same.txt"))
+        .unwrap()
+        .set_modified(std::time::UNIX_EPOCH + Duration::from_secs(lm as u64))
+        .unwrap();
+
+    let before = tree(&s.root);
+    let out = run_agent(&s, &["sync", "--dry-run"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let plan = String::from_utf8_lossy(&out.stdout);
+    for line in [
+        "share test: would download \"new.txt\" (17 bytes)",
+        "share test: would delete \"gone.txt\" (23 bytes)",
+        "share test: would adopt \"same.txt\" (17 bytes)",
+        "share test: would keep the local file mine.txt as a conflict copy",
+        "share test: would download \"mine.txt\" (20 bytes)",
+        "share test: dry run: 2 to download (37 B), 1 to delete, 1 to adopt, 1 conflict copy, 1 unchanged, 0 skipped; nothing was changed",
+    ] {
+        assert!(plan.contains(line), "missing {line:?} in:\n{plan}");
+    }
+    assert!(
+        !plan.contains("kept.txt"),
+        "unchanged files are only counted:\n{plan}"
+    );
+    assert_eq!(tree(&s.root), before, "a dry run touches nothing");
+
+    // The real sync does what the dry run said.
+    let out = run_agent(&s, &["sync"]);
+    assert!(out.status.success(), "{out:?}");
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("adopted \"same.txt\""), "{log}");
+    assert!(!s.share.join("gone.txt").exists());
+    assert_eq!(
+        std::fs::read(s.share.join("new.txt")).unwrap(),
+        b"new in the bucket"
+    );
+    assert_eq!(
+        std::fs::read(s.share.join("mine.txt")).unwrap(),
+        b"the bucket's version"
+    );
+    let copies: Vec<_> = std::fs::read_dir(&s.share)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("mine.txt") && n != "mine.txt")
+        .collect();
+    assert_eq!(copies.len(), 1, "{copies:?}");
+    // Nothing left to do: the dry run says so.
+    let plan = run_agent(&s, &["sync", "--dry-run"]);
+    assert!(
+        String::from_utf8_lossy(&plan.stdout).contains(
+            "dry run: 0 to download (0 B), 0 to delete, 0 to adopt, 0 conflict copies, 4 unchanged"
+        ),
+        "{plan:?}"
+    );
+}
+
+#[test]
+fn dry_run_says_when_the_guard_would_refuse_a_mass_delete() {
+    let peer = Peer::start();
+    peer.make_bucket("wipe");
+    let n = peer.put_many("wipe", "", 120, 16);
+    let s = setup_with(&peer, "wipe", None, "");
+    assert!(run_agent(&s, &["sync", "-q"]).status.success());
+    let keys: Vec<String> = (0..n).map(|i| common::many_key("", i)).collect();
+    peer.delete_many("wipe", &keys);
+    let out = run_agent(&s, &["sync", "--dry-run"]);
+    let plan = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        plan.contains("would refuse to delete 120 of 120 files (mass-delete guard"),
+        "{plan}"
+    );
+    assert!(!plan.contains("would delete \""), "{plan}");
+    let out = run_agent(&s, &["sync", "--dry-run", "--allow-mass-delete", "test"]);
+    let plan = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(plan.matches("would delete \"").count(), 120, "{plan}");
+    assert_eq!(
+        std::fs::read_dir(&s.share).unwrap().count(),
+        121,
+        "120 files + .sgw"
+    );
+}
+
+#[test]
+fn sync_progress_shows_rate_and_time_left_and_never_starts_at_0_of_0() {
+    let peer = Peer::start();
+    peer.make_bucket("progress");
+    peer.put_many("progress", "", 600, 64 * 1024);
+    let s = setup_with(&peer, "progress", None, "");
+    let out = run_agent(&s, &["sync"]);
+    assert!(out.status.success(), "{out:?}");
+    let log = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = log.lines().filter(|l| l.starts_with("test: ")).collect();
+    assert!(lines.len() >= 2, "{log}");
+    assert!(!lines[0].contains("0/0 objects"), "{}", lines[0]);
+    let last = lines.last().unwrap();
+    assert!(
+        last.starts_with("test: 100%  600 objects  37.5 MiB  done in ") && last.ends_with("/s"),
+        "{last}"
+    );
+    for l in &lines[..lines.len() - 1] {
+        assert!(
+            l.contains("listing the bucket") || (l.contains("/600 objects") && l.contains(" ETA ")),
+            "{l}"
+        );
+    }
+    let quiet = run_agent(&s, &["sync", "-q"]);
+    assert!(
+        !String::from_utf8_lossy(&quiet.stderr).contains("test: "),
+        "{quiet:?}"
+    );
+}

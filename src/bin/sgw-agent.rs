@@ -11,8 +11,9 @@ use sgw_agent::config::{Config, DEFAULT_CONFIG_PATH, EXIT_CONFIG, EXIT_USAGE};
 use sgw_agent::daemon::{
     AgentLock, LockHolder, Logger, Shutdown, effective_log_level, set_cli_log_level,
 };
-use sgw_agent::format::human_bytes;
+use sgw_agent::format::{human_bytes, thousands};
 use sgw_agent::runner;
+use sgw_agent::shell::dry_run::{DryRunReport, PlanSink, Planned};
 use sgw_agent::shell::{ProgressSink, Silent};
 use sgw_agent::time::utc_timestamp_of;
 
@@ -48,6 +49,7 @@ COMMANDS:
 OPTIONS:
     -c, --config PATH   Configuration file [default: /etc/sgw-agent/agent.toml]
     -q, --quiet         Log warnings and errors only; sync: no progress lines
+    -n, --dry-run       sync: print what would be done, change nothing
     -v, --verbose       Log more: -v debug, -vv trace (wins over SGW_LOG and log_level)
         --allow-mass-delete SHARE
                         sync: let this run delete more than the share's
@@ -123,15 +125,22 @@ const HELP_SYNC: &str = "\
 sgw-agent sync — one full sync of every share, then exit
 
 USAGE:
-    sgw-agent [-c PATH] sync [--quiet] [--allow-mass-delete SHARE]...
+    sgw-agent [-c PATH] [-q | -v] sync [--dry-run] [--allow-mass-delete SHARE]...
 
 Lists each share's bucket (or prefix) once, downloads what is missing or different, removes
 what the bucket deleted, and exits. Shares sync in parallel. Keys that can never be a safe
-local path are skipped and reported, not failures.
+local path are skipped and reported, not failures. On stderr: a progress line per share every
+second (objects and bytes done, rate, time left), and the log.
 
 OPTIONS:
     -c, --config PATH   Configuration file [default: /etc/sgw-agent/agent.toml]
-    -q, --quiet         No progress lines on stderr
+    -n, --dry-run       Print what the sync would do, one line each on stdout (download,
+                        delete, adopt a file already there, keep a local file as a
+                        conflict copy, skip, or refuse a mass delete) and a summary per
+                        share; change nothing: no file, no state, no status (it reads the
+                        bucket and the share; it may run beside a running agent)
+    -q, --quiet         No progress lines; log warnings and errors only
+    -v, --verbose       Log more: -v debug, -vv trace
         --allow-mass-delete SHARE
                         Let this run delete more of SHARE than its max_delete_percent and
                         max_delete allow. Without it, a listing that would delete more than
@@ -230,6 +239,8 @@ struct Args {
     verbose: u8,
     /// sync: shares whose mass-delete guard is lifted for this run.
     allow_mass_delete: Vec<String>,
+    /// sync: show what would be done, do nothing.
+    dry_run: bool,
 }
 
 fn parse_args() -> Result<Option<Args>, lexopt::Error> {
@@ -241,6 +252,7 @@ fn parse_args() -> Result<Option<Args>, lexopt::Error> {
     let mut quiet = false;
     let mut verbose = 0u8;
     let mut allow_mass_delete = Vec::new();
+    let mut dry_run = false;
     let mut help = false;
     while let Some(arg) = parser.next()? {
         match arg {
@@ -254,6 +266,7 @@ fn parse_args() -> Result<Option<Args>, lexopt::Error> {
             Short('q') | Long("quiet") => quiet = true,
             Short('v') | Long("verbose") => verbose = verbose.saturating_add(1),
             Long("json") => json = true,
+            Short('n') | Long("dry-run") => dry_run = true,
             Long("allow-mass-delete") => allow_mass_delete.push(parser.value()?.string()?),
             Value(v) if command.is_none() => {
                 let v = v.string()?;
@@ -302,6 +315,10 @@ fn parse_args() -> Result<Option<Args>, lexopt::Error> {
             let _ = c;
             return Err("--allow-mass-delete goes with the sync command".into());
         }
+        Some(c) if dry_run && !matches!(c, Command::Sync) => {
+            let _ = c;
+            return Err("--dry-run goes with the sync command".into());
+        }
         Some(c) => c,
         None => {
             return Err("missing command (run, sync, status or check-config); see --help".into());
@@ -316,6 +333,7 @@ fn parse_args() -> Result<Option<Args>, lexopt::Error> {
         quiet,
         verbose,
         allow_mass_delete,
+        dry_run,
     }))
 }
 
@@ -378,11 +396,13 @@ fn main() {
             }
             if matches!(args.command, Command::Run) {
                 runner::run_daemon(&cfg, &creds, &shutdown)
+            } else if args.dry_run {
+                runner::dry_run(&cfg, &creds, &shutdown, &PrintPlan, &mut print_summary)
             } else {
                 let progress: Arc<dyn ProgressSink> = if args.quiet {
                     Arc::new(Silent)
                 } else {
-                    Arc::new(StderrProgress)
+                    Arc::new(StderrProgress::new())
                 };
                 runner::sync_once(&cfg, &creds, &shutdown, progress)
             }
@@ -579,6 +599,54 @@ fn status(cfg: &Config, json: bool) -> i32 {
         }
     }
     code
+}
+
+/// `sync --dry-run` prints each decision on stdout, one line each.
+struct PrintPlan;
+
+impl PlanSink for PrintPlan {
+    fn planned(&self, share: &str, what: &Planned) {
+        let line = match what {
+            Planned::Download { key, size } => format!("would download {key:?} ({size} bytes)"),
+            Planned::Adopt { key, size } => format!(
+                "would adopt {key:?} ({size} bytes): the file already there is this version"
+            ),
+            Planned::Conflict { key, path } => format!(
+                "would keep the local file {} as a conflict copy (it is not the agent's or was changed locally), then download {key:?}",
+                path.display()
+            ),
+            Planned::Delete { key, size } => format!("would delete {key:?} ({size} bytes)"),
+            Planned::LeftInPlace { key } => {
+                format!("would leave {key:?} in place: gone from the bucket but changed locally")
+            }
+            Planned::Skip { key, why } => format!("would skip key {key:?}: {why}"),
+            Planned::RefuseDeletes { deletes, files } => format!(
+                "would refuse to delete {} of {} files (mass-delete guard; see sync --help): nothing would be deleted",
+                thousands(*deletes),
+                thousands(*files)
+            ),
+        };
+        println!("share {share}: {line}");
+    }
+}
+
+fn print_summary(share: &str, r: &DryRunReport) {
+    println!(
+        "share {share}: dry run: {} to download ({}), {} to delete{}, {} to adopt, {} conflict cop{}, {} unchanged, {} skipped; nothing was changed",
+        thousands(r.downloads),
+        human_bytes(r.download_bytes),
+        thousands(r.deletes),
+        if r.refused_deletes > 0 {
+            format!(" ({} refused by the guard)", thousands(r.refused_deletes))
+        } else {
+            String::new()
+        },
+        thousands(r.adoptions),
+        thousands(r.conflicts),
+        if r.conflicts == 1 { "y" } else { "ies" },
+        thousands(r.unchanged),
+        thousands(r.skipped)
+    );
 }
 
 fn examples(list: &[String]) -> String {

@@ -12,7 +12,10 @@ use super::recovery::digest_of_file;
 use super::{DISK_FULL_REPEAT, JOB_BATCH, Share, ShareError, SyncReport};
 use crate::cache::crc64::Crc64Nvme;
 use crate::cache::paths::{KeyPath, key_to_relpath};
+use crate::cache::publish::ShareDir;
 use crate::cache::state::PublishIntent;
+use crate::cloud::ObjectStore;
+use crate::daemon::Heartbeat;
 use crate::engine::FileFacts;
 use crate::engine::events::record_after_download;
 use crate::engine::local::{
@@ -20,6 +23,44 @@ use crate::engine::local::{
 };
 use crate::engine::progress::Progress;
 use crate::model::{LocalRecord, ObjectMeta};
+
+/// Is the file at `rel` proven to be `meta`'s version ([`adoption_proven`])? Reads only: the
+/// key is HEADed for its CRC-64 when the listing had none, and the file is read for its
+/// digest. The version (with its CRC-64) and the file's CRC-64 when it is; the full sync's
+/// adoption and `sync --dry-run` both ask this.
+pub(super) fn prove_adoption(
+    store: &dyn ObjectStore,
+    dir: &ShareDir,
+    meta: &ObjectMeta,
+    rel: &Path,
+    heartbeat: &Heartbeat,
+    share: &str,
+) -> Result<Option<(ObjectMeta, u64)>, ShareError> {
+    let mut meta = meta.clone();
+    if meta.crc64nvme.is_none() {
+        match store.head(&meta.key)? {
+            Some(h) if h.etag == meta.etag && h.size == meta.size => meta.crc64nvme = h.crc64nvme,
+            // Changed or gone since the listing: not this version, whatever the file is.
+            _ => return Ok(None),
+        }
+    }
+    let want_md5 = meta.crc64nvme.is_none() && meta.etag.as_deref().is_some_and(is_md5_etag);
+    let digest = match digest_of_file(dir, rel, want_md5, heartbeat) {
+        Ok(d) => d,
+        Err(e) => {
+            warn!(
+                "share {share}: cannot read {} to compare it with {:?}: {e}",
+                rel.display(),
+                meta.key
+            );
+            return Ok(None);
+        }
+    };
+    if !adoption_proven(&meta, &digest) {
+        return Ok(None);
+    }
+    Ok(Some((meta, digest.crc64nvme)))
+}
 
 impl Share {
     pub(super) fn facts_for_key(&self, key: &str) -> Option<FileFacts> {
@@ -144,33 +185,18 @@ impl Share {
         sequencer: Option<&str>,
         old: Option<&LocalRecord>,
     ) -> Result<bool, ShareError> {
-        let mut meta = meta.clone();
-        if meta.crc64nvme.is_none() {
-            match self.ctx.store.head(&meta.key)? {
-                Some(h) if h.etag == meta.etag && h.size == meta.size => {
-                    meta.crc64nvme = h.crc64nvme
-                }
-                // Changed or gone since the listing: not this version, whatever the file is.
-                _ => return Ok(false),
-            }
-        }
-        let want_md5 = meta.crc64nvme.is_none() && meta.etag.as_deref().is_some_and(is_md5_etag);
-        let digest = match digest_of_file(&self.dir, rel, want_md5, &self.heartbeat) {
-            Ok(d) => d,
-            Err(e) => {
-                warn!(
-                    "share {}: cannot read {} to compare it with {:?}: {e}",
-                    self.ctx.cfg.name,
-                    rel.display(),
-                    meta.key
-                );
-                return Ok(false);
-            }
-        };
-        if !adoption_proven(&meta, &digest) {
+        let Some((meta, crc64nvme)) = prove_adoption(
+            &*self.ctx.store,
+            &self.dir,
+            meta,
+            rel,
+            &self.heartbeat,
+            &self.ctx.cfg.name,
+        )?
+        else {
             return Ok(false);
-        }
-        let rec = record_after_download(&meta, digest.crc64nvme, sequencer, old);
+        };
+        let rec = record_after_download(&meta, crc64nvme, sequencer, old);
         self.state.put(rec)?;
         self.unsynced_records += 1;
         Ok(true)
