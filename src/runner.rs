@@ -40,6 +40,32 @@ const DEFAULT_CONTROL_POLL: Duration = Duration::from_secs(30);
 /// How often share progress is checked and, when it changed, reported.
 const PROGRESS_EVERY: Duration = Duration::from_secs(2);
 
+/// The S3 client of a share (its bucket, endpoint and region).
+pub fn s3_client(share: &ShareConfig, creds: &Credentials) -> Result<S3Client, String> {
+    S3Client::new(S3Config {
+        endpoint: share.endpoint.clone(),
+        region: share.region.clone(),
+        bucket: share.bucket.clone(),
+        credentials: creds.clone(),
+        allow_http: share.allow_http,
+        max_attempts: 6,
+    })
+}
+
+/// The SQS client of a share's queue.
+pub fn sqs_client(
+    share: &ShareConfig,
+    queue_url: &str,
+    creds: &Credentials,
+) -> Result<SqsClient, String> {
+    SqsClient::new(SqsConfig {
+        queue_url: queue_url.to_owned(),
+        region: share.region.clone(),
+        credentials: creds.clone(),
+        allow_http: share.allow_http,
+    })
+}
+
 /// Build the clients of one share, checking nothing on disk but that its directory exists.
 /// Errors here are configuration errors.
 pub fn share_clients(
@@ -58,27 +84,15 @@ pub fn share_clients(
         return Err(at("bucket", "no bucket assigned yet (the control endpoint assigns it when the share joins an express sync group)".into()));
     }
     let store: Arc<dyn ObjectStore> = Arc::new(
-        S3Client::new(S3Config {
-            endpoint: share.endpoint.clone(),
-            region: share.region.clone(),
-            bucket: share.bucket.clone(),
-            credentials: creds.clone(),
-            allow_http: share.allow_http,
-            max_attempts: 6,
-        })
-        .map_err(|e| at("endpoint", e))?
-        .with_stop_flag(shutdown.flag()),
+        s3_client(share, creds)
+            .map_err(|e| at("endpoint", e))?
+            .with_stop_flag(shutdown.flag()),
     );
     let queue: Option<Arc<dyn EventQueue>> = match &share.queue_url {
         Some(url) => Some(Arc::new(
-            SqsClient::new(SqsConfig {
-                queue_url: url.clone(),
-                region: share.region.clone(),
-                credentials: creds.clone(),
-                allow_http: share.allow_http,
-            })
-            .map_err(|e| at("queue_url", e))?
-            .with_stop_flag(shutdown.flag()),
+            sqs_client(share, url, creds)
+                .map_err(|e| at("queue_url", e))?
+                .with_stop_flag(shutdown.flag()),
         )),
         None => None,
     };
@@ -560,7 +574,12 @@ impl ShareSet {
                 .get(&r.cfg.name)
                 .is_none_or(|t| t.elapsed() >= ALERT_REPEAT);
             if due {
-                error!("share {}: {alert}", r.cfg.name);
+                let secs = now.saturating_sub(status.error_since.unwrap_or(now));
+                error!(
+                    "share {}: {alert} (for {}; said again hourly while it lasts)",
+                    r.cfg.name,
+                    crate::format::duration_words(secs)
+                );
                 self.alerted.insert(r.cfg.name.clone(), Instant::now());
             }
         }
@@ -594,8 +613,9 @@ impl ShareSet {
 const ALERT_CHECK_EVERY: Duration = Duration::from_secs(1);
 const ALERT_REPEAT: Duration = Duration::from_secs(3600);
 
-/// "in error since 2026-…Z (20m 0s): why", when `s` has been in `error` or `queue_failure`
-/// (retries in between included) for at least `after_secs`.
+/// "in error since 2026-…Z: why", when `s` has been in `error` or `queue_failure` (retries
+/// in between included) for at least `after_secs`. Constant while the trouble lasts, so the
+/// progress report carrying it changes (and is sent) once.
 pub fn alert_text(s: &ShareStatus, after_secs: u64, now: i64) -> Option<String> {
     let since = s.error_since?;
     let secs = now.saturating_sub(since);
@@ -608,9 +628,8 @@ pub fn alert_text(s: &ShareStatus, after_secs: u64, now: i64) -> Option<String> 
         "error (retrying)"
     };
     Some(format!(
-        "in {state} since {} ({}): {}",
+        "in {state} since {}: {}",
         utc_timestamp_of(since),
-        crate::format::duration_words(secs),
         s.last_error.as_deref().unwrap_or("see the log")
     ))
 }

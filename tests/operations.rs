@@ -413,15 +413,121 @@ fn sync_progress_shows_rate_and_time_left_and_never_starts_at_0_of_0() {
         last.starts_with("test: 100%  600 objects  37.5 MiB  done in ") && last.ends_with("/s"),
         "{last}"
     );
-    for l in &lines[..lines.len() - 1] {
+    let middle = &lines[..lines.len() - 1];
+    for l in middle {
+        // Before anything is settled there is no rate to tell the time left from.
         assert!(
-            l.contains("listing the bucket") || (l.contains("/600 objects") && l.contains(" ETA ")),
+            l.contains("listing the bucket")
+                || l.starts_with("test:   0%  0/600 objects")
+                || (l.contains("/600 objects") && l.contains("/s  ETA ")),
             "{l}"
         );
     }
+    assert!(
+        middle.iter().any(|l| l.contains(" ETA ")),
+        "a sync of several seconds shows its ETA:\n{log}"
+    );
     let quiet = run_agent(&s, &["sync", "-q"]);
     assert!(
         !String::from_utf8_lossy(&quiet.stderr).contains("test: "),
         "{quiet:?}"
     );
+}
+
+#[test]
+fn check_config_online_gives_one_ok_or_fail_line_per_check_and_consumes_nothing() {
+    let peer = Peer::start();
+    peer.make_bucket("online");
+    peer.put("online", "a.txt", "alpha");
+    let (_topic, queue) = peer.wire_events("online", "", "online-share");
+    // Wiring sends s3:TestEvent; one more message of our own, to see nothing is consumed.
+    peer.send(&queue, "{\"not\":\"an event\"}");
+    let depth = peer.queue_depth(&queue);
+    assert!(depth >= 1);
+    let s = setup_with(&peer, "online", Some(&queue), "");
+
+    let offline = run_agent(&s, &["check-config"]);
+    assert_eq!(offline.status.code(), Some(0), "{offline:?}");
+    assert!(
+        String::from_utf8_lossy(&offline.stdout)
+            .contains("offline: no bucket, queue or control endpoint was asked"),
+        "{offline:?}"
+    );
+
+    let out = run_agent(&s, &["check-config", "--online"]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    for start in [
+        "OK    credentials: key id testing from ",
+        "OK    state_dir: ",
+        "OK    share \"test\": path: ",
+        "OK    share \"test\": bucket online: listable with these credentials (prefix \"\", a 1-key list returned 1)",
+        "OK    share \"test\": queue: ",
+    ] {
+        assert!(
+            text.lines().any(|l| l.starts_with(start)),
+            "no line starting {start:?}:\n{text}"
+        );
+    }
+    assert!(text.contains("nothing consumed"), "{text}");
+    assert_eq!(peer.queue_depth(&queue), depth, "no message consumed");
+
+    // A wrong bucket and a queue that does not exist: a FAIL line each, exit 78.
+    let bad_queue = format!("{}/123456789012/no-such-queue", peer.endpoint);
+    let bad = setup_with(&peer, "no-such-bucket", Some(&bad_queue), "");
+    let out = run_agent(&bad, &["check-config", "--online"]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(78), "{text}");
+    let fail_bucket = text
+        .lines()
+        .find(|l| l.starts_with("FAIL  share \"test\": bucket no-such-bucket: "))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(fail_bucket.contains("NoSuchBucket"), "{fail_bucket}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("FAIL  share \"test\": queue: ") && l.contains("no-such-queue")),
+        "{text}"
+    );
+    assert!(
+        text.lines().any(|l| l.starts_with("OK    state_dir")),
+        "{text}"
+    );
+    assert!(text.ends_with("check(s), 2 failed\n"), "{text}");
+}
+
+#[test]
+fn check_config_online_fails_for_an_unreachable_control_endpoint() {
+    // Nobody listens on this port (bound, then closed).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let tmp = tempfile::tempdir().unwrap();
+    let share = tmp.path().join("share");
+    std::fs::create_dir(&share).unwrap();
+    let config = tmp.path().join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "state_dir = \"{}\"\ncontrol_endpoint = \"http://127.0.0.1:{port}\"\ncontrol_allow_http = true\n\
+             gateway_id = \"gw-test\"\ngateway_secret = \"s3cr3t\"\n[[share]]\nname = \"test\"\npath = \"{}\"\n",
+            tmp.path().join("state").display(),
+            share.display()
+        ),
+    )
+    .unwrap();
+    let out = agent_command(&config)
+        .args(["check-config", "--online"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(78), "{text}");
+    assert!(
+        text.lines().any(|l| l.starts_with(&format!(
+            "FAIL  control endpoint http://127.0.0.1:{port}: not reachable"
+        ))),
+        "{text}"
+    );
+    assert!(!text.contains("s3cr3t"), "no secret in the output");
 }

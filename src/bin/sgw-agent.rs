@@ -43,7 +43,10 @@ COMMANDS:
                     when a share is in error or queue_failure.
         --json      Print the same as JSON (times in RFC 3339).
     check-config    Validate the configuration and credentials, and that every share
-                    and the state directory are writable by this user, then exit.
+                    and the state directory are writable by this user, then exit
+                    (offline).
+        --online    Also ask the buckets, queues and control endpoint: one OK/FAIL
+                    line per check, exit 78 on any FAIL.
     help [COMMAND]  Print this help, or a command's.
 
 OPTIONS:
@@ -182,12 +185,21 @@ const HELP_CHECK_CONFIG: &str = "\
 sgw-agent check-config — validate what the service needs, then exit
 
 USAGE:
-    sgw-agent [-c PATH] check-config
+    sgw-agent [-c PATH] check-config [--online]
 
 Checks the configuration file, the credentials (environment, systemd credential or
 credentials_file, which must be 0600 of this user or 0640 root:<this user's group>), that every
 share and the state directory are writable by this user (a file is created and removed; nothing
-stays), and every share's endpoint and queue URL. Makes no network request.
+stays), and every share's endpoint and queue URL. Makes no network request (it says so).
+
+With --online it also asks the services, one line per check, OK or FAIL with the reason:
+the credentials are found; the state and share directories are writable by this user; the
+control endpoint (when configured) answers and accepts the gateway id and secret (a signed
+read of the assignments); each share's bucket can be listed (a 1-key list of its prefix);
+each share's queue can be read without consuming anything (ReceiveMessage for one message
+with WaitTimeSeconds=0 and VisibilityTimeout=0, never deleted: a message received is visible
+again at once; its receive count grows by one). Under a control endpoint the buckets and
+queues checked are the assigned ones.
 
 Run it as the service's user: sudo -u sgw-agent sgw-agent check-config. Outside the unit it
 cannot see what the unit adds (Environment=, LoadCredential=, the read-only sandbox without
@@ -196,10 +208,14 @@ once (exit 78) on a problem.
 
 OPTIONS:
     -c, --config PATH   Configuration file [default: /etc/sgw-agent/agent.toml]
+        --online        Also check the credentials, buckets, queues and control endpoint
+                        against the services
 
 EXIT CODES:
-    0   OK (the line names the user, the shares and where the credentials came from)
-    78  the problem, on one line, with the file, the key and the fix
+    0   OK (the line names the user, the shares and where the credentials came from);
+        --online: every check OK
+    78  the problem, on one line, with the file, the key and the fix; --online: a check
+        failed (its line says FAIL and why)
 ";
 
 #[derive(Clone, Copy)]
@@ -207,7 +223,7 @@ enum Command {
     Run,
     Sync,
     Status { json: bool },
-    CheckConfig,
+    CheckConfig { online: bool },
 }
 
 impl Command {
@@ -216,7 +232,7 @@ impl Command {
             "run" => Command::Run,
             "sync" => Command::Sync,
             "status" => Command::Status { json: false },
-            "check-config" => Command::CheckConfig,
+            "check-config" => Command::CheckConfig { online: false },
             _ => return None,
         })
     }
@@ -226,7 +242,7 @@ impl Command {
             Command::Run => HELP_RUN,
             Command::Sync => HELP_SYNC,
             Command::Status { .. } => HELP_STATUS,
-            Command::CheckConfig => HELP_CHECK_CONFIG,
+            Command::CheckConfig { .. } => HELP_CHECK_CONFIG,
         }
     }
 }
@@ -253,6 +269,7 @@ fn parse_args() -> Result<Option<Args>, lexopt::Error> {
     let mut verbose = 0u8;
     let mut allow_mass_delete = Vec::new();
     let mut dry_run = false;
+    let mut online = false;
     let mut help = false;
     while let Some(arg) = parser.next()? {
         match arg {
@@ -267,6 +284,7 @@ fn parse_args() -> Result<Option<Args>, lexopt::Error> {
             Short('v') | Long("verbose") => verbose = verbose.saturating_add(1),
             Long("json") => json = true,
             Short('n') | Long("dry-run") => dry_run = true,
+            Long("online") => online = true,
             Long("allow-mass-delete") => allow_mass_delete.push(parser.value()?.string()?),
             Value(v) if command.is_none() => {
                 let v = v.string()?;
@@ -314,6 +332,11 @@ fn parse_args() -> Result<Option<Args>, lexopt::Error> {
         Some(c) if !allow_mass_delete.is_empty() && !matches!(c, Command::Sync) => {
             let _ = c;
             return Err("--allow-mass-delete goes with the sync command".into());
+        }
+        Some(Command::CheckConfig { .. }) => Command::CheckConfig { online },
+        Some(c) if online => {
+            let _ = c;
+            return Err("--online goes with the check-config command".into());
         }
         Some(c) if dry_run && !matches!(c, Command::Sync) => {
             let _ = c;
@@ -380,7 +403,8 @@ fn main() {
     );
     let code = match args.command {
         Command::Status { json } => status(&cfg, json),
-        Command::CheckConfig => check_config(&cfg),
+        Command::CheckConfig { online: false } => check_config(&cfg),
+        Command::CheckConfig { online: true } => check_online(&cfg),
         Command::Run | Command::Sync => {
             let creds = match cfg.credentials() {
                 Ok(c) => c,
@@ -438,7 +462,7 @@ fn check_config(cfg: &Config) -> i32 {
     }
     let me = access::Identity::current();
     println!(
-        "{}: OK ({} share(s) and {} writable by user {}, credentials for key id {} from {})",
+        "{}: OK ({} share(s) and {} writable by user {}, credentials for key id {} from {}; offline: no bucket, queue or control endpoint was asked — check-config --online does)",
         cfg.file.display(),
         cfg.shares.len(),
         cfg.state_dir.display(),
@@ -447,6 +471,18 @@ fn check_config(cfg: &Config) -> i32 {
         source
     );
     0
+}
+
+/// `check-config --online`: one OK/FAIL line per check (stdout), exit 78 on any FAIL.
+fn check_online(cfg: &Config) -> i32 {
+    let lines = sgw_agent::check::online(cfg, &mut |l| println!("{l}"));
+    let failed = lines.iter().filter(|l| !l.ok).count();
+    println!(
+        "{}: {} check(s), {failed} failed",
+        cfg.file.display(),
+        lines.len()
+    );
+    if failed > 0 { EXIT_CONFIG } else { 0 }
 }
 
 fn status(cfg: &Config, json: bool) -> i32 {
