@@ -45,9 +45,11 @@ step "user: $(getent passwd sgw-agent)"
 [[ -z "$(find /etc/systemd/system -name 'sgw-agent.service' 2>/dev/null)" ]] ||
     fail "the unit got enabled on install; it must wait until the config is edited"
 # The man page the unit's Documentation= names, and the sample control.toml.
-[[ -f /usr/share/man/man1/sgw-agent.1 ]] || fail "no /usr/share/man/man1/sgw-agent.1"
-cmp -s /usr/share/man/man1/sgw-agent.1 <(/usr/bin/sgw-agent help --man) ||
+# (cargo-deb gzips pages under usr/share/man, as Debian policy wants.)
+[[ -f /usr/share/man/man1/sgw-agent.1.gz ]] || fail "no /usr/share/man/man1/sgw-agent.1.gz"
+cmp -s <(zcat /usr/share/man/man1/sgw-agent.1.gz) <(/usr/bin/sgw-agent help --man) ||
     fail "the installed man page is not the binary's help --man"
+man -w sgw-agent >/dev/null || fail "man does not find sgw-agent(1)"
 [[ -f /usr/share/doc/sgw-agent/examples/control.toml ]] ||
     fail "no /usr/share/doc/sgw-agent/examples/control.toml"
 "$repo_root/systemd/check-units.sh" --installed

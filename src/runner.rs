@@ -1060,6 +1060,35 @@ mod tests {
     }
 
     #[test]
+    fn an_alert_needs_lasting_trouble_and_stays_the_same_text_while_it_lasts() {
+        let mut s = ShareStatus::new("a");
+        s.state = ShareState::Error;
+        s.last_error = Some("disk on fire".into());
+        s.track_trouble(1_000);
+        assert_eq!(s.error_since, Some(1_000));
+        assert_eq!(alert_text(&s, 60, 1_059), None, "not yet");
+        let at_60 = alert_text(&s, 60, 1_060).unwrap();
+        assert_eq!(at_60, "in error since 1970-01-01T00:16:40Z: disk on fire");
+        assert_eq!(alert_text(&s, 60, 5_000).as_deref(), Some(at_60.as_str()));
+        // A retry passes through full_syncing: still the same trouble.
+        s.state = ShareState::FullSyncing;
+        s.track_trouble(2_000);
+        assert_eq!(s.error_since, Some(1_000));
+        assert!(
+            alert_text(&s, 60, 2_000)
+                .unwrap()
+                .starts_with("in error (retrying) since")
+        );
+        assert!(s.in_trouble() && !s.in_trouble_now());
+        // Healthy ends it.
+        s.state = ShareState::Healthy;
+        s.track_trouble(3_000);
+        assert_eq!(s.error_since, None);
+        assert_eq!(alert_text(&s, 60, 9_000), None);
+        assert!(!s.in_trouble());
+    }
+
+    #[test]
     fn express_sync_states_follow_the_share_status() {
         let mut s = ShareStatus::new("a");
         assert_eq!(express_sync_state(&s), ("MNSFullSyncInit", -1));

@@ -166,3 +166,31 @@ pub fn read_status(share_state_dir: &Path) -> std::io::Result<Option<ShareStatus
         Err(e) => Err(e),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_are_rfc3339_and_files_of_older_versions_still_read() {
+        let mut s = ShareStatus::new("photos");
+        s.updated = 1_796_285_178;
+        s.last_full_sync = Some(1_796_285_100);
+        let json: serde_json::Value = serde_json::to_value(&s).unwrap();
+        assert_eq!(json["updated"], "2026-12-03T08:06:18Z");
+        assert_eq!(json["last_full_sync"], "2026-12-03T08:05:00Z");
+        assert!(json["error_since"].is_null());
+        let back: ShareStatus = serde_json::from_value(json).unwrap();
+        assert_eq!(back, s);
+        // Written before times were text, and before error_since existed.
+        let old = r#"{"share":"photos","state":"healthy","sync_progress":100,"objects_total":1,
+            "bytes_total":1,"objects_local":1,"objects_downloaded":0,"bytes_downloaded":0,
+            "objects_deleted":0,"verified_without_crc":0,"skipped_keys":0,"skipped_examples":[],
+            "unknown_local_files":0,"unknown_examples":[],"failed_objects":0,"events_applied":0,
+            "messages_discarded":0,"last_error":null,"last_full_sync":1796285100,"updated":1796285178}"#;
+        let read: ShareStatus = serde_json::from_str(old).unwrap();
+        assert_eq!(read.updated, 1_796_285_178);
+        assert_eq!(read.last_full_sync, Some(1_796_285_100));
+        assert_eq!(read.error_since, None);
+    }
+}
