@@ -1,9 +1,9 @@
 //! `sync --dry-run`: the full sync's decisions, sent to a [`PlanSink`] instead of carried out.
 //!
-//! The decisions are the engine's, the same calls as in [`super::full_sync`]: the listing
-//! merged with the state ([`FullSyncMerge`]), [`after_head`] for what the listing cannot
-//! settle, [`before_publish`] and [`prove_adoption`] for the file already at a path,
-//! [`classify`] for a delete, [`is_mass_delete`] for the guard. What differs is the effect:
+//! The decisions are the same calls as in [`super::full_sync`]: the listing merged with the
+//! state ([`FullSyncMerge`]), [`after_head`] for what the listing cannot settle,
+//! [`plan_publish`] (the path and the engine's `before_publish`) and [`prove_adoption`] for
+//! the file already at a path, [`classify`] for a delete, [`is_mass_delete`] for the guard. What differs is the effect:
 //! nothing is written — the share is opened without creating `.sgw/`, the state is read
 //! without replaying into a writer ([`StateView`]), the listing and delete spools live in the
 //! temporary directory (unlinked at once), and no record, status or file changes.
@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use super::deletes::DeleteSpool;
 use super::listing::SpooledListing;
-use super::local::prove_adoption;
+use super::local::{PublishPlan, plan_publish, prove_adoption};
 use super::{ShareContext, ShareError};
 use crate::cache::paths::{KeyPath, key_to_relpath};
 use crate::cache::publish::ShareDir;
@@ -22,7 +22,7 @@ use crate::daemon::Heartbeat;
 use crate::engine::SyncAction;
 use crate::engine::events::{HeadDecision, after_head};
 use crate::engine::guard::is_mass_delete;
-use crate::engine::local::{BeforePublish, LocalFile, before_publish, classify};
+use crate::engine::local::{BeforePublish, LocalFile, classify};
 use crate::engine::plan::{FullSyncMerge, MergeError};
 use crate::model::{LocalRecord, ObjectMeta};
 
@@ -99,51 +99,45 @@ impl Planner<'_> {
         self.dir.file_facts(rel).ok().flatten()
     }
 
-    /// What [`super::Share::fetch`] would do with `meta`.
+    /// What [`super::Share::fetch`] would do with `meta`: the same [`plan_publish`].
     fn fetch(&mut self, meta: ObjectMeta, base: Option<LocalRecord>) -> Result<(), ShareError> {
-        let rel = match self.rel(&meta.key) {
-            Ok(KeyPath::File(rel)) => rel,
-            // A folder marker: a directory, nothing to download.
-            Ok(KeyPath::Dir(_)) => return Ok(()),
-            Err(why) => {
-                self.emit(Planned::Skip { key: meta.key, why });
-                return Ok(());
-            }
-        };
-        let Some(facts) = self.facts(&rel) else {
-            self.emit(Planned::Download {
-                key: meta.key,
-                size: meta.size,
-            });
-            return Ok(());
-        };
-        match before_publish(
+        let plan = plan_publish(
+            &self.dir,
+            &self.ctx.cfg.prefix,
             &meta,
             base.as_ref(),
-            Some(facts),
             self.ctx.cfg.consistency_check,
-        ) {
-            BeforePublish::Publish => self.emit(Planned::Download {
+        );
+        match plan {
+            // A folder marker: a directory, nothing to download.
+            PublishPlan::Folder(_) => {}
+            PublishPlan::Skip(why) => self.emit(Planned::Skip { key: meta.key, why }),
+            PublishPlan::File {
+                before: None | Some(BeforePublish::Publish),
+                ..
+            } => self.emit(Planned::Download {
                 key: meta.key,
                 size: meta.size,
             }),
-            BeforePublish::Adopt
-                if prove_adoption(
-                    &*self.ctx.store,
-                    &self.dir,
-                    &meta,
-                    &rel,
-                    &self.heartbeat,
-                    &self.ctx.cfg.name,
-                )?
-                .is_some() =>
+            PublishPlan::File {
+                rel,
+                before: Some(BeforePublish::Adopt),
+            } if prove_adoption(
+                &*self.ctx.store,
+                &self.dir,
+                &meta,
+                &rel,
+                &self.heartbeat,
+                &self.ctx.cfg.name,
+            )?
+            .is_some() =>
             {
                 self.emit(Planned::Adopt {
                     key: meta.key,
                     size: meta.size,
                 })
             }
-            BeforePublish::Adopt | BeforePublish::SetAside => {
+            PublishPlan::File { rel, .. } => {
                 self.emit(Planned::Conflict {
                     key: meta.key.clone(),
                     path: rel,

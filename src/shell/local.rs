@@ -2,7 +2,7 @@
 //! local change aside first), record what was published, delete what the bucket deleted.
 //! Whose file is at a path is the engine's call ([`crate::engine::local`]).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use log::{debug, error, info, warn};
@@ -22,7 +22,7 @@ use crate::engine::local::{
     BeforePublish, LocalFile, adoption_proven, before_publish, classify, is_md5_etag,
 };
 use crate::engine::progress::Progress;
-use crate::model::{LocalRecord, ObjectMeta};
+use crate::model::{ConsistencyCheck, LocalRecord, ObjectMeta};
 
 /// Is the file at `rel` proven to be `meta`'s version ([`adoption_proven`])? Reads only: the
 /// key is HEADed for its CRC-64 when the listing had none, and the file is read for its
@@ -62,6 +62,43 @@ pub(super) fn prove_adoption(
     Ok(Some((meta, digest.crc64nvme)))
 }
 
+/// Where a version would go and what stands in its way: the decision [`Share::fetch`] acts on
+/// and `sync --dry-run` reports ([`super::dry_run`]). Reads only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum PublishPlan {
+    /// A folder marker: the directory at this path.
+    Folder(PathBuf),
+    /// The key can never be a safe local path (why).
+    Skip(String),
+    /// A file at `rel`; `before` is what to do with the file already there (`None`: nothing
+    /// is there).
+    File {
+        rel: PathBuf,
+        before: Option<BeforePublish>,
+    },
+}
+
+pub(super) fn plan_publish(
+    dir: &ShareDir,
+    prefix: &str,
+    meta: &ObjectMeta,
+    base: Option<&LocalRecord>,
+    mode: ConsistencyCheck,
+) -> PublishPlan {
+    match key_to_relpath(&meta.key, prefix) {
+        Ok(KeyPath::Dir(rel)) => PublishPlan::Folder(rel),
+        Err(why) => PublishPlan::Skip(why.to_string()),
+        Ok(KeyPath::File(rel)) => {
+            let before = dir
+                .file_facts(&rel)
+                .ok()
+                .flatten()
+                .map(|facts| before_publish(meta, base, Some(facts), mode));
+            PublishPlan::File { rel, before }
+        }
+    }
+}
+
 impl Share {
     pub(super) fn facts_for_key(&self, key: &str) -> Option<FileFacts> {
         match key_to_relpath(key, &self.ctx.cfg.prefix) {
@@ -81,9 +118,16 @@ impl Share {
         progress: &mut Progress,
     ) -> Result<(), ShareError> {
         let name = self.ctx.cfg.name.clone();
-        let rel = match key_to_relpath(&meta.key, &self.ctx.cfg.prefix) {
-            Ok(KeyPath::File(rel)) => rel,
-            Ok(KeyPath::Dir(rel)) => {
+        let plan = plan_publish(
+            &self.dir,
+            &self.ctx.cfg.prefix,
+            &meta,
+            old.as_ref(),
+            self.ctx.cfg.consistency_check,
+        );
+        let (rel, before) = match plan {
+            PublishPlan::File { rel, before } => (rel, before),
+            PublishPlan::Folder(rel) => {
                 match self.dir.make_dir(&rel) {
                     Ok(()) => {
                         let rec = record_after_download(
@@ -104,7 +148,7 @@ impl Share {
                 progress.done_objects += 1;
                 return Ok(());
             }
-            Err(why) => {
+            PublishPlan::Skip(why) => {
                 warn!("share {name}: key {:?} skipped: {why}", meta.key);
                 self.status.note_skipped(&meta.key);
                 report.skipped += 1;
@@ -115,13 +159,7 @@ impl Share {
         };
         // What is at the path now? Our own unchanged file may be replaced; anything else is
         // either adopted (proven identical) or moved aside, never destroyed.
-        if let Ok(Some(facts)) = self.dir.file_facts(&rel) {
-            let decision = before_publish(
-                &meta,
-                old.as_ref(),
-                Some(facts),
-                self.ctx.cfg.consistency_check,
-            );
+        if let Some(decision) = before {
             let adopted = decision == BeforePublish::Adopt
                 && self.adopt(&meta, &rel, sequencer.as_deref(), old.as_ref())?;
             if adopted {
