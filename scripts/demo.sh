@@ -10,7 +10,7 @@
 # matching the bucket.
 #
 # Gateways are set up by add_gateway NAME SHARE (section 4): a second gateway is one more
-# add_gateway, start_agent and add_share_to_group call (and a check_share at the end).
+# add_gateway, start_agent and add_share_to_group call, and a `compare DIR` of its share.
 #
 # Env: SGW_DEMO_OBJECTS  how many objects to start with (default 2000)
 #      SGW_DEMO_DIR      work directory to use (default: a new one under $TMPDIR or /tmp)

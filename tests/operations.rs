@@ -531,3 +531,58 @@ fn check_config_online_fails_for_an_unreachable_control_endpoint() {
     );
     assert!(!text.contains("s3cr3t"), "no secret in the output");
 }
+
+#[test]
+fn status_says_unknown_to_a_user_who_cannot_read_the_state_directory() {
+    use std::os::unix::fs::PermissionsExt;
+    if !is_root() {
+        let _ = std::io::Write::write_all(
+            &mut std::io::stderr(),
+            b"SKIPPED status_says_unknown_to_a_user_who_cannot_read_the_state_directory: needs root (setpriv)\n",
+        );
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let state = tmp.path().join("state");
+    std::fs::create_dir(&state).unwrap();
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::fs::write(state.join("agent.lock"), "1 run\n").unwrap();
+    let share = tmp.path().join("share");
+    std::fs::create_dir(&share).unwrap();
+    let config = tmp.path().join("agent.toml");
+    std::fs::write(
+        &config,
+        agent_config_toml(&state, &share, "b-1", "", "http://127.0.0.1:9", None),
+    )
+    .unwrap();
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(common::agent_bin())
+        .arg("-c")
+        .arg(&config)
+        .arg("status")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.starts_with("agent: unknown (this user cannot read "),
+        "{out:?}"
+    );
+    let json = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(common::agent_bin())
+        .arg("-c")
+        .arg(&config)
+        .args(["status", "--json"])
+        .output()
+        .unwrap();
+    let v: Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(v[0]["agent"], "unknown", "{v}");
+}
+
+/// This process runs as root (the owner of /proc/self).
+fn is_root() -> bool {
+    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
+}

@@ -172,7 +172,8 @@ stop leaves each share in `stopped`.
 OPTIONS:
     -c, --config PATH   Configuration file [default: /etc/sgw-agent/agent.toml]
         --json          Print the same as a JSON array, one object per share, with \"agent\"
-                        (\"running\" or \"stopped\") and \"agent_pid\"; times (updated,
+                        (\"running\", \"stopped\", or \"unknown\" for a user who cannot
+                        read the state directory) and \"agent_pid\"; times (updated,
                         last_full_sync, error_since) in RFC 3339 UTC
 
 EXIT CODES (for monitoring scripts):
@@ -549,15 +550,16 @@ fn check_online(cfg: &Config) -> i32 {
 }
 
 fn status(cfg: &Config, json: bool) -> i32 {
+    // `None`: this user cannot tell (the state directory is 0750 for the service's user).
     let holder = match AgentLock::holder(&cfg.state_dir) {
-        Ok(h) => h,
+        Ok(h) => Some(h),
         Err(e) => {
             eprintln!(
                 "sgw-agent: cannot tell whether the agent runs: {}/{}: {e}",
                 cfg.state_dir.display(),
                 sgw_agent::daemon::LOCK_FILE
             );
-            LockHolder::Stopped
+            None
         }
     };
     let mut all = Vec::new();
@@ -582,8 +584,9 @@ fn status(cfg: &Config, json: bool) -> i32 {
         0
     };
     let (agent, pid, command) = match &holder {
-        LockHolder::Running { pid, command } => ("running", *pid, command.as_str()),
-        LockHolder::Stopped => ("stopped", None, ""),
+        Some(LockHolder::Running { pid, command }) => ("running", *pid, command.as_str()),
+        Some(LockHolder::Stopped) => ("stopped", None, ""),
+        None => ("unknown", None, ""),
     };
     if json {
         #[derive(serde::Serialize)]
@@ -612,7 +615,7 @@ fn status(cfg: &Config, json: bool) -> i32 {
         return code;
     }
     match &holder {
-        LockHolder::Running { .. } => println!(
+        Some(LockHolder::Running { .. }) => println!(
             "agent: running ({}{}) on {}",
             pid.map_or("pid unknown".to_owned(), |p| format!("pid {p}")),
             if command.is_empty() {
@@ -622,8 +625,12 @@ fn status(cfg: &Config, json: bool) -> i32 {
             },
             cfg.state_dir.display()
         ),
-        LockHolder::Stopped => println!(
+        Some(LockHolder::Stopped) => println!(
             "agent: stopped (no sgw-agent holds {})",
+            cfg.state_dir.display()
+        ),
+        None => println!(
+            "agent: unknown (this user cannot read {}; run status as root or the service's user)",
             cfg.state_dir.display()
         ),
     }
