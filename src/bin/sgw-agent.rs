@@ -152,8 +152,10 @@ OPTIONS:
                         bucket or another account's credentials look like that.
 
 EXIT CODES:
-    0   every share matches its bucket
-    1   something could not be brought in line, or deletes were refused (the log says what)
+    0   every share matches its bucket (--dry-run: every share's plan was printed)
+    1   something could not be brought in line, or deletes were refused (the log says what);
+        --dry-run: a share's bucket could not be listed
+    75  another sgw-agent (run or sync) is using the state directory (not for --dry-run)
     78  configuration or credentials error, or an unwritable share or state directory
 ";
 
