@@ -47,7 +47,8 @@ check_deb() {
         ./usr/lib/sysusers.d/sgw-agent.conf ./usr/lib/tmpfiles.d/sgw-agent.conf \
         ./etc/sgw-agent/agent.toml ./usr/share/doc/sgw-agent/copyright \
         ./usr/share/doc/sgw-agent/changelog.Debian.gz ./usr/share/doc/sgw-agent/README.md \
-        ./usr/share/doc/sgw-agent/examples/agent.toml; do
+        ./usr/share/doc/sgw-agent/examples/agent.toml ./usr/share/doc/sgw-agent/examples/control.toml \
+        ./usr/share/man/man1/sgw-agent.1.gz; do
         grep -q " $path\$" <<<"$listing" || fail "$deb lacks $path"
     done
     [[ "$(dpkg-deb -f "$deb" Architecture)" == "$arch" ]] || fail "$deb is not Architecture: $arch"

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs a built sgw-agent .deb on this (Debian, root) machine the way the README tells an
 # operator to, checks the result, then upgrades, removes and purges it again:
-#   install  -> system user, binary, example config as conffile parses, units pass
+#   install  -> system user, binary, example config as conffile parses, man page and sample
+#               control.toml installed, units pass
 #               systemd/check-units.sh --installed (verify + security score)
 #   service  -> the README's path: credentials file 0640 root:sgw-agent, credentials_file and
 #               a share in agent.toml, `sudo -u sgw-agent sgw-agent check-config` succeeds;
@@ -43,6 +44,14 @@ step "user: $(getent passwd sgw-agent)"
     fail "the packaged /etc/sgw-agent/agent.toml does not parse"
 [[ -z "$(find /etc/systemd/system -name 'sgw-agent.service' 2>/dev/null)" ]] ||
     fail "the unit got enabled on install; it must wait until the config is edited"
+# The man page the unit's Documentation= names, and the sample control.toml.
+# (cargo-deb gzips pages under usr/share/man, as Debian policy wants.)
+[[ -f /usr/share/man/man1/sgw-agent.1.gz ]] || fail "no /usr/share/man/man1/sgw-agent.1.gz"
+cmp -s <(zcat /usr/share/man/man1/sgw-agent.1.gz) <(/usr/bin/sgw-agent help --man) ||
+    fail "the installed man page is not the binary's help --man"
+man -w sgw-agent >/dev/null || fail "man does not find sgw-agent(1)"
+[[ -f /usr/share/doc/sgw-agent/examples/control.toml ]] ||
+    fail "no /usr/share/doc/sgw-agent/examples/control.toml"
 "$repo_root/systemd/check-units.sh" --installed
 
 step "service path as the README documents it"

@@ -1,12 +1,21 @@
 #!/usr/bin/env bash
-# The main job, end to end on loopback: a real S3+SNS+SQS peer (moto), a bucket of ~2000
-# objects (nested prefixes, spaces, unicode), `sgw-agent sync` mirroring it into a share with
-# progress shown, then `sgw-agent run` applying live changes delivered as bucket events.
-# Exits non-zero if the share does not end up matching the bucket.
+# The product as a user runs it, end to end on loopback: a real S3+SNS+SQS peer (moto) with a
+# bucket of ~2000 objects (nested prefixes, spaces, unicode); sgw-control started as the
+# control endpoint; a gateway added to it (`sgw-control gateway add`); an agent that knows only
+# control_endpoint, gateway_id, gateway_secret_file and its share directory, checked with
+# `check-config --online` and started with `sgw-agent run`; an express sync group created and
+# the share added with the official Alibaba Cloud SDKs (alibabacloud-sgw20180511 and
+# aliyun-python-sdk-sgw, unmodified); the mirroring watched as SyncProgress through the SDK;
+# then live changes delivered as bucket events. Exits non-zero if the share does not end up
+# matching the bucket.
+#
+# Gateways are set up by add_gateway NAME SHARE (section 4): a second gateway is one more
+# add_gateway, start_agent and add_share_to_group call, and a `compare DIR` of its share.
 #
 # Env: SGW_DEMO_OBJECTS  how many objects to start with (default 2000)
 #      SGW_DEMO_DIR      work directory to use (default: a new one under $TMPDIR or /tmp)
 #      SGW_AGENT_BIN     agent binary to run instead of building target/release/sgw-agent
+#      SGW_CONTROL_BIN   sgw-control binary instead of building target/release/sgw-control
 #      SGW_TEST_VENV     peer venv (default <repo>/.venv), as for scripts/setup-peer.sh
 set -euo pipefail
 
@@ -28,19 +37,19 @@ fail() { echo "${bold}demo FAILED:${reset} $*" >&2; exit 1; }
 since() { awk -v a="$1" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }'; }
 
 moto_pid=""
-agent_pid=""
+control_pid=""
+agent_pids=()
 work=""
 cleanup() {
     local status=$?
     # Only the processes this script started, by their pid.
-    if [[ -n "$agent_pid" ]] && kill -0 "$agent_pid" 2>/dev/null; then
-        kill -TERM "$agent_pid" 2>/dev/null || true
-        wait "$agent_pid" 2>/dev/null || true
-    fi
-    if [[ -n "$moto_pid" ]] && kill -0 "$moto_pid" 2>/dev/null; then
-        kill -TERM "$moto_pid" 2>/dev/null || true
-        wait "$moto_pid" 2>/dev/null || true
-    fi
+    local pid
+    for pid in "${agent_pids[@]}" "$control_pid" "$moto_pid"; do
+        if [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null; then
+            kill -TERM "$pid" 2>/dev/null || true
+            wait "$pid" 2>/dev/null || true
+        fi
+    done
     if ((status != 0)) && [[ -n "$work" ]]; then
         echo "    work dir kept for inspection: $work" >&2
     fi
@@ -57,23 +66,22 @@ peerctl() { "$python" "$repo_root/tests/peer/peerctl.py" --endpoint "$endpoint" 
 # One field of a peerctl JSON answer.
 json_field() { "$python" -c 'import json,sys; print(json.load(sys.stdin)[sys.argv[1]])' "$1"; }
 
-if [[ -n "${SGW_AGENT_BIN:-}" ]]; then
+if [[ -n "${SGW_AGENT_BIN:-}" && -n "${SGW_CONTROL_BIN:-}" ]]; then
     agent="$SGW_AGENT_BIN"
-    step "Using the agent binary from SGW_AGENT_BIN: $agent"
+    control="$SGW_CONTROL_BIN"
+    step "Using the binaries from SGW_AGENT_BIN and SGW_CONTROL_BIN"
 else
-    step "Building sgw-agent (release)"
-    cargo build --release --locked
-    agent="${CARGO_TARGET_DIR:-$repo_root/target}/release/sgw-agent"
+    step "Building sgw-agent and sgw-control (release)"
+    cargo build --release --locked -p sgw-agent -p sgw-control
+    agent="${SGW_AGENT_BIN:-${CARGO_TARGET_DIR:-$repo_root/target}/release/sgw-agent}"
+    control="${SGW_CONTROL_BIN:-${CARGO_TARGET_DIR:-$repo_root/target}/release/sgw-control}"
 fi
 [[ -x "$agent" ]] || fail "no agent binary at $agent"
+[[ -x "$control" ]] || fail "no sgw-control binary at $control"
 
 # --- 2. peer on a free loopback port ------------------------------------------------------
 work="${SGW_DEMO_DIR:-$(mktemp -d "${TMPDIR:-/tmp}/sgw-demo.XXXXXX")}"
 mkdir -p "$work"
-share="$work/share"
-state="$work/state"
-config="$work/agent.toml"
-mkdir -p "$share" "$state"
 
 port="$("$python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
 endpoint="http://127.0.0.1:$port"
@@ -118,54 +126,139 @@ for group in docs:2048 photos:16384 data:4096 deep:2048; do
 done
 note "$put_total objects stored in $(since "$put_start") s"
 
-step "Wiring bucket events: S3 -> SNS topic -> SQS queue (raw delivery)"
-wired=$(peerctl wire-events "$bucket" --name demo-share)
-queue_url=$(json_field queue_url <<<"$wired")
-note "queue: $queue_url"
+# --- 4. the control endpoint, a gateway, its agent ---------------------------------------
+# The bucket's credentials: moto takes any; on AWS they are the agent's own (the control
+# endpoint assigns buckets, it does not hand out credentials).
+export AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_REGION=us-east-1
+# The operator's API key for the SDK (installed by sgw-control at start-up).
+api_ak="demo-operator"
+api_sk="demo-operator-secret-$RANDOM$RANDOM"
+control_data="$work/control-data"
+printf 'poll_interval_secs = 1\n' >"$work/control.toml"
+step "Starting sgw-control ${dim}(log: $work/control.log)${reset}"
+SGW_ACCESS_KEY_ID="$api_ak" SGW_ACCESS_KEY_SECRET="$api_sk" \
+    "$control" -c "$work/control.toml" --listen 127.0.0.1:0 --data-dir "$control_data" \
+    --cloud-endpoint "$endpoint" --cloud-region us-east-1 \
+    >"$work/control.out" 2>"$work/control.log" &
+control_pid=$!
+control_addr=""
+for _ in $(seq 1 100); do
+    control_addr=$(sed -n 's#^listening on http://##p' "$work/control.out" 2>/dev/null | head -1)
+    [[ -n "$control_addr" ]] && break
+    kill -0 "$control_pid" 2>/dev/null || fail "sgw-control exited; see $work/control.log"
+    sleep 0.1
+done
+[[ -n "$control_addr" ]] || fail "sgw-control did not start within 10 s; see $work/control.log"
+note "control endpoint: http://$control_addr (API key $api_ak)"
 
-# --- 4. config and full sync --------------------------------------------------------------
-"$python" - "$config" "$state" "$share" "$bucket" "$endpoint" "$queue_url" <<'PY'
-import json, sys
-config, state, share, bucket, endpoint, queue = sys.argv[1:]
-q = json.dumps  # a JSON string is a valid TOML basic string for these values
-with open(config, "w", encoding="utf-8") as f:
-    f.write(f"""state_dir = {q(state)}
+# One call of the official SDK: sdk tea|rpc ACTION JSON-PARAMS -> the answer's body (JSON).
+sdk() {
+    local answer
+    answer=$("$python" "$repo_root/tests/peer/sdk_call.py" --sdk "$1" --endpoint "$control_addr" \
+        --ak "$api_ak" --secret "$api_sk" "$2" --params "$3") || fail "sdk_call.py $2 failed"
+    "$python" -c 'import json,sys; r=json.load(sys.stdin); print(json.dumps(r["body"])) if r["ok"] else sys.exit("SDK %s: %s %s" % (sys.argv[1], r.get("code"), r.get("message")))' "$2" <<<"$answer" ||
+        fail "$2 was refused"
+}
+
+# add_gateway NAME SHARE: `sgw-control gateway add NAME`, then the agent's own directory
+# $work/NAME/ with its share, state, secret file and agent.toml. Sets gateway_id[NAME].
+declare -A gateway_id=()
+add_gateway() {
+    local name="$1" share_name="$2" dir="$work/$1" added id secret
+    mkdir -p "$dir/shares/$share_name" "$dir/state"
+    added=$("$control" --data-dir "$control_data" gateway add "$name" --region us-east-1) ||
+        fail "sgw-control gateway add $name failed"
+    id=$(sed -n 's/^gateway_id = "\(.*\)"$/\1/p' <<<"$added")
+    secret=$(sed -n 's/^gateway_secret = "\(.*\)"$/\1/p' <<<"$added")
+    [[ -n "$id" && -n "$secret" ]] || fail "gateway add printed no id/secret: $added"
+    gateway_id[$name]="$id"
+    (umask 077; printf '%s\n' "$secret" >"$dir/gateway.secret")
+    cat >"$dir/agent.toml" <<TOML
+state_dir = "$dir/state"
+# Attached by gateway id: the bucket, prefix and queue of each share come from the group
+# the operator adds it to.
+control_endpoint = "http://$control_addr"
+control_allow_http = true
+gateway_id = "$id"
+gateway_secret_file = "$dir/gateway.secret"
 
 [[share]]
-name = "demo"
-path = {q(share)}
-bucket = {q(bucket)}
-prefix = ""
-endpoint = {q(endpoint)}
-region = "us-east-1"
-queue_url = {q(queue)}
-allow_http = true
-""")
-PY
-export AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_REGION=us-east-1
-note "config: $config"
-"$agent" -c "$config" check-config || fail "sgw-agent check-config rejected $config"
+name = "$share_name"
+path = "$dir/shares/$share_name"
+TOML
+    note "gateway $name: id $id, share $share_name at $dir/shares/$share_name"
+}
 
-step "Full sync: sgw-agent sync"
+# start_agent NAME: `sgw-agent run` of that gateway in the background (log in its directory).
+declare -A agent_pid=()
+start_agent() {
+    local dir="$work/$1"
+    "$agent" -c "$dir/agent.toml" run >"$dir/agent-run.log" 2>&1 &
+    agent_pid[$1]=$!
+    agent_pids+=("$!")
+    sleep 0.5
+    kill -0 "${agent_pid[$1]}" 2>/dev/null || fail "sgw-agent run of $1 exited at once; see $dir/agent-run.log"
+}
+
+# add_share_to_group NAME SHARE: once the agent has registered SHARE, add it to the group.
+add_share_to_group() {
+    local name="$1" share_name="$2" id="${gateway_id[$1]}"
+    for _ in $(seq 1 100); do
+        sdk tea DescribeExpressSyncShares "{\"ExpressSyncIds\": \"$sync_id\", \"IsExternal\": true}" |
+            grep -q "\"ShareName\": \"$share_name\"" && break
+        sleep 0.2
+    done
+    sdk rpc AddSharesToExpressSync \
+        "{\"ExpressSyncId\": \"$sync_id\", \"GatewayShares\": \"{\\\"$id\\\": \\\"$share_name\\\"}\"}" >/dev/null
+    note "share $share_name of gateway $name added to the group"
+}
+
+step "Adding gateway edge-01 (sgw-control gateway add) and configuring its agent"
+add_gateway edge-01 photos
+note "config: $work/edge-01/agent.toml"
+step "sgw-agent check-config --online"
+"$agent" -c "$work/edge-01/agent.toml" check-config --online ||
+    fail "check-config --online failed for edge-01"
+step "Starting the agent: sgw-agent run ${dim}(log: $work/edge-01/agent-run.log)${reset}"
+start_agent edge-01
+
+step "Creating the express sync group with the official SDK (CreateExpressSync)"
+sync_id=$(sdk tea CreateExpressSync \
+    "{\"Name\": \"demo-sync\", \"BucketRegion\": \"us-east-1\", \"BucketName\": \"$bucket\", \"Description\": \"sgw-agent demo\"}" |
+    "$python" -c 'import json,sys; print(json.load(sys.stdin)["ExpressSyncId"])')
+[[ -n "$sync_id" ]] || fail "CreateExpressSync returned no ExpressSyncId"
+note "group $sync_id on bucket $bucket (topic, queue and bucket notification provisioned)"
+step "Adding the share to the group (AddSharesToExpressSync, classic RPC SDK)"
 sync_start=$EPOCHREALTIME
-"$agent" -c "$config" sync || fail "sgw-agent sync exited with $?"
-sync_secs=$(since "$sync_start")
-note "full sync took $sync_secs s"
+add_share_to_group edge-01 photos
 
-compare() { peerctl compare-dir "$bucket" "$share" --exit-code; }
-if ! result=$(compare); then
+share="$work/edge-01/shares/photos"
+compare() { peerctl compare-dir "$bucket" "$1" --exit-code; }
+step "Mirroring: SyncProgress as the SDK shows it (DescribeExpressSyncShares)"
+last=""
+for _ in $(seq 1 600); do
+    line=$(sdk tea DescribeExpressSyncShares "{\"ExpressSyncIds\": \"$sync_id\"}" |
+        "$python" -c 'import json,sys
+shares = json.load(sys.stdin)["Shares"]["Share"]
+print(" ".join("%s:%s %s%%" % (s["ShareName"], s["ExpressSyncState"], s["SyncProgress"]) for s in shares))')
+    [[ "$line" != "$last" ]] && note "$line   ${dim}($(since "$sync_start") s)${reset}"
+    last="$line"
+    [[ "$line" == *"MNSHealthy 100%"* ]] && break
+    kill -0 "${agent_pid[edge-01]}" 2>/dev/null || fail "the agent exited; see $work/edge-01/agent-run.log"
+    sleep 0.5
+done
+[[ "$last" == *"MNSHealthy 100%"* ]] || fail "the share did not reach MNSHealthy 100"
+sync_secs=$(since "$sync_start")
+note "full sync took $sync_secs s; the agent's own view:"
+"$agent" -c "$work/edge-01/agent.toml" status | sed 's/^/      /' || true
+
+if ! result=$(compare "$share"); then
     echo "$result" >&2
     fail "after the full sync the share does not match the bucket"
 fi
 note "share matches the bucket: $(json_field objects <<<"$result") objects"
 
 # --- 5. live changes through events -------------------------------------------------------
-step "Starting sgw-agent run in the background ${dim}(log: $work/agent-run.log)${reset}"
-"$agent" -c "$config" run >"$work/agent-run.log" 2>&1 &
-agent_pid=$!
-sleep 1
-kill -0 "$agent_pid" 2>/dev/null || fail "sgw-agent run exited at once; see $work/agent-run.log"
-
 step "Changing the bucket: 2 new objects, 1 overwrite, 1 delete"
 peerctl put "$bucket" "live/new file ü.txt" --text "created while the agent runs" >/dev/null
 peerctl put "$bucket" "live/deep/er/added.txt" --text "nested and new" >/dev/null
@@ -180,9 +273,9 @@ step "Waiting up to $event_wait_secs s for the share to follow"
 deadline=$(awk -v t="$EPOCHREALTIME" -v w="$event_wait_secs" 'BEGIN { printf "%.3f", t + w }')
 converged=""
 while :; do
-    if result=$(compare); then converged=yes; break; fi
+    if result=$(compare "$share"); then converged=yes; break; fi
     awk -v t="$EPOCHREALTIME" -v d="$deadline" 'BEGIN { exit !(t < d) }' || break
-    kill -0 "$agent_pid" 2>/dev/null || break
+    kill -0 "${agent_pid[edge-01]}" 2>/dev/null || break
     sleep 0.3
 done
 event_secs=$(since "$changed_at")
@@ -190,29 +283,34 @@ if [[ -n "$converged" ]]; then
     note "share followed the changes in $event_secs s"
 else
     echo "$result" >&2
-    echo "    last lines of $work/agent-run.log:" >&2
-    tail -n 20 "$work/agent-run.log" >&2 || true
+    echo "    last lines of $work/edge-01/agent-run.log:" >&2
+    tail -n 20 "$work/edge-01/agent-run.log" >&2 || true
 fi
 
 step "sgw-agent status"
-"$agent" -c "$config" status || note "(status exited with $?)"
+"$agent" -c "$work/edge-01/agent.toml" status || note "(status exited with $?)"
 
 # --- 6. stop everything -------------------------------------------------------------------
-step "Stopping the agent (SIGTERM)"
+step "Stopping the agent (SIGTERM), sgw-control and the peer"
 agent_exit=0
-if kill -0 "$agent_pid" 2>/dev/null; then
-    kill -TERM "$agent_pid"
-    for _ in $(seq 1 200); do kill -0 "$agent_pid" 2>/dev/null || break; sleep 0.1; done
-    if kill -0 "$agent_pid" 2>/dev/null; then
+pid="${agent_pid[edge-01]}"
+if kill -0 "$pid" 2>/dev/null; then
+    kill -TERM "$pid"
+    for _ in $(seq 1 200); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    if kill -0 "$pid" 2>/dev/null; then
         note "still running after 20 s; sending SIGKILL"
-        kill -KILL "$agent_pid" 2>/dev/null || true
+        kill -KILL "$pid" 2>/dev/null || true
     fi
 fi
-wait "$agent_pid" || agent_exit=$?
-agent_pid=""
-note "agent exited with $agent_exit"
-kill -TERM "$moto_pid" 2>/dev/null || true
-wait "$moto_pid" 2>/dev/null || true
+wait "$pid" || agent_exit=$?
+agent_pids=()
+note "agent exited with $agent_exit; status now says:"
+"$agent" -c "$work/edge-01/agent.toml" status | head -2 | sed 's/^/      /' || true
+for pid in "$control_pid" "$moto_pid"; do
+    kill -TERM "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+done
+control_pid=""
 moto_pid=""
 
 # --- 7. summary ---------------------------------------------------------------------------
@@ -223,7 +321,7 @@ note "full sync         : $sync_secs s"
 note "events applied in : $event_secs s ${dim}(limit $event_wait_secs s)${reset}"
 note "agent exit        : $agent_exit (after SIGTERM)"
 note "total             : $(since "$demo_start") s"
-note "work dir          : $work  (share/, state/, agent.toml, agent-run.log, moto.log)"
+note "work dir          : $work  (edge-01/{shares,state,agent.toml,agent-run.log}, control.log, moto.log)"
 [[ -n "$converged" ]] || fail "the share did not match the bucket within $event_wait_secs s"
 ((agent_exit == 0)) || fail "sgw-agent run exited with $agent_exit after SIGTERM (expected 0)"
 echo "${bold}demo OK${reset}"

@@ -20,8 +20,13 @@ use crate::model::ConsistencyCheck;
 pub const EXIT_CONFIG: i32 = 78;
 /// Exit code for a command-line usage error (sysexits `EX_USAGE`).
 pub const EXIT_USAGE: i32 = 64;
+/// Exit code when another agent holds the state directory (sysexits `EX_TEMPFAIL`).
+pub const EXIT_LOCKED: i32 = 75;
 /// Exit code when a sync could not bring every share in line.
 pub const EXIT_NOT_CONVERGED: i32 = 1;
+
+/// Default of `alert_after_secs`: a share in trouble for 15 minutes is worth a page.
+pub const DEFAULT_ALERT_AFTER_SECS: u64 = 15 * 60;
 
 /// Default place of the configuration file.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/sgw-agent/agent.toml";
@@ -61,6 +66,9 @@ pub struct Config {
     pub state_dir: PathBuf,
     pub log_level: log::LevelFilter,
     pub credentials_file: Option<PathBuf>,
+    /// A share in `error` or `queue_failure` for longer than this is logged at `err` priority
+    /// (once an hour while it lasts) and reported to the control endpoint.
+    pub alert_after_secs: u64,
     /// Set when the shares' buckets and queues come from `sgw-control`.
     pub control: Option<ControlSettings>,
     pub shares: Vec<ShareConfig>,
@@ -125,6 +133,7 @@ struct RawConfig {
     gateway_secret_file: Option<String>,
     gateway_name: Option<String>,
     control_allow_http: Option<bool>,
+    alert_after_secs: Option<i64>,
     #[serde(default)]
     share: Vec<RawShare>,
 }
@@ -206,6 +215,16 @@ impl Config {
             None => None,
         };
 
+        let alert_after_secs = match raw.alert_after_secs {
+            None => DEFAULT_ALERT_AFTER_SECS,
+            Some(n) if (1..=30 * 86400).contains(&n) => n as u64,
+            Some(n) => {
+                return Err(at(
+                    "alert_after_secs".into(),
+                    format!("expected 1 to 2592000 seconds; got {n}"),
+                ));
+            }
+        };
         if raw.share.is_empty() {
             return Err(at(
                 "share".into(),
@@ -255,6 +274,7 @@ impl Config {
             state_dir,
             log_level,
             credentials_file,
+            alert_after_secs,
             control,
             shares,
         })
@@ -656,6 +676,9 @@ fn explain(key: &str, leaf: &str, line: &str, message: &str) -> String {
     let expected = match leaf {
         "download_concurrency" => format!("a number from 1 to {MAX_DOWNLOAD_CONCURRENCY}"),
         "full_sync_interval_secs" => "a number of seconds: 0 (off) or 60 to 2592000".to_owned(),
+        "alert_after_secs" => "a number of seconds from 1 to 2592000".to_owned(),
+        "max_delete_percent" => "a percentage from 0 to 100".to_owned(),
+        "max_delete" => "a count of files, 0 or more".to_owned(),
         "allow_http" | "control_allow_http" => "true or false".to_owned(),
         "share" => "[[share]] tables".to_owned(),
         _ if key == "share" => "[[share]] tables".to_owned(),
@@ -1080,6 +1103,53 @@ download_concurrency = 8
         assert!(e.ends_with("(line 9)"), "{e}");
         let e = err("log_level = 3\nstate_dir = \"/x\"\n");
         assert!(e.contains("log_level: expected a string"), "{e}");
+    }
+
+    #[test]
+    fn type_errors_of_number_keys_say_which_number() {
+        let e = err(&format!("{GOOD}max_delete_percent = \"half\"\n"));
+        assert!(
+            e.ends_with(
+                "share[1].max_delete_percent: expected a percentage from 0 to 100, got \"half\" (line 13)"
+            ),
+            "{e}"
+        );
+        let e = err(&format!("{GOOD}max_delete = \"lots\"\n"));
+        assert!(
+            e.ends_with(
+                "share[1].max_delete: expected a count of files, 0 or more, got \"lots\" (line 13)"
+            ),
+            "{e}"
+        );
+        let e = err(&GOOD.replace(
+            "state_dir = \"/var/lib/sgw-agent\"",
+            "state_dir = \"/var/lib/sgw-agent\"\nalert_after_secs = \"1h\"",
+        ));
+        assert!(
+            e.ends_with(
+                "alert_after_secs: expected a number of seconds from 1 to 2592000, got \"1h\" (line 3)"
+            ),
+            "{e}"
+        );
+        let cfg = parse(&GOOD.replace(
+            "state_dir = \"/var/lib/sgw-agent\"",
+            "state_dir = \"/var/lib/sgw-agent\"\nalert_after_secs = 60",
+        ))
+        .unwrap();
+        assert_eq!(cfg.alert_after_secs, 60);
+        assert_eq!(
+            parse(GOOD).unwrap().alert_after_secs,
+            DEFAULT_ALERT_AFTER_SECS
+        );
+    }
+
+    #[test]
+    fn a_single_share_table_after_share_entries_names_its_own_line() {
+        // `[[share]]` first, then a `[share]` further down: the line of the `[share]`.
+        let text = format!("{GOOD}\n[share]\nname = \"b\"\n");
+        let e = err(&text);
+        assert!(e.contains("write [[share]]"), "{e}");
+        assert!(e.ends_with("(line 14)"), "{e}");
     }
 
     #[test]

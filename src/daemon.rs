@@ -98,6 +98,107 @@ impl Shutdown {
     }
 }
 
+/// The lock file in `state_dir` that a running `run` or `sync` holds (`flock`, exclusive), so
+/// `status` can tell whether an agent is at work and a second agent on the same state refuses
+/// to start (one writer per state store). The file says who holds it: `PID COMMAND`. The
+/// kernel drops the lock when the process ends, however it ends: a stale file means nothing.
+pub const LOCK_FILE: &str = "agent.lock";
+
+/// The held lock; dropping it (or exiting) releases it.
+#[derive(Debug)]
+pub struct AgentLock {
+    _file: std::fs::File,
+}
+
+/// Who holds the state directory's lock, as `status` sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LockHolder {
+    /// An agent holds it: its pid and command (`run` or `sync`), from the lock file.
+    Running { pid: Option<u32>, command: String },
+    /// Nobody holds it (or there is no lock file yet).
+    Stopped,
+}
+
+fn read_holder(file: &mut std::fs::File) -> (Option<u32>, String) {
+    use std::io::{Read, Seek};
+    let mut text = String::new();
+    let _ = file.rewind();
+    let _ = file.take(256).read_to_string(&mut text);
+    let mut words = text.split_whitespace();
+    let pid = words.next().and_then(|p| p.parse().ok());
+    (pid, words.next().unwrap_or("").to_owned())
+}
+
+impl AgentLock {
+    /// Take the lock for `command`, creating `state_dir` as needed. `Err` names the holder
+    /// when another agent has it.
+    pub fn acquire(state_dir: &std::path::Path, command: &str) -> Result<AgentLock, String> {
+        use rustix::fs::{FlockOperation, flock};
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = state_dir.join(LOCK_FILE);
+        std::fs::create_dir_all(state_dir)
+            .map_err(|e| format!("cannot create {}: {e}", state_dir.display()))?;
+        // Readable by all: `status` run by an operator reads who holds it.
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o644)
+            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+            .open(&path)
+            .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+        match flock(&file, FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => {}
+            Err(rustix::io::Errno::WOULDBLOCK) => {
+                let (pid, cmd) = read_holder(&mut file);
+                return Err(format!(
+                    "another sgw-agent ({}{}) is using the state directory {}; stop it first \
+                     (systemctl stop sgw-agent)",
+                    pid.map_or("pid unknown".to_owned(), |p| format!("pid {p}")),
+                    if cmd.is_empty() {
+                        String::new()
+                    } else {
+                        format!(", {cmd}")
+                    },
+                    state_dir.display()
+                ));
+            }
+            Err(e) => return Err(format!("cannot lock {}: {e}", path.display())),
+        }
+        let text = format!("{} {command}\n", std::process::id());
+        file.set_len(0)
+            .and_then(|()| {
+                use std::io::Write;
+                file.write_all(text.as_bytes())
+            })
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        Ok(AgentLock { _file: file })
+    }
+
+    /// Whether an agent holds `state_dir`'s lock. Opens the file read-only and never creates
+    /// it, so it works for any user who can read the state directory.
+    pub fn holder(state_dir: &std::path::Path) -> std::io::Result<LockHolder> {
+        use rustix::fs::{FlockOperation, flock};
+        let mut file = match std::fs::File::open(state_dir.join(LOCK_FILE)) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(LockHolder::Stopped),
+            Err(e) => return Err(e),
+        };
+        match flock(&file, FlockOperation::NonBlockingLockShared) {
+            Ok(()) => {
+                let _ = flock(&file, FlockOperation::Unlock);
+                Ok(LockHolder::Stopped)
+            }
+            Err(rustix::io::Errno::WOULDBLOCK) => {
+                let (pid, command) = read_holder(&mut file);
+                Ok(LockHolder::Running { pid, command })
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
 /// "Re-read the configuration", set by SIGHUP (`systemctl reload`) and taken by the daemon's
 /// main loop.
 #[derive(Clone, Debug, Default)]
@@ -311,8 +412,21 @@ impl Notifier {
     }
 }
 
-/// The log level in force: `SGW_LOG` when set to a valid level, else the configured one.
+/// The level `-v`/`-q` asked for on the command line; it wins over `SGW_LOG` and the
+/// configuration, also across reloads.
+static CLI_LOG_LEVEL: OnceLock<log::LevelFilter> = OnceLock::new();
+
+/// Record the command line's `-v`/`-q` level (once, at start).
+pub fn set_cli_log_level(level: log::LevelFilter) {
+    let _ = CLI_LOG_LEVEL.set(level);
+}
+
+/// The log level in force: `-v`/`-q`, else `SGW_LOG` when set to a valid level, else the
+/// configured one.
 pub fn effective_log_level(configured: log::LevelFilter) -> log::LevelFilter {
+    if let Some(level) = CLI_LOG_LEVEL.get() {
+        return *level;
+    }
     std::env::var("SGW_LOG")
         .ok()
         .and_then(|l| l.parse().ok())

@@ -57,6 +57,7 @@
 
 pub mod access;
 pub mod cache;
+pub mod check;
 pub mod cloud;
 pub mod config;
 pub mod control_client;

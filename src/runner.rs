@@ -15,20 +15,23 @@ use std::time::{Duration, Instant};
 
 use log::{error, info, warn};
 
+use crate::cloud::http::TrustedRoots;
 use crate::cloud::s3::{S3Client, S3Config};
 use crate::cloud::sigv4::Credentials;
 use crate::cloud::sqs::{SqsClient, SqsConfig};
 use crate::cloud::{EventQueue, ObjectStore};
-use crate::config::{Config, ConfigError, EXIT_CONFIG, EXIT_NOT_CONVERGED, ShareConfig};
+use crate::config::{
+    Config, ConfigError, EXIT_CONFIG, EXIT_LOCKED, EXIT_NOT_CONVERGED, ShareConfig,
+};
 use crate::control_client::client::{ControlClient, Polled};
 use crate::control_client::protocol::{
     AssignmentEntry, AssignmentsResponse, ProgressRequest, RegisterRequest, RegisteredShare,
     ShareProgress,
 };
-use crate::daemon::{Heartbeat, Notifier, ReloadRequest, Shutdown};
+use crate::daemon::{AgentLock, Heartbeat, Notifier, ReloadRequest, Shutdown};
 use crate::shell::{ProgressSink, Share, ShareContext};
 use crate::status::{ShareState, ShareStatus, read_status, write_status};
-use crate::time::unix_now;
+use crate::time::{unix_now, utc_timestamp_of};
 
 /// How long a stopping agent waits for in-flight downloads before it exits anyway (the state
 /// store is crash-safe, so an exit past this point loses nothing that was completed).
@@ -38,8 +41,44 @@ const DEFAULT_CONTROL_POLL: Duration = Duration::from_secs(30);
 /// How often share progress is checked and, when it changed, reported.
 const PROGRESS_EVERY: Duration = Duration::from_secs(2);
 
-/// Build the clients of one share. Errors here are configuration errors.
-pub fn share_context(
+/// The roots a share's clients trust instead of the built-in ones (`ca_file`), if any.
+pub fn share_roots(share: &ShareConfig) -> Result<Option<TrustedRoots>, String> {
+    share.ca_file.as_deref().map(TrustedRoots::load).transpose()
+}
+
+/// The S3 client of a share (its bucket, endpoint and region, trusting its `ca_file`).
+pub fn s3_client(share: &ShareConfig, creds: &Credentials) -> Result<S3Client, String> {
+    let roots = share_roots(share)?;
+    Ok(S3Client::new(S3Config {
+        endpoint: share.endpoint.clone(),
+        region: share.region.clone(),
+        bucket: share.bucket.clone(),
+        credentials: creds.clone(),
+        allow_http: share.allow_http,
+        max_attempts: 6,
+    })?
+    .trusting(roots.as_ref()))
+}
+
+/// The SQS client of a share's queue.
+pub fn sqs_client(
+    share: &ShareConfig,
+    queue_url: &str,
+    creds: &Credentials,
+) -> Result<SqsClient, String> {
+    let roots = share_roots(share)?;
+    Ok(SqsClient::new(SqsConfig {
+        queue_url: queue_url.to_owned(),
+        region: share.region.clone(),
+        credentials: creds.clone(),
+        allow_http: share.allow_http,
+    })?
+    .trusting(roots.as_ref()))
+}
+
+/// Build the clients of one share, checking nothing on disk but that its directory exists.
+/// Errors here are configuration errors.
+pub fn share_clients(
     cfg: &Config,
     share: &ShareConfig,
     creds: &Credentials,
@@ -54,34 +93,18 @@ pub fn share_context(
     if share.bucket.is_empty() || share.endpoint.is_empty() {
         return Err(at("bucket", "no bucket assigned yet (the control endpoint assigns it when the share joins an express sync group)".into()));
     }
-    let roots = match &share.ca_file {
-        Some(p) => Some(crate::cloud::http::TrustedRoots::load(p).map_err(|e| at("ca_file", e))?),
-        None => None,
-    };
+    // A bad ca_file is named as such, before the clients that use it are built.
+    share_roots(share).map_err(|e| at("ca_file", e))?;
     let store: Arc<dyn ObjectStore> = Arc::new(
-        S3Client::new(S3Config {
-            endpoint: share.endpoint.clone(),
-            region: share.region.clone(),
-            bucket: share.bucket.clone(),
-            credentials: creds.clone(),
-            allow_http: share.allow_http,
-            max_attempts: 6,
-        })
-        .map_err(|e| at("endpoint", e))?
-        .trusting(roots.as_ref())
-        .with_stop_flag(shutdown.flag()),
+        s3_client(share, creds)
+            .map_err(|e| at("endpoint", e))?
+            .with_stop_flag(shutdown.flag()),
     );
     let queue: Option<Arc<dyn EventQueue>> = match &share.queue_url {
         Some(url) => Some(Arc::new(
-            SqsClient::new(SqsConfig {
-                queue_url: url.clone(),
-                region: share.region.clone(),
-                credentials: creds.clone(),
-                allow_http: share.allow_http,
-            })
-            .map_err(|e| at("queue_url", e))?
-            .trusting(roots.as_ref())
-            .with_stop_flag(shutdown.flag()),
+            sqs_client(share, url, creds)
+                .map_err(|e| at("queue_url", e))?
+                .with_stop_flag(shutdown.flag()),
         )),
         None => None,
     };
@@ -91,6 +114,26 @@ pub fn share_context(
             format!("{} is not an existing directory", share.path.display()),
         ));
     }
+    Ok(ShareContext {
+        cfg: share.clone(),
+        state_dir: cfg.share_state_dir(share),
+        store,
+        queue,
+        shutdown: shutdown.clone(),
+        progress,
+    })
+}
+
+/// Build the clients of one share and check that this user can write its directory. Errors
+/// here are configuration errors.
+pub fn share_context(
+    cfg: &Config,
+    share: &ShareConfig,
+    creds: &Credentials,
+    shutdown: &Shutdown,
+    progress: Arc<dyn ProgressSink>,
+) -> Result<ShareContext, ConfigError> {
+    let ctx = share_clients(cfg, share, creds, shutdown, progress)?;
     // A share the service cannot write (no ReadWritePaths=, wrong owner) is a configuration
     // error: exit 78, which the unit does not restart, instead of failing every download.
     crate::access::check_share_dir(&share.path, &crate::access::Identity::current()).map_err(
@@ -100,14 +143,7 @@ pub fn share_context(
             problem,
         },
     )?;
-    Ok(ShareContext {
-        cfg: share.clone(),
-        state_dir: cfg.share_state_dir(share),
-        store,
-        queue,
-        shutdown: shutdown.clone(),
-        progress,
-    })
+    Ok(ctx)
 }
 
 /// The shares to run: from the configuration, or — under a control endpoint — the configured
@@ -160,6 +196,13 @@ pub fn sync_once(
         error!("{e}");
         return EXIT_CONFIG;
     }
+    let _lock = match AgentLock::acquire(&cfg.state_dir, "sync") {
+        Ok(l) => l,
+        Err(e) => {
+            error!("{e}");
+            return EXIT_LOCKED;
+        }
+    };
     let assignments = match &cfg.control {
         Some(control) => {
             let client = ControlClient::new(control);
@@ -222,8 +265,54 @@ pub fn sync_once(
     if all_ok { 0 } else { EXIT_NOT_CONVERGED }
 }
 
+/// `sgw-agent sync --dry-run`: every share's full-sync decisions, sent to `sink`; nothing
+/// is written (no lock, no state, no status, no file; assignments are fetched, not kept).
+/// Exit 0 when every share could be planned, 1 when one could not (the log says why).
+pub fn dry_run(
+    cfg: &Config,
+    creds: &Credentials,
+    shutdown: &Shutdown,
+    sink: &dyn crate::shell::dry_run::PlanSink,
+    summary: &mut dyn FnMut(&str, &crate::shell::dry_run::DryRunReport),
+) -> i32 {
+    let assignments = match &cfg.control {
+        Some(control) => match ControlClient::new(control).assignments() {
+            Ok(a) => Some(a),
+            Err(e) => {
+                warn!("control endpoint unavailable ({e}); using the last known assignments");
+                load_assignments(cfg)
+            }
+        },
+        None => None,
+    };
+    let shares = effective_shares(cfg, assignments.as_ref());
+    let silent: Arc<dyn ProgressSink> = Arc::new(crate::shell::Silent);
+    let mut contexts = Vec::new();
+    for share in &shares {
+        match share_clients(cfg, share, creds, shutdown, Arc::clone(&silent)) {
+            Ok(c) => contexts.push(c),
+            Err(e) => {
+                error!("{e}");
+                return EXIT_CONFIG;
+            }
+        }
+    }
+    let mut code = 0;
+    for ctx in &contexts {
+        match crate::shell::dry_run::dry_run(ctx, sink) {
+            Ok(report) => summary(&ctx.cfg.name, &report),
+            Err(e) => {
+                error!("share {}: cannot plan a full sync: {e}", ctx.cfg.name);
+                code = EXIT_NOT_CONVERGED;
+            }
+        }
+    }
+    code
+}
+
 struct Running {
     cfg: ShareConfig,
+    state_dir: PathBuf,
     /// Rotated credentials restart the share (its clients sign with them).
     creds: Credentials,
     shutdown: Shutdown,
@@ -247,6 +336,8 @@ pub struct ShareSet {
     stopping: Vec<(String, JoinHandle<()>)>,
     /// Shares that could not start, and when that was last tried.
     failed: BTreeMap<String, Instant>,
+    /// Shares in trouble past `alert_after_secs`, and when that was last logged at `err`.
+    alerted: BTreeMap<String, Instant>,
 }
 
 impl Default for ShareSet {
@@ -261,6 +352,7 @@ impl ShareSet {
             running: BTreeMap::new(),
             stopping: Vec::new(),
             failed: BTreeMap::new(),
+            alerted: BTreeMap::new(),
         }
     }
 
@@ -404,6 +496,7 @@ impl ShareSet {
                     share.name.clone(),
                     Running {
                         cfg: share.clone(),
+                        state_dir: state_dir.clone(),
                         creds: creds.clone(),
                         shutdown,
                         idle,
@@ -454,9 +547,52 @@ impl ShareSet {
             notifier.feed_watchdog();
             std::thread::sleep(Duration::from_millis(100));
         }
+        // Idle threads wake within a moment and record their own stop; give them that.
+        let until = Instant::now() + Duration::from_millis(500);
+        while Instant::now() < until && self.running.values().any(|r| !r.handle.is_finished()) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
         for (_, r) in self.running {
             if r.handle.is_finished() {
                 let _ = r.handle.join();
+            } else {
+                // Still in a long poll: the process exits before it returns, so the stop is
+                // written here (`status` shows `stopped` after a stop).
+                mark_stopped(&r.cfg, &r.state_dir);
+            }
+        }
+    }
+
+    /// Log, at `err` priority and at most once an hour per share, every running share that
+    /// has been in `error` or `queue_failure` for longer than `alert_after_secs` (journald
+    /// based alerting watches `journalctl -p err`).
+    pub fn log_alerts(&mut self, cfg: &Config, now: i64) {
+        self.alerted
+            .retain(|name, _| self.running.contains_key(name));
+        for r in self.running.values() {
+            let Ok(Some(status)) = read_status(&cfg.share_state_dir(&r.cfg)) else {
+                continue;
+            };
+            if status.error_since.is_none() {
+                // Recovered: its next trouble is news at once.
+                self.alerted.remove(&r.cfg.name);
+                continue;
+            }
+            let Some(alert) = alert_text(&status, cfg.alert_after_secs, now) else {
+                continue;
+            };
+            let due = self
+                .alerted
+                .get(&r.cfg.name)
+                .is_none_or(|t| t.elapsed() >= ALERT_REPEAT);
+            if due {
+                let secs = now.saturating_sub(status.error_since.unwrap_or(now));
+                error!(
+                    "share {}: {alert} (for {}; said again hourly while it lasts)",
+                    r.cfg.name,
+                    crate::format::duration_words(secs)
+                );
+                self.alerted.insert(r.cfg.name.clone(), Instant::now());
             }
         }
     }
@@ -476,10 +612,50 @@ impl ShareSet {
                     share_name: r.cfg.name.clone(),
                     sync_progress: progress,
                     express_sync_state: state.to_owned(),
+                    alert: alert_text(&status, cfg.alert_after_secs, unix_now()),
                 }
             })
             .collect();
         ProgressRequest { shares }
+    }
+}
+
+/// How often the daemon looks for shares in trouble, and how often one still in trouble is
+/// logged again.
+const ALERT_CHECK_EVERY: Duration = Duration::from_secs(1);
+const ALERT_REPEAT: Duration = Duration::from_secs(3600);
+
+/// "in error since 2026-…Z: why", when `s` has been in `error` or `queue_failure` (retries
+/// in between included) for at least `after_secs`. Constant while the trouble lasts, so the
+/// progress report carrying it changes (and is sent) once.
+pub fn alert_text(s: &ShareStatus, after_secs: u64, now: i64) -> Option<String> {
+    let since = s.error_since?;
+    let secs = now.saturating_sub(since);
+    if secs < i64::try_from(after_secs).unwrap_or(i64::MAX) {
+        return None;
+    }
+    let state = if s.in_trouble_now() {
+        s.state.as_str()
+    } else {
+        "error (retrying)"
+    };
+    Some(format!(
+        "in {state} since {}: {}",
+        utc_timestamp_of(since),
+        s.last_error.as_deref().unwrap_or("see the log")
+    ))
+}
+
+/// Record that the share stopped, keeping everything else its status says.
+fn mark_stopped(share: &ShareConfig, state_dir: &std::path::Path) {
+    let mut status = read_status(state_dir)
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| ShareStatus::new(&share.name));
+    status.state = ShareState::Stopped;
+    status.updated = unix_now();
+    if let Err(e) = write_status(state_dir, &status) {
+        warn!("share {}: cannot record the stop: {e}", share.name);
     }
 }
 
@@ -605,6 +781,14 @@ pub fn run_daemon(cfg: &Config, creds: &Credentials, shutdown: &Shutdown) -> i32
         error!("{e}");
         return EXIT_CONFIG;
     }
+    // Held until the process ends: `status` sees it, and a second agent refuses to start.
+    let _lock = match AgentLock::acquire(&cfg.state_dir, "run") {
+        Ok(l) => l,
+        Err(e) => {
+            error!("{e}");
+            return EXIT_LOCKED;
+        }
+    };
     // Check every share before starting any: a bad configuration exits 78 with nothing started.
     if let Err(e) = set.check(&cfg, &creds, &desired) {
         error!("{e}");
@@ -632,6 +816,7 @@ pub fn run_daemon(cfg: &Config, creds: &Credentials, shutdown: &Shutdown) -> i32
     notifier.ready(&last_status);
     let mut code = 0;
     let mut reported_stall = false;
+    let mut last_alert_check = Instant::now();
     while !shutdown.is_triggered() {
         // A stuck share thread stops the watchdog pings: systemd then restarts the agent.
         let stalled = set.stalled(SHARE_STALL_LIMIT);
@@ -698,6 +883,10 @@ pub fn run_daemon(cfg: &Config, creds: &Credentials, shutdown: &Shutdown) -> i32
         }
         // Starts new assignments, stops withdrawn ones, retries shares that failed to start.
         set.apply(&cfg, &creds, &desired);
+        if last_alert_check.elapsed() >= ALERT_CHECK_EVERY {
+            last_alert_check = Instant::now();
+            set.log_alerts(&cfg, unix_now());
+        }
         // STATUS= only when it changes: this loop runs five times a second.
         let status = set.status_line();
         if status != last_status {
@@ -900,6 +1089,35 @@ mod tests {
                 unchanged: 2
             }
         );
+    }
+
+    #[test]
+    fn an_alert_needs_lasting_trouble_and_stays_the_same_text_while_it_lasts() {
+        let mut s = ShareStatus::new("a");
+        s.state = ShareState::Error;
+        s.last_error = Some("disk on fire".into());
+        s.track_trouble(1_000);
+        assert_eq!(s.error_since, Some(1_000));
+        assert_eq!(alert_text(&s, 60, 1_059), None, "not yet");
+        let at_60 = alert_text(&s, 60, 1_060).unwrap();
+        assert_eq!(at_60, "in error since 1970-01-01T00:16:40Z: disk on fire");
+        assert_eq!(alert_text(&s, 60, 5_000).as_deref(), Some(at_60.as_str()));
+        // A retry passes through full_syncing: still the same trouble.
+        s.state = ShareState::FullSyncing;
+        s.track_trouble(2_000);
+        assert_eq!(s.error_since, Some(1_000));
+        assert!(
+            alert_text(&s, 60, 2_000)
+                .unwrap()
+                .starts_with("in error (retrying) since")
+        );
+        assert!(s.in_trouble() && !s.in_trouble_now());
+        // Healthy ends it.
+        s.state = ShareState::Healthy;
+        s.track_trouble(3_000);
+        assert_eq!(s.error_since, None);
+        assert_eq!(alert_text(&s, 60, 9_000), None);
+        assert!(!s.in_trouble());
     }
 
     #[test]

@@ -73,13 +73,41 @@ pub struct ShareStatus {
     pub events_applied: u64,
     pub messages_discarded: u64,
     pub last_error: Option<String>,
-    /// Unix seconds of the last completed full sync.
+    /// Since when the share has been in `error` or `queue_failure` without getting healthy
+    /// in between (retries pass through `full_syncing`; they do not reset it).
+    #[serde(default, with = "crate::time::rfc3339::option")]
+    pub error_since: Option<i64>,
+    /// The last completed full sync (RFC 3339 in the file and in `status --json`).
+    #[serde(with = "crate::time::rfc3339::option")]
     pub last_full_sync: Option<i64>,
-    /// Unix seconds of this status.
+    /// When this status was written.
+    #[serde(with = "crate::time::rfc3339")]
     pub updated: i64,
 }
 
 impl ShareStatus {
+    /// In `error` or `queue_failure` now.
+    pub fn in_trouble_now(&self) -> bool {
+        matches!(self.state, ShareState::Error | ShareState::QueueFailure)
+    }
+
+    /// In `error` or `queue_failure`, or retrying after one without having been healthy
+    /// since: what `status` exits non-zero for.
+    pub fn in_trouble(&self) -> bool {
+        self.in_trouble_now() || self.error_since.is_some()
+    }
+
+    /// Keep [`ShareStatus::error_since`] in step with the state at `now`.
+    pub fn track_trouble(&mut self, now: i64) {
+        match self.state {
+            ShareState::Error | ShareState::QueueFailure => {
+                self.error_since.get_or_insert(now);
+            }
+            ShareState::Healthy => self.error_since = None,
+            _ => {}
+        }
+    }
+
     pub fn new(share: &str) -> ShareStatus {
         ShareStatus {
             share: share.to_owned(),
@@ -136,5 +164,33 @@ pub fn read_status(share_state_dir: &Path) -> std::io::Result<Option<ShareStatus
             .map_err(std::io::Error::other),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_are_rfc3339_and_files_of_older_versions_still_read() {
+        let mut s = ShareStatus::new("photos");
+        s.updated = 1_796_285_178;
+        s.last_full_sync = Some(1_796_285_100);
+        let json: serde_json::Value = serde_json::to_value(&s).unwrap();
+        assert_eq!(json["updated"], "2026-12-03T08:06:18Z");
+        assert_eq!(json["last_full_sync"], "2026-12-03T08:05:00Z");
+        assert!(json["error_since"].is_null());
+        let back: ShareStatus = serde_json::from_value(json).unwrap();
+        assert_eq!(back, s);
+        // Written before times were text, and before error_since existed.
+        let old = r#"{"share":"photos","state":"healthy","sync_progress":100,"objects_total":1,
+            "bytes_total":1,"objects_local":1,"objects_downloaded":0,"bytes_downloaded":0,
+            "objects_deleted":0,"verified_without_crc":0,"skipped_keys":0,"skipped_examples":[],
+            "unknown_local_files":0,"unknown_examples":[],"failed_objects":0,"events_applied":0,
+            "messages_discarded":0,"last_error":null,"last_full_sync":1796285100,"updated":1796285178}"#;
+        let read: ShareStatus = serde_json::from_str(old).unwrap();
+        assert_eq!(read.updated, 1_796_285_178);
+        assert_eq!(read.last_full_sync, Some(1_796_285_100));
+        assert_eq!(read.error_since, None);
     }
 }

@@ -127,6 +127,54 @@ fn days_in_month(year: i64, month: u32) -> i64 {
     }
 }
 
+/// Serde for Unix seconds as RFC 3339 text (`2026-11-21T05:06:52Z`), as `status --json`
+/// shows times. Reading also accepts plain integers (status files of older versions).
+pub mod rfc3339 {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Either {
+        Secs(i64),
+        Text(String),
+    }
+
+    fn from_either<E: serde::de::Error>(v: Either) -> Result<i64, E> {
+        match v {
+            Either::Secs(s) => Ok(s),
+            Either::Text(t) => super::parse_iso8601(&t)
+                .ok_or_else(|| E::custom(format!("expected an RFC 3339 time, got {t:?}"))),
+        }
+    }
+
+    pub fn serialize<S: Serializer>(secs: &i64, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&super::utc_timestamp_of(*secs))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+        from_either(Either::deserialize(d)?)
+    }
+
+    /// The same for `Option<i64>` (`null` when absent).
+    pub mod option {
+        use serde::{Deserialize, Deserializer, Serializer};
+
+        pub fn serialize<S: Serializer>(secs: &Option<i64>, s: S) -> Result<S::Ok, S::Error> {
+            match secs {
+                Some(v) => s.serialize_str(&crate::time::utc_timestamp_of(*v)),
+                None => s.serialize_none(),
+            }
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+            match Option::<super::Either>::deserialize(d)? {
+                Some(v) => super::from_either(v).map(Some),
+                None => Ok(None),
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

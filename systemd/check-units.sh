@@ -30,6 +30,15 @@ trap 'rm -rf "$work"' EXIT
 printf '#!/bin/sh\necho "stub standing in for a binary that is not installed here" >&2\nexit 1\n' >"$work/stub"
 chmod 755 "$work/stub"
 
+# verify runs `man` for each Documentation=man: page. Installed, sgw-agent(1) is in
+# /usr/share/man; from the repo, the page the .deb would install (systemd/sgw-agent.1) is
+# put on MANPATH for the check.
+if [[ "${1:-}" != --installed ]]; then
+    mkdir -p "$work/man/man1"
+    cp "$repo_root/systemd/sgw-agent.1" "$work/man/man1/"
+    export MANPATH="$work/man:$(manpath -q 2>/dev/null || echo /usr/share/man)"
+fi
+
 failed=0
 for unit in "${units[@]}"; do
     [[ -f "$unit" ]] || { echo "check-units: missing $unit" >&2; failed=1; continue; }

@@ -56,3 +56,41 @@ fn help_for_an_unknown_command_is_a_usage_error() {
         assert!(String::from_utf8_lossy(&o.stderr).starts_with("sgw-agent: "));
     }
 }
+
+#[test]
+fn the_man_page_is_the_help_text_and_the_shipped_file_is_current() {
+    let out = agent(&["help", "--man"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let page = stdout(&out);
+    assert!(page.contains(".TH SGW\\-AGENT 1 "), "{page}");
+    // Every command's help is in it (dashes escaped for roff).
+    for command in ["run", "sync", "status", "check-config"] {
+        let help = stdout(&agent(&["help", command]));
+        let first = help.lines().nth(3).unwrap().replace('-', "\\-");
+        assert!(
+            page.contains(&first),
+            "{command}: {first:?} not in the page"
+        );
+        assert!(page.contains(&format!(".SH COMMAND: {}", command.replace('-', "\\-"))));
+    }
+    // What the .deb installs (Cargo.toml assets) is this output: regenerate with
+    // `cargo run -q -- help --man > systemd/sgw-agent.1`.
+    let shipped = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd/sgw-agent.1"),
+    )
+    .unwrap();
+    assert!(
+        shipped == page,
+        "systemd/sgw-agent.1 is stale: cargo run -q -- help --man > systemd/sgw-agent.1"
+    );
+    let manifest = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"),
+    )
+    .unwrap();
+    assert!(manifest.contains("[\"systemd/sgw-agent.1\", \"usr/share/man/man1/sgw-agent.1\""));
+    let unit = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd/sgw-agent.service"),
+    )
+    .unwrap();
+    assert!(unit.contains("Documentation=man:sgw-agent(1)"), "{unit}");
+}

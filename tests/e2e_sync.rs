@@ -53,13 +53,18 @@ fn status(s: &Setup) -> Value {
         .args(["status", "--json"])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "status failed: {}",
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = v[0].clone();
+    // Exit 1 exactly when the share is in trouble (monitoring scripts rely on it).
+    let in_trouble =
+        v["state"] == "error" || v["state"] == "queue_failure" || !v["error_since"].is_null();
+    assert_eq!(
+        out.status.code(),
+        Some(i32::from(in_trouble)),
+        "status: {v} {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    v[0].clone()
+    v
 }
 
 /// Every regular file under `dir` (relative path → bytes), skipping the agent's `.sgw`.
@@ -387,7 +392,8 @@ fn bucket_events_reach_the_share_through_sns_and_sqs() {
     let (code, log) = stop(agent);
     assert!(code.success(), "SIGTERM must exit 0: {code}\n{log}");
     let st = status(&s);
-    assert_eq!(st["state"], "healthy", "{st}");
+    assert_eq!(st["state"], "stopped", "a clean stop is shown: {st}");
+    assert!(st["error_since"].is_null(), "{st}");
     assert!(st["events_applied"].as_u64().unwrap_or(0) >= 4, "{st}");
     assert!(
         !log.contains("testing") || !log.contains("SECRET"),
@@ -581,7 +587,8 @@ fn malformed_messages_never_wedge_the_share() {
     assert!(log.contains("malformed message"), "the log says why: {log}");
     let st = status(&s);
     assert_eq!(st["messages_discarded"], 4, "{st}");
-    assert_eq!(st["state"], "healthy", "{st}");
+    assert_eq!(st["state"], "stopped", "{st}");
+    assert!(st["error_since"].is_null(), "never in trouble: {st}");
 }
 
 /// Bytes staged so far under the share's `.sgw/staging`.
@@ -622,8 +629,9 @@ fn an_interrupted_large_download_resumes_with_a_ranged_get() {
         !s.share.join(&key).exists(),
         "the kill must land mid-download (make the object bigger)"
     );
+    // Not --quiet: that would hide the info line this test reads.
     let (code, log) = agent_command(&s.config)
-        .args(["sync", "--quiet"])
+        .args(["sync"])
         .output()
         .map(|o| (o.status, String::from_utf8_lossy(&o.stderr).into_owned()))
         .unwrap();

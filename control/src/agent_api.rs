@@ -215,6 +215,19 @@ impl ControlService {
                     ),
                 ));
             }
+            // A share in trouble for longer than its agent's alert_after_secs: said here too,
+            // so the operator of the endpoint sees it without the box's journal.
+            if let Some(alert) = &s.alert {
+                log::error!(
+                    "gateway {gateway_id} share {}: {}",
+                    printable(&s.share_name),
+                    alert
+                        .chars()
+                        .take(400)
+                        .map(|c| if c.is_control() { ' ' } else { c })
+                        .collect::<String>()
+                );
+            }
             reports.push(ProgressReport {
                 share_name: s.share_name.clone(),
                 sync_progress: s.sync_progress,

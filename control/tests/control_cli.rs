@@ -151,3 +151,70 @@ fn gateways_and_keys_are_managed_from_the_command_line() {
     assert!(run(&["key", "remove", "ops-team"]).status.success());
     assert_eq!(run(&["gateway", "add", ""]).status.code(), Some(64));
 }
+
+/// The keys serde expects, from the "unknown field" error of a probe key in `section`.
+fn known_keys(dir: &std::path::Path, example: &str, section: Option<&str>) -> Vec<String> {
+    let probe = match section {
+        None => format!("sgw_probe_key = 1\n{example}"),
+        Some(s) => example.replace(&format!("[{s}]\n"), &format!("[{s}]\nsgw_probe_key = 1\n")),
+    };
+    let file = dir.join("probe.toml");
+    std::fs::write(&file, probe).unwrap();
+    let out = control()
+        .args(["-c", file.to_str().unwrap(), "--data-dir"])
+        .arg(dir.join("data"))
+        .args(["gateway", "list"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(78), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    let expected = err
+        .split_once("expected one of ")
+        .unwrap_or_else(|| panic!("{err}"))
+        .1;
+    expected
+        .split(',')
+        .map(|k| k.trim().trim_matches('`').to_owned())
+        .filter(|k| !k.is_empty())
+        .collect()
+}
+
+#[test]
+fn the_sample_control_toml_parses_and_documents_every_key() {
+    let example = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../systemd/control.toml.example"),
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ok = control()
+        .args(["-c", "../systemd/control.toml.example", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .args(["gateway", "list"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    assert!(ok.status.success(), "{ok:?}");
+    for (section, keys) in [
+        (None, known_keys(dir.path(), &example, None)),
+        (
+            Some("cloud"),
+            known_keys(dir.path(), &example, Some("cloud")),
+        ),
+    ] {
+        assert!(keys.len() >= 4, "{keys:?}");
+        for key in keys {
+            let documented = if key == "cloud" {
+                example.contains("\n[cloud]\n")
+            } else {
+                // Set, or shown commented out with its example value.
+                example.lines().any(|l| {
+                    l.starts_with(&format!("{key} = ")) || l.starts_with(&format!("# {key} = "))
+                })
+            };
+            assert!(
+                documented,
+                "{section:?}.{key} is not in systemd/control.toml.example"
+            );
+        }
+    }
+}

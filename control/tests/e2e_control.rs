@@ -249,3 +249,114 @@ fn an_unreachable_control_endpoint_never_stops_syncing() {
     assert_eq!(stop(agent), 0);
     assert!(r.tmp.path().join("state/assignments.json").exists());
 }
+
+fn check_online(config: &Path) -> (Option<i32>, String) {
+    let out = agent_command(config)
+        .args(["check-config", "--online"])
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+#[test]
+fn check_config_online_proves_the_gateway_secret_and_a_lasting_failure_reaches_the_control_log() {
+    // Issue 15: the control endpoint is reachable and accepts the secret, or the line says not.
+    let r = rig("");
+    let (code, text) = check_online(&r.config);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.lines().any(|l| l.starts_with(&format!(
+            "OK    control endpoint http://{}: reachable; gateway {} accepted",
+            r.control.addr, r.gateway_id
+        ))),
+        "{text}"
+    );
+    assert!(text.contains("not in an express sync group yet"), "{text}");
+    let wrong = r.tmp.path().join("wrong.toml");
+    let with_wrong_secret = std::fs::read_to_string(&r.config)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            if l.starts_with("gateway_secret_file") {
+                "gateway_secret = \"not-the-secret\"".to_owned()
+            } else {
+                l.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(&wrong, with_wrong_secret).unwrap();
+    let (code, text) = check_online(&wrong);
+    assert_eq!(code, Some(78), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("FAIL  control endpoint ")
+                && l.contains("the gateway id or secret was not accepted")),
+        "{text}"
+    );
+
+    // A share whose queue is gone stays in queue_failure: past alert_after_secs the agent
+    // says so at err priority and in its progress report, which sgw-control logs.
+    let config = std::fs::read_to_string(&r.config).unwrap();
+    std::fs::write(&r.config, format!("alert_after_secs = 1\n{config}")).unwrap();
+    let agent_log = r.tmp.path().join("agent.log");
+    let agent = agent_command(&r.config)
+        .arg("run")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&agent_log).unwrap())
+        .spawn()
+        .unwrap();
+    let sync_id = r.create_group(
+        json!({"Name": "g-alert", "BucketRegion": "us-east-1", "BucketName": "photos"}),
+    );
+    r.add_share_once_registered(&sync_id);
+    let assignments = r.tmp.path().join("state/assignments.json");
+    wait_for(Duration::from_secs(30), "the assignment", || {
+        std::fs::read_to_string(&assignments).is_ok_and(|t| t.contains("queue_url"))
+    });
+    let a: Value = serde_json::from_str(&std::fs::read_to_string(&assignments).unwrap()).unwrap();
+    let queue_url = a["assignments"][0]["queue_url"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (code, text) = check_online(&r.config);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("OK    share \"share1\": queue: "), "{text}");
+    let deleted = std::process::Command::new(common::venv_python())
+        .args([
+            "-c",
+            "import sys, boto3; boto3.client('sqs', endpoint_url=sys.argv[1], region_name='us-east-1').delete_queue(QueueUrl=sys.argv[2])",
+            &r.peer.endpoint,
+            &queue_url,
+        ])
+        .envs(common::aws_env())
+        .status()
+        .unwrap();
+    assert!(deleted.success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !r
+        .control
+        .log()
+        .contains("share \"share1\": in queue_failure since ")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no alert in the control log:\n{}\nagent:\n{}",
+            r.control.log(),
+            std::fs::read_to_string(&agent_log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let agent_said = std::fs::read_to_string(&agent_log).unwrap();
+    assert!(
+        agent_said.contains("ERROR share share1: in queue_failure since "),
+        "{agent_said}"
+    );
+    assert_eq!(stop(agent), 0);
+    let (code, text) = check_online(&r.config);
+    assert_eq!(code, Some(78), "{text}");
+    assert!(text.contains("FAIL  share \"share1\": queue: "), "{text}");
+}

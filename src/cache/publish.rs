@@ -349,6 +349,14 @@ impl ShareDir {
     /// `root` itself is the operator's configuration and is opened as given (symlinks in it
     /// are followed); everything below it is resolved from this one descriptor.
     pub fn open(root: &Path) -> io::Result<ShareDir> {
+        let share = Self::open_for_reading(root)?;
+        // A symlink here would send staged data (and renames) elsewhere: the walk refuses it.
+        share.staging_dir()?;
+        Ok(share)
+    }
+
+    /// Open the share at `root` to look at it only (`sync --dry-run`): nothing is created.
+    pub fn open_for_reading(root: &Path) -> io::Result<ShareDir> {
         let root_fd =
             match rustix::fs::open(root, DIR_FLAGS.difference(OFlags::NOFOLLOW), Mode::empty()) {
                 Ok(fd) => fd,
@@ -366,8 +374,6 @@ impl ShareDir {
             staging: root.join(RESERVED_TOP_LEVEL).join(STAGING_DIR),
             pending: Arc::default(),
         };
-        // A symlink here would send staged data (and renames) elsewhere: the walk refuses it.
-        share.staging_dir()?;
         Ok(share)
     }
 

@@ -176,54 +176,22 @@ impl StateStore {
                 Err(e) => return Err(io_err(&tmp)(e)),
             }
         }
-        let snapshot = Snapshot::open(&dir.join(SNAPSHOT_FILE))?;
-
+        let Replayed {
+            snapshot,
+            delta,
+            journal_ops,
+            unresolved,
+            valid_len,
+            len,
+        } = replay(dir)?;
         let journal_path = dir.join(JOURNAL_FILE);
-        let mut delta = BTreeMap::new();
-        let mut journal_ops = 0u64;
-        let mut unresolved: HashMap<String, PublishIntent> = HashMap::new();
-        let journal = if journal_path.exists() {
-            let recovery = journal::read_journal(&journal_path, JOURNAL_KIND, |op: JournalOp| {
-                journal_ops += 1;
-                match op {
-                    JournalOp::Put(rec) => {
-                        unresolved.remove(&rec.key);
-                        delta.insert(rec.key.clone(), Some(rec));
-                    }
-                    JournalOp::Remove(key) => {
-                        unresolved.remove(&key);
-                        delta.insert(key, None);
-                    }
-                    JournalOp::Intent(intent) => {
-                        unresolved.insert(intent.key.clone(), intent);
-                    }
-                }
-            })?;
-            if recovery.dropped_bytes > 0 {
-                log::warn!(
-                    "state journal {}: dropped a torn tail of {} bytes after {} records",
-                    journal_path.display(),
-                    recovery.dropped_bytes,
-                    recovery.records
-                );
-            }
-            JournalWriter::open_append(&journal_path, JOURNAL_KIND, recovery.valid_len)?
-        } else {
-            new_journal(dir, &[])?
+        let journal = match valid_len {
+            Some(valid_len) => JournalWriter::open_append(&journal_path, JOURNAL_KIND, valid_len)?,
+            None => new_journal(dir, &[])?,
         };
         let mut recovered: Vec<PublishIntent> = unresolved.into_values().collect();
         recovered.sort_by(|a, b| a.key.cmp(&b.key));
 
-        // The count is the snapshot's plus what the delta changed about it.
-        let mut len = snapshot.records;
-        for (key, value) in &delta {
-            let in_snapshot = snapshot.get(key)?.is_some();
-            match (in_snapshot, value.is_some()) {
-                (false, true) => len += 1,
-                (true, false) => len = len.saturating_sub(1),
-                _ => {}
-            }
-        }
         let mut store = StateStore {
             dir: dir.to_path_buf(),
             snapshot,
@@ -406,6 +374,120 @@ fn refuse_oversized<T: Serialize>(value: &T, key: &str) -> Result<(), StateError
 
 /// Create a journal holding `intents` under a temporary name, make it durable and rename it
 /// into place, so a journal with a torn header (or without the pending intents) never exists.
+/// The snapshot and the journal replayed on top of it, read only.
+struct Replayed {
+    snapshot: Snapshot,
+    delta: BTreeMap<String, Option<LocalRecord>>,
+    journal_ops: u64,
+    unresolved: HashMap<String, PublishIntent>,
+    /// Length of the journal's valid part; `None` when there is no journal.
+    valid_len: Option<u64>,
+    len: u64,
+}
+
+fn replay(dir: &Path) -> Result<Replayed, StateError> {
+    let snapshot = Snapshot::open(&dir.join(SNAPSHOT_FILE))?;
+    let journal_path = dir.join(JOURNAL_FILE);
+    let mut delta = BTreeMap::new();
+    let mut journal_ops = 0u64;
+    let mut unresolved: HashMap<String, PublishIntent> = HashMap::new();
+    let valid_len = if journal_path.exists() {
+        let recovery = journal::read_journal(&journal_path, JOURNAL_KIND, |op: JournalOp| {
+            journal_ops += 1;
+            match op {
+                JournalOp::Put(rec) => {
+                    unresolved.remove(&rec.key);
+                    delta.insert(rec.key.clone(), Some(rec));
+                }
+                JournalOp::Remove(key) => {
+                    unresolved.remove(&key);
+                    delta.insert(key, None);
+                }
+                JournalOp::Intent(intent) => {
+                    unresolved.insert(intent.key.clone(), intent);
+                }
+            }
+        })?;
+        if recovery.dropped_bytes > 0 {
+            log::warn!(
+                "state journal {}: dropped a torn tail of {} bytes after {} records",
+                journal_path.display(),
+                recovery.dropped_bytes,
+                recovery.records
+            );
+        }
+        Some(recovery.valid_len)
+    } else {
+        None
+    };
+    // The count is the snapshot's plus what the delta changed about it.
+    let mut len = snapshot.records;
+    for (key, value) in &delta {
+        let in_snapshot = snapshot.get(key)?.is_some();
+        match (in_snapshot, value.is_some()) {
+            (false, true) => len += 1,
+            (true, false) => len = len.saturating_sub(1),
+            _ => {}
+        }
+    }
+    Ok(Replayed {
+        snapshot,
+        delta,
+        journal_ops,
+        unresolved,
+        valid_len,
+        len,
+    })
+}
+
+/// The records of one share as they are on disk, for `sync --dry-run`: opened without
+/// creating, cleaning or appending anything (a running agent may keep writing meanwhile).
+pub struct StateView {
+    snapshot: Snapshot,
+    delta: BTreeMap<String, Option<LocalRecord>>,
+    len: u64,
+}
+
+impl StateView {
+    /// The state in `dir`; empty when the share never synced.
+    pub fn open(dir: &Path) -> Result<StateView, StateError> {
+        if !dir.exists() {
+            return Ok(StateView {
+                snapshot: Snapshot::open(&dir.join(SNAPSHOT_FILE))?,
+                delta: BTreeMap::new(),
+                len: 0,
+            });
+        }
+        let r = replay(dir)?;
+        Ok(StateView {
+            snapshot: r.snapshot,
+            delta: r.delta,
+            len: r.len,
+        })
+    }
+
+    pub fn get(&self, key: &str) -> Result<Option<LocalRecord>, StateError> {
+        match self.delta.get(key) {
+            Some(value) => Ok(value.clone()),
+            None => self.snapshot.get(key),
+        }
+    }
+
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn iter_sorted(&self) -> Result<SortedRecords, StateError> {
+        Ok(SortedRecords {
+            merge: Merge::new(self.snapshot.cursor(), self.delta.clone().into_iter()),
+        })
+    }
+}
+
 fn new_journal(
     dir: &Path,
     intents: &[&PublishIntent],

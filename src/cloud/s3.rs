@@ -88,11 +88,24 @@ impl S3Client {
     }
 }
 
-impl ObjectStore for S3Client {
-    fn list_page(&self, prefix: &str, continuation: Option<&str>) -> Result<ListPage, CloudError> {
+impl S3Client {
+    /// A one-key listing of `prefix`, as `check-config --online` proves the credentials can
+    /// list the bucket: the number of keys it returned (0 or 1). Not retried.
+    pub fn probe_list(&self, prefix: &str) -> Result<usize, CloudError> {
+        self.list_page_of(prefix, None, "1", &RetryPolicy::with_max_attempts(1))
+            .map(|page| page.objects.len())
+    }
+
+    fn list_page_of(
+        &self,
+        prefix: &str,
+        continuation: Option<&str>,
+        max_keys: &str,
+        policy: &RetryPolicy,
+    ) -> Result<ListPage, CloudError> {
         let mut query: Vec<(&str, &str)> = vec![
             ("list-type", "2"),
-            ("max-keys", MAX_KEYS),
+            ("max-keys", max_keys),
             ("encoding-type", "url"),
         ];
         if !prefix.is_empty() {
@@ -111,11 +124,17 @@ impl ObjectStore for S3Client {
             read_timeout: None,
         };
         let what = format!("S3 list {}/{prefix}", self.bucket);
-        retry(&self.retry, &what, &|| self.stop_requested(), || {
+        retry(policy, &what, &|| self.stop_requested(), || {
             let response = self.http.send(&call)?;
             let body = read_capped(response.into_body(), MAX_LIST_BODY, &what)?;
             parse_list_page(&body, prefix)
         })
+    }
+}
+
+impl ObjectStore for S3Client {
+    fn list_page(&self, prefix: &str, continuation: Option<&str>) -> Result<ListPage, CloudError> {
+        self.list_page_of(prefix, continuation, MAX_KEYS, &self.retry)
     }
 
     fn head(&self, key: &str) -> Result<Option<ObjectMeta>, CloudError> {

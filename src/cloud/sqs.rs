@@ -258,6 +258,23 @@ fn parse_delete_batch(
     Ok(failures)
 }
 
+impl SqsClient {
+    /// Prove the queue can be read without consuming anything (`check-config --online`):
+    /// ReceiveMessage for at most one message with `WaitTimeSeconds=0` and
+    /// `VisibilityTimeout=0`, never deleted, so a message received is visible again at once
+    /// (its ApproximateReceiveCount grows by one). The number received (0 or 1).
+    pub fn probe_receive(&self) -> Result<usize, CloudError> {
+        let body = json!({
+            "QueueUrl": self.queue_url,
+            "MaxNumberOfMessages": 1,
+            "WaitTimeSeconds": 0,
+            "VisibilityTimeout": 0,
+        });
+        let response = self.call("ReceiveMessage", &body, None, MAX_RECEIVE_BODY)?;
+        parse_receive(&response).map(|m| m.len())
+    }
+}
+
 impl EventQueue for SqsClient {
     fn receive(&self, max: u32, wait_secs: u32) -> Result<Vec<QueueMessage>, CloudError> {
         let max = max.clamp(1, MAX_BATCH as u32);

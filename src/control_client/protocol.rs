@@ -133,6 +133,11 @@ pub struct ShareProgress {
     pub sync_progress: i64,
     /// One of [`SYNC_STATES`].
     pub express_sync_state: String,
+    /// Set while the share has been in `error` or `queue_failure` for longer than the agent's
+    /// `alert_after_secs`: since when and why (`ExpressSyncState` has no error state). Absent
+    /// otherwise; older peers ignore it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alert: Option<String>,
 }
 
 /// `POST /agent/v1/progress`.

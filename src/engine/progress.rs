@@ -42,6 +42,28 @@ impl Progress {
     }
 }
 
+impl Progress {
+    /// Settled bytes per second after `elapsed_secs` (`None` before anything is settled).
+    pub fn byte_rate(&self, elapsed_secs: f64) -> Option<f64> {
+        (elapsed_secs > 0.0 && self.done_bytes > 0).then(|| self.done_bytes as f64 / elapsed_secs)
+    }
+
+    /// Seconds left at the rate so far: by bytes when the share has any, else by objects.
+    /// `None` until the totals are known and something is settled.
+    pub fn eta_secs(&self, elapsed_secs: f64) -> Option<f64> {
+        let (done, total) = if self.total_bytes > 0 {
+            (self.done_bytes, self.total_bytes)
+        } else {
+            (self.done_objects, self.total_objects)
+        };
+        if total == 0 || done == 0 || elapsed_secs <= 0.0 {
+            return None;
+        }
+        let rate = done as f64 / elapsed_secs;
+        Some(total.saturating_sub(done) as f64 / rate)
+    }
+}
+
 /// Reports progress that never goes backwards within one full sync (totals can grow while the
 /// listing streams, which would otherwise make the percentage drop). Use a new meter for each
 /// full sync.
@@ -133,5 +155,24 @@ mod tests {
         assert_eq!(meter.report(&progress(100, 100, 100, 100), true), 100);
         assert_eq!(meter.report(&progress(0, 0, 0, 0), false), 100);
         assert_eq!(meter.last(), 100);
+    }
+
+    #[test]
+    fn eta_follows_the_rate_so_far_and_waits_for_totals() {
+        let mut p = Progress::default();
+        assert_eq!(p.eta_secs(5.0), None, "nothing known yet");
+        p.done_objects = 10;
+        assert_eq!(p.eta_secs(5.0), None, "totals not known yet");
+        p.total_objects = 40;
+        assert_eq!(
+            p.eta_secs(5.0),
+            Some(15.0),
+            "by objects when there are no bytes"
+        );
+        p.total_bytes = 1000;
+        p.done_bytes = 250;
+        assert_eq!(p.eta_secs(10.0), Some(30.0), "by bytes when there are");
+        assert_eq!(p.byte_rate(10.0), Some(25.0));
+        assert_eq!(p.byte_rate(0.0), None);
     }
 }

@@ -124,6 +124,7 @@ impl Share {
         }
         self.status_stale = false;
         self.status.updated = unix_now();
+        self.status.track_trouble(self.status.updated);
         self.status.objects_local = self.state.len();
         if let Err(e) = write_status(&self.ctx.state_dir, &self.status) {
             warn!("share {}: cannot write status: {e}", self.ctx.cfg.name);
@@ -293,6 +294,8 @@ impl Share {
         if let Err(e) = self.sync_state(true) {
             error!("share {name}: cannot make the state durable at shutdown: {e}");
         }
+        // `status` shows `stopped` after a stop; `error_since` and the last error stay.
+        self.status.state = ShareState::Stopped;
         self.write_status(true);
         info!("share {name}: stopped");
     }

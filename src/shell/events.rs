@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use log::{debug, warn};
+use log::{debug, info, warn};
 
 use super::{Share, ShareError, SyncReport, VISIBILITY_EXTEND_AFTER, VISIBILITY_EXTENSION_SECS};
 use crate::cloud::events::{ParsedMessage, parse_message};
@@ -11,7 +11,11 @@ use crate::cloud::{EventQueue, QueueMessage};
 use crate::engine::batch::{Batch, Fate};
 use crate::engine::events::{HeadDecision, after_head};
 use crate::engine::progress::Progress;
+use crate::format::human_bytes;
 use crate::status::ShareState;
+
+/// A batch of at least this many messages gets a summary line besides its per-file lines.
+const BATCH_SUMMARY_MIN: usize = 5;
 
 impl Share {
     /// Apply one received batch; delete each message once its effects are durable. The
@@ -144,6 +148,20 @@ impl Share {
                     "share {name}: DeleteMessageBatch failed: {e}; messages will be redelivered"
                 ),
             }
+        }
+        // Each file has its own line; a big batch also gets one line for the whole of it.
+        if msgs.len() >= BATCH_SUMMARY_MIN {
+            info!(
+                "share {name}: batch of {} message(s) in {:.1}s: {} published ({}), {} deleted, {} adopted, {} skipped, {} failed",
+                msgs.len(),
+                started.elapsed().as_secs_f64(),
+                report.downloaded,
+                human_bytes(report.bytes_downloaded),
+                report.deleted,
+                report.adopted,
+                report.skipped,
+                report.failed
+            );
         }
         if report.failed == 0
             && self.status.state != ShareState::Healthy

@@ -2,24 +2,102 @@
 //! local change aside first), record what was published, delete what the bucket deleted.
 //! Whose file is at a path is the engine's call ([`crate::engine::local`]).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use log::{debug, error, warn};
+use log::{debug, error, info, warn};
 
 use super::pool::{Job, JobOutcome};
 use super::recovery::digest_of_file;
 use super::{DISK_FULL_REPEAT, JOB_BATCH, Share, ShareError, SyncReport};
 use crate::cache::crc64::Crc64Nvme;
 use crate::cache::paths::{KeyPath, key_to_relpath};
+use crate::cache::publish::ShareDir;
 use crate::cache::state::PublishIntent;
+use crate::cloud::ObjectStore;
+use crate::daemon::Heartbeat;
 use crate::engine::FileFacts;
 use crate::engine::events::record_after_download;
 use crate::engine::local::{
     BeforePublish, LocalFile, adoption_proven, before_publish, classify, is_md5_etag,
 };
 use crate::engine::progress::Progress;
-use crate::model::{LocalRecord, ObjectMeta};
+use crate::model::{ConsistencyCheck, LocalRecord, ObjectMeta};
+
+/// Is the file at `rel` proven to be `meta`'s version ([`adoption_proven`])? Reads only: the
+/// key is HEADed for its CRC-64 when the listing had none, and the file is read for its
+/// digest. The version (with its CRC-64) and the file's CRC-64 when it is; the full sync's
+/// adoption and `sync --dry-run` both ask this.
+pub(super) fn prove_adoption(
+    store: &dyn ObjectStore,
+    dir: &ShareDir,
+    meta: &ObjectMeta,
+    rel: &Path,
+    heartbeat: &Heartbeat,
+    share: &str,
+) -> Result<Option<(ObjectMeta, u64)>, ShareError> {
+    let mut meta = meta.clone();
+    if meta.crc64nvme.is_none() {
+        match store.head(&meta.key)? {
+            Some(h) if h.etag == meta.etag && h.size == meta.size => meta.crc64nvme = h.crc64nvme,
+            // Changed or gone since the listing: not this version, whatever the file is.
+            _ => return Ok(None),
+        }
+    }
+    let want_md5 = meta.crc64nvme.is_none() && meta.etag.as_deref().is_some_and(is_md5_etag);
+    let digest = match digest_of_file(dir, rel, want_md5, heartbeat) {
+        Ok(d) => d,
+        Err(e) => {
+            warn!(
+                "share {share}: cannot read {} to compare it with {:?}: {e}",
+                rel.display(),
+                meta.key
+            );
+            return Ok(None);
+        }
+    };
+    if !adoption_proven(&meta, &digest) {
+        return Ok(None);
+    }
+    Ok(Some((meta, digest.crc64nvme)))
+}
+
+/// Where a version would go and what stands in its way: the decision [`Share::fetch`] acts on
+/// and `sync --dry-run` reports ([`super::dry_run`]). Reads only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum PublishPlan {
+    /// A folder marker: the directory at this path.
+    Folder(PathBuf),
+    /// The key can never be a safe local path (why).
+    Skip(String),
+    /// A file at `rel`; `before` is what to do with the file already there (`None`: nothing
+    /// is there).
+    File {
+        rel: PathBuf,
+        before: Option<BeforePublish>,
+    },
+}
+
+pub(super) fn plan_publish(
+    dir: &ShareDir,
+    prefix: &str,
+    meta: &ObjectMeta,
+    base: Option<&LocalRecord>,
+    mode: ConsistencyCheck,
+) -> PublishPlan {
+    match key_to_relpath(&meta.key, prefix) {
+        Ok(KeyPath::Dir(rel)) => PublishPlan::Folder(rel),
+        Err(why) => PublishPlan::Skip(why.to_string()),
+        Ok(KeyPath::File(rel)) => {
+            let before = dir
+                .file_facts(&rel)
+                .ok()
+                .flatten()
+                .map(|facts| before_publish(meta, base, Some(facts), mode));
+            PublishPlan::File { rel, before }
+        }
+    }
+}
 
 impl Share {
     pub(super) fn facts_for_key(&self, key: &str) -> Option<FileFacts> {
@@ -40,9 +118,16 @@ impl Share {
         progress: &mut Progress,
     ) -> Result<(), ShareError> {
         let name = self.ctx.cfg.name.clone();
-        let rel = match key_to_relpath(&meta.key, &self.ctx.cfg.prefix) {
-            Ok(KeyPath::File(rel)) => rel,
-            Ok(KeyPath::Dir(rel)) => {
+        let plan = plan_publish(
+            &self.dir,
+            &self.ctx.cfg.prefix,
+            &meta,
+            old.as_ref(),
+            self.ctx.cfg.consistency_check,
+        );
+        let (rel, before) = match plan {
+            PublishPlan::File { rel, before } => (rel, before),
+            PublishPlan::Folder(rel) => {
                 match self.dir.make_dir(&rel) {
                     Ok(()) => {
                         let rec = record_after_download(
@@ -63,7 +148,7 @@ impl Share {
                 progress.done_objects += 1;
                 return Ok(());
             }
-            Err(why) => {
+            PublishPlan::Skip(why) => {
                 warn!("share {name}: key {:?} skipped: {why}", meta.key);
                 self.status.note_skipped(&meta.key);
                 report.skipped += 1;
@@ -74,16 +159,14 @@ impl Share {
         };
         // What is at the path now? Our own unchanged file may be replaced; anything else is
         // either adopted (proven identical) or moved aside, never destroyed.
-        if let Ok(Some(facts)) = self.dir.file_facts(&rel) {
-            let decision = before_publish(
-                &meta,
-                old.as_ref(),
-                Some(facts),
-                self.ctx.cfg.consistency_check,
-            );
+        if let Some(decision) = before {
             let adopted = decision == BeforePublish::Adopt
                 && self.adopt(&meta, &rel, sequencer.as_deref(), old.as_ref())?;
             if adopted {
+                info!(
+                    "share {name}: adopted {:?} ({} bytes): the file already there is this version",
+                    meta.key, meta.size
+                );
                 report.adopted += 1;
                 progress.done_objects += 1;
                 progress.done_bytes += meta.size;
@@ -140,33 +223,18 @@ impl Share {
         sequencer: Option<&str>,
         old: Option<&LocalRecord>,
     ) -> Result<bool, ShareError> {
-        let mut meta = meta.clone();
-        if meta.crc64nvme.is_none() {
-            match self.ctx.store.head(&meta.key)? {
-                Some(h) if h.etag == meta.etag && h.size == meta.size => {
-                    meta.crc64nvme = h.crc64nvme
-                }
-                // Changed or gone since the listing: not this version, whatever the file is.
-                _ => return Ok(false),
-            }
-        }
-        let want_md5 = meta.crc64nvme.is_none() && meta.etag.as_deref().is_some_and(is_md5_etag);
-        let digest = match digest_of_file(&self.dir, rel, want_md5, &self.heartbeat) {
-            Ok(d) => d,
-            Err(e) => {
-                warn!(
-                    "share {}: cannot read {} to compare it with {:?}: {e}",
-                    self.ctx.cfg.name,
-                    rel.display(),
-                    meta.key
-                );
-                return Ok(false);
-            }
-        };
-        if !adoption_proven(&meta, &digest) {
+        let Some((meta, crc64nvme)) = prove_adoption(
+            &*self.ctx.store,
+            &self.dir,
+            meta,
+            rel,
+            &self.heartbeat,
+            &self.ctx.cfg.name,
+        )?
+        else {
             return Ok(false);
-        }
-        let rec = record_after_download(&meta, digest.crc64nvme, sequencer, old);
+        };
+        let rec = record_after_download(&meta, crc64nvme, sequencer, old);
         self.state.put(rec)?;
         self.unsynced_records += 1;
         Ok(true)
@@ -195,7 +263,7 @@ impl Share {
                     if let Some(dir) = dir_to_sync {
                         self.dirs_to_sync.insert(dir);
                     }
-                    debug!(
+                    info!(
                         "share {name}: published {:?} ({} bytes)",
                         meta.key, meta.size
                     );
@@ -278,6 +346,7 @@ impl Share {
                 }
                 Ok(_) => match self.dir.remove_file(&rel) {
                     Ok(_) => {
+                        info!("share {name}: deleted {:?} ({} bytes)", rec.key, rec.size);
                         report.deleted += 1;
                         self.status.objects_deleted += 1;
                     }

@@ -22,6 +22,7 @@
 mod deletes;
 mod download;
 pub mod driver;
+pub mod dry_run;
 mod events;
 mod full_sync;
 pub mod listing;
