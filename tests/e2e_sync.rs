@@ -756,7 +756,9 @@ fn a_same_size_overwrite_in_the_same_second_is_fetched_not_adopted() {
     let key = "c/counter.txt";
     let s = setup(&peer, "same", "", None);
     let mut hit_same_second = false;
-    for round in 0..10u32 {
+    // Under load (a CI box running other tests) a round may not fit in one second; it stops at
+    // the first round that does.
+    for round in 0..30u32 {
         // Start at the top of a second: put, sync and put again fit in it most of the time.
         let into_second = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
