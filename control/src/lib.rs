@@ -90,6 +90,9 @@
 //! - [`params`], [`render`], [`error`]: API parameters, JSON/XML answers, the documented errors.
 //! - `actions`, `agent`: the express-sync actions and the agent endpoints.
 //! - [`provision`]: topics, queues, subscriptions, bucket notification rules.
+//! - [`oms`]: the Huawei OMS sync-task API under `/v2/{project_id}/sync-tasks` (its
+//!   `SDK-HMAC-SHA256` signature, validation, the `[[oms.endpoints]]` resolution) and the tasks
+//!   themselves: bucket → bucket runs of the agent's reconciliation engine on threads.
 //! - [`store`]: SQLite (one transaction per change).
 //! - `main.rs`: the `sgw-control` binary (arguments, logging, exit codes).
 
@@ -98,6 +101,7 @@
 pub mod auth;
 pub mod error;
 pub mod http_server;
+pub mod oms;
 pub mod params;
 pub mod provision;
 pub mod render;

@@ -38,6 +38,8 @@ pub struct ControlService {
     /// Creates run one at a time: name, count and overlap checks see each other's results.
     pub(crate) create_lock: Mutex<()>,
     rng: SystemRandom,
+    /// The OMS sync-task API under `/v2/` ([`crate::oms`]), once the server has set it up.
+    oms: std::sync::OnceLock<Arc<crate::oms::OmsService>>,
 }
 
 /// Holds a group busy until dropped.
@@ -108,7 +110,13 @@ impl ControlService {
             busy: Mutex::new(HashSet::new()),
             create_lock: Mutex::new(()),
             rng: SystemRandom::new(),
+            oms: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Serves the OMS sync-task API with `oms` (once; later calls are ignored).
+    pub fn set_oms(&self, oms: Arc<crate::oms::OmsService>) {
+        let _ = self.oms.set(oms);
     }
 
     pub fn store(&self) -> &Store {
@@ -203,6 +211,10 @@ impl ControlService {
             "/" => self.handle_api(&req),
             "/health" if req.method == "GET" => Response::json(200, r#"{"status":"ok"}"#),
             p if p.starts_with("/agent/") => self.handle_agent(&req),
+            p if p.starts_with("/v2/") && self.oms.get().is_some() => self
+                .oms
+                .get()
+                .map_or_else(|| Response::json(404, "{}"), |o| o.handle(&req)),
             _ => {
                 let e = ApiError::new(
                     404,

@@ -38,6 +38,14 @@ struct RawConfig {
     max_express_syncs: Option<i64>,
     poll_interval_secs: Option<i64>,
     cloud: Option<RawCloud>,
+    oms: Option<RawOms>,
+}
+
+/// `[oms]`: only `[[oms.endpoints]]` tables (see [`crate::oms::endpoints`]).
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawOms {
+    endpoints: Option<Vec<crate::oms::endpoints::EndpointEntry>>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -74,6 +82,8 @@ pub struct ControlConfig {
     pub allow_http: bool,
     /// Accepted `BucketRegion` values.
     pub regions: Vec<String>,
+    /// Where OMS sync tasks find their buckets (`[[oms.endpoints]]`, checked).
+    pub oms_endpoints: crate::oms::endpoints::Endpoints,
 }
 
 impl ControlConfig {
@@ -98,6 +108,13 @@ impl ControlConfig {
             }
         };
         let cloud = raw.cloud.unwrap_or_default();
+        let oms_endpoints = crate::oms::endpoints::Endpoints::new(
+            raw.oms.and_then(|o| o.endpoints).unwrap_or_default(),
+        )
+        .map_err(|e| {
+            let (key, problem) = e.split_once(": ").unwrap_or(("oms.endpoints", e.as_str()));
+            err(key, problem.to_string())
+        })?;
 
         let listen = overrides
             .listen
@@ -267,6 +284,7 @@ impl ControlConfig {
             cloud_region,
             allow_http,
             regions,
+            oms_endpoints,
         })
     }
 }
@@ -370,6 +388,15 @@ pub fn start(
             .map_err(|e| format!("cannot store the bootstrap API key: {e}"))?;
         log::info!("bootstrap API key {id} installed from SGW_ACCESS_KEY_ID");
     }
+    let oms = crate::oms::OmsService::open(
+        &config.data_dir,
+        config.oms_endpoints.clone(),
+        crate::oms::task::RunSettings::default(),
+    )
+    .map_err(|e| format!("cannot set up the OMS sync tasks: {e}"))?;
+    let oms = Arc::new(oms);
+    oms.resume();
+    service.set_oms(oms);
     let handler_service = Arc::clone(&service);
     let handler: Arc<Handler> = Arc::new(move |req| handler_service.handle(req));
     let server = Server::start(&config.listen, config.limits.clone(), handler)
