@@ -273,12 +273,12 @@ fn no_kms(body: &mut Body, crypto: &'static str, key_id: &'static str) -> Result
             "{crypto}=KMS: keys encrypted with KMS are not supported by this endpoint; use DEFAULT."
         )));
     }
-    if let Some(id) = body.string(key_id, 36, false)? {
-        if !id.is_empty() {
-            return Err(OmsError::unsupported(format!(
-                "{key_id}: KMS is not supported by this endpoint."
-            )));
-        }
+    if let Some(id) = body.string(key_id, 36, false)?
+        && !id.is_empty()
+    {
+        return Err(OmsError::unsupported(format!(
+            "{key_id}: KMS is not supported by this endpoint."
+        )));
     }
     Ok(())
 }
@@ -336,12 +336,12 @@ fn create(s: &OmsService, project: &str, bytes: &[u8]) -> Result<Value, OmsError
     let dst_bucket = b.string("dst_bucket", 1024, true)?.unwrap_or_default();
     check_bucket("dst_bucket", &dst_bucket)?;
     let description = b.string("description", 255, false)?;
-    if let Some(d) = &description {
-        if d.contains(['<', '>', '(', ')', '"', '\'', '&']) {
-            return Err(OmsError::invalid(
-                "description must not contain any of <>()\"'&.",
-            ));
-        }
+    if let Some(d) = &description
+        && d.contains(['<', '>', '(', ')', '"', '\'', '&'])
+    {
+        return Err(OmsError::invalid(
+            "description must not contain any of <>()\"'&.",
+        ));
     }
     let enable_metadata_migration = b.boolean("enable_metadata_migration")?;
     let enable_restore = b.boolean("enable_restore")?;
@@ -505,12 +505,13 @@ fn list(s: &OmsService, project: &str, q: &str) -> Result<Value, OmsError> {
         return Err(OmsError::invalid("offset must be 0 or more."));
     }
     let status = single(&pairs, "status")?;
-    if let Some(st) = status {
-        if st != STATUS_SYNCHRONIZING && st != STATUS_STOPPED {
-            return Err(OmsError::invalid(
-                "status must be SYNCHRONIZING or STOPPED.",
-            ));
-        }
+    if let Some(st) = status
+        && st != STATUS_SYNCHRONIZING
+        && st != STATUS_STOPPED
+    {
+        return Err(OmsError::invalid(
+            "status must be SYNCHRONIZING or STOPPED.",
+        ));
     }
     let (count, rows) = s.store.oms_tasks(project, status, limit, offset)?;
     Ok(json!({"tasks": rows.iter().map(info).collect::<Vec<_>>(), "count": count}))

@@ -226,12 +226,12 @@ pub fn verify(
         }
     }
     // The tenant the SDK means: if it says so in a header, it must be the signed path's.
-    if let Some(header_project) = req.header("x-project-id") {
-        if !names.contains(&"x-project-id") || header_project != project_id {
-            return Err(OmsError::signature(
-                "X-Project-Id must be signed and equal to the project_id in the path.",
-            ));
-        }
+    if let Some(header_project) = req.header("x-project-id")
+        && (!names.contains(&"x-project-id") || header_project != project_id)
+    {
+        return Err(OmsError::signature(
+            "X-Project-Id must be signed and equal to the project_id in the path.",
+        ));
     }
     let date = match req.header_values("x-sdk-date").as_slice() {
         [one] => *one,

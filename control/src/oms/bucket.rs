@@ -111,15 +111,15 @@ impl Bucket {
             .and_then(|v| v.parse().ok())
             .ok_or_else(|| bad("no valid Content-Length"))?;
         let last_modified = header_str(h, "last-modified")
-            .and_then(|v| httpdate_secs(v))
+            .and_then(httpdate_secs)
             .ok_or_else(|| bad("no valid Last-Modified"))?;
         let mut metadata = Vec::new();
         for (name, value) in h.iter() {
             let name = name.as_str();
-            if name.starts_with("x-amz-meta-") || STANDARD_METADATA.contains(&name) {
-                if let Ok(v) = value.to_str() {
-                    metadata.push((name.to_string(), v.to_string()));
-                }
+            if (name.starts_with("x-amz-meta-") || STANDARD_METADATA.contains(&name))
+                && let Ok(v) = value.to_str()
+            {
+                metadata.push((name.to_string(), v.to_string()));
             }
         }
         Ok(Download {
@@ -256,12 +256,12 @@ impl Bucket {
             done += want as u64;
         }
         let crc = whole.finish();
-        if let Some(expected) = expected_crc {
-            if expected != crc {
-                return Err(CloudError::Transport(format!(
-                    "the bytes read do not match the source's CRC-64/NVME ({crc:016x} != {expected:016x})"
-                )));
-            }
+        if let Some(expected) = expected_crc
+            && expected != crc
+        {
+            return Err(CloudError::Transport(format!(
+                "the bytes read do not match the source's CRC-64/NVME ({crc:016x} != {expected:016x})"
+            )));
         }
         let body = format!("<CompleteMultipartUpload>{parts}</CompleteMultipartUpload>");
         let crc_b64 = crc64::nvme_to_header(crc);

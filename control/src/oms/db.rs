@@ -300,6 +300,25 @@ impl Store {
         Ok(rows)
     }
 
+    /// The base of one key, if settled.
+    pub fn oms_object(
+        &self,
+        task_id: &str,
+        key: &str,
+    ) -> StoreResult<Option<(u64, Option<String>, i64)>> {
+        Ok(self
+            .lock()
+            .query_row(
+                "SELECT size, etag, last_modified FROM oms_objects WHERE task_id = ?1 AND key = ?2",
+                [task_id, key],
+                |r| {
+                    let size: i64 = r.get(0)?;
+                    Ok((u64::try_from(size).unwrap_or(0), r.get(1)?, r.get(2)?))
+                },
+            )
+            .optional()?)
+    }
+
     pub fn oms_put_object(&self, task_id: &str, r: &LocalRecord) -> StoreResult<()> {
         self.lock().execute(
             "INSERT INTO oms_objects (task_id, key, size, etag, last_modified, crc64nvme) \

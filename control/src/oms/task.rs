@@ -36,6 +36,7 @@
 //! or SKIP; SIZE adds the bytes of each SUCCESS. A failed object is not settled, so the next
 //! pass tries it again (and counts it again).
 
+use std::collections::HashSet;
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, SyncSender, TryRecvError};
@@ -137,6 +138,7 @@ pub fn spawn(store: Arc<Store>, settings: RunSettings, launch: Launch) -> Result
         source,
         destination,
         stop: Arc::clone(&stop),
+        in_flight: Mutex::new(HashSet::new()),
     };
     let thread = std::thread::Builder::new()
         .name(format!("oms-{}", launch.row.id))
@@ -158,6 +160,8 @@ enum Dest {
 struct Job {
     source: ObjectMeta,
     destination: Dest,
+    /// Settled, but gone from the destination: copy again even though the base matches.
+    recopy: bool,
 }
 
 enum Outcome {
@@ -178,6 +182,8 @@ struct TaskRun {
     source: Bucket,
     destination: Bucket,
     stop: Arc<AtomicBool>,
+    /// Keys a worker is on: an event and a pass naming the same key do it once.
+    in_flight: Mutex<HashSet<String>>,
 }
 
 /// A bucket listing as an iterator of keys in order (stops after the first error).
@@ -350,6 +356,7 @@ impl TaskRun {
                         Dest::Known(_) => Some(Job {
                             source: meta_of(&record),
                             destination: Dest::Known(None),
+                            recopy: true,
                         }),
                     },
                     Ok(SyncAction::Download(meta, _) | SyncAction::Verify(meta, _)) => {
@@ -357,6 +364,7 @@ impl TaskRun {
                         Some(Job {
                             source: meta,
                             destination: d,
+                            recopy: false,
                         })
                     }
                     Ok(SyncAction::Delete(record)) => {
@@ -366,10 +374,10 @@ impl TaskRun {
                         None
                     }
                 };
-                if let Some(job) = job {
-                    if send_unless_stopped(&tx, job, &self.stop).is_err() {
-                        break;
-                    }
+                if let Some(job) = job
+                    && send_unless_stopped(&tx, job, &self.stop).is_err()
+                {
+                    break;
                 }
             }
             self.forward_events(events, &tx);
@@ -410,6 +418,7 @@ impl TaskRun {
             Ok(Some(meta)) => Some(Job {
                 source: meta,
                 destination: Dest::Unknown,
+                recopy: false,
             }),
             Ok(None) => {
                 self.count(
@@ -462,6 +471,35 @@ impl TaskRun {
 
     fn work(&self, job: Job) {
         let key = job.source.key.clone();
+        if !self
+            .in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key.clone())
+        {
+            return;
+        }
+        self.work_on(job);
+        self.in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&key);
+    }
+
+    fn work_on(&self, job: Job) {
+        let key = job.source.key.clone();
+        // Settled already at this very version (by an event, or the pass before): nothing to do.
+        match self.store.oms_object(&self.id, &key) {
+            Ok(Some((size, etag, last_modified)))
+                if size == job.source.size
+                    && last_modified == job.source.last_modified
+                    && (etag.is_none() || job.source.etag.is_none() || etag == job.source.etag)
+                    && !job.recopy =>
+            {
+                return;
+            }
+            _ => {}
+        }
         let outcome = match self.decide(&job) {
             Err(why) => Outcome::Failure(why),
             Ok(Some(crc)) => {
@@ -595,12 +633,12 @@ impl TaskRun {
                 return Err(fail("the source object was cut short".into()));
             }
             let crc = crc64::nvme(&buffer);
-            if let Some(expected) = download.meta.crc64nvme {
-                if expected != crc {
-                    return Err(fail(format!(
-                        "the bytes read do not match the source's CRC-64/NVME ({crc:016x} != {expected:016x})"
-                    )));
-                }
+            if let Some(expected) = download.meta.crc64nvme
+                && expected != crc
+            {
+                return Err(fail(format!(
+                    "the bytes read do not match the source's CRC-64/NVME ({crc:016x} != {expected:016x})"
+                )));
             }
             if self.stopped() {
                 return Err(Outcome::Pending("the task was stopped".into()));
