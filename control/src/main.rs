@@ -74,6 +74,11 @@ CONFIGURATION (control.toml):
     region = \"us-east-1\"
     allow_http = false
     regions = [\"us-east-1\"]     # accepted BucketRegion values [default: [region]]
+    [[oms.endpoints]]            # OMS sync tasks: where a cloud type's region is (repeatable)
+    cloud_type = \"AWS\"           # a src_cloud_type value; \"HuaweiCloud\" for destinations
+    region = \"us-east-1\"
+    url = \"http://127.0.0.1:9000\" # S3-protocol endpoint [defaults: public AWS S3 and OBS]
+    allow_http = false
 
 EXIT STATUS:
     0 clean stop (SIGTERM/SIGINT), 1 runtime failure, 64 usage error, 78 configuration error

@@ -468,6 +468,59 @@ mod tests {
     }
 
     #[test]
+    fn oms_endpoints_take_exactly_their_four_keys() {
+        let none = Overrides::default();
+        let base = "[cloud]\nendpoint = \"https://x\"\n";
+        let c = load(
+            &format!(
+                "{base}[[oms.endpoints]]\ncloud_type = \"AWS\"\nregion = \"us-east-1\"\n\
+                 url = \"http://127.0.0.1:9000\"\nallow_http = true\n\
+                 [[oms.endpoints]]\ncloud_type = \"HuaweiCloud\"\nregion = \"cn-north-4\"\n\
+                 url = \"https://obs.example\"\n"
+            ),
+            &none,
+        )
+        .expect("valid");
+        let e = &c.oms_endpoints;
+        assert_eq!(e.entries.len(), 2);
+        assert_eq!(
+            e.resolve("AWS", "us-east-1").expect("configured").url,
+            "http://127.0.0.1:9000"
+        );
+        assert!(
+            !e.resolve("HuaweiCloud", "cn-north-4")
+                .expect("configured")
+                .allow_http
+        );
+        assert_eq!(
+            e.resolve("HuaweiCloud", "ap-southeast-1")
+                .expect("default")
+                .url,
+            "https://obs.ap-southeast-1.myhuaweicloud.com"
+        );
+        let defaults = load(base, &none).expect("no [oms]");
+        assert!(defaults.oms_endpoints.entries.is_empty());
+        for (text, key) in [
+            (
+                "[[oms.endpoints]]\ncloud_type = \"AWS\"\nregion = \"us-east-1\"\nurl = \"http://x\"\n",
+                "oms.endpoints[0].url",
+            ),
+            (
+                "[[oms.endpoints]]\ncloud_type = \"S3\"\nregion = \"us-east-1\"\nurl = \"https://x\"\n",
+                "oms.endpoints[0].cloud_type",
+            ),
+            (
+                "[[oms.endpoints]]\ncloud_type = \"AWS\"\nregion = \"us-east-1\"\nurl = \"https://x\"\nbucket = \"b\"\n",
+                "bucket",
+            ),
+            ("[oms]\nworkers = 3\n", "workers"),
+        ] {
+            let e = load(&format!("{base}{text}"), &none).expect_err(text);
+            assert!(e.key.contains(key), "{text}: {e}");
+        }
+    }
+
+    #[test]
     fn limits_come_from_the_file_with_defaults_and_ranges() {
         let none = Overrides::default();
         let c = load("[cloud]\nendpoint = \"https://x\"\n", &none).expect("defaults");
