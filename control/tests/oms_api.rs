@@ -746,3 +746,73 @@ fn a_restart_resumes_running_tasks_and_keeps_stopped_ones_stopped() {
         );
     }
 }
+
+#[test]
+fn consistency_checks_overwrite_modes_storage_classes_and_archived_objects() {
+    let peer = Peer::start();
+    for b in ["src", "src-two", "dst-one", "dst-two", "dst-three"] {
+        peer.make_bucket(b);
+    }
+    let o = Oms::start(&peer);
+    let put = |bucket: &str, key: &str, text: &str, class: &str| {
+        json!({"action": "S3Put", "params": {"endpoint_url": peer.endpoint, "bucket": bucket,
+            "key": key, "body_text": text, "storage_class": class}})
+    };
+    o.raw_batch(vec![
+        put("src", "a.txt", "new content", "STANDARD"),
+        put("src", "cold.bin", "archived bytes", "GLACIER"),
+        put("src-two", "a.txt", "new content", "STANDARD"),
+        put("src-two", "cold.bin", "archived bytes", "GLACIER"),
+    ]);
+    std::thread::sleep(Duration::from_millis(1100));
+    // Same size, newer, different bytes in every destination.
+    o.raw_batch(vec![
+        put("dst-one", "a.txt", "old content", "STANDARD"),
+        put("dst-two", "a.txt", "old content", "STANDARD"),
+        put("dst-three", "a.txt", "old content", "STANDARD"),
+    ]);
+    // size_last_modified (default): a.txt counts as the same; the archived object fails.
+    let t1 = o.create("src", "dst-one", json!({"description": "size and time"}));
+    // crc64: a.txt differs by CRC and is copied; enable_restore restores cold.bin, then copies it.
+    let t2 = o.create(
+        "src-two",
+        "dst-two",
+        json!({"consistency_check": "crc64", "enable_restore": true, "dst_storage_policy": "IA"}),
+    );
+    // NO_OVERWRITE (raw: not in the SDK's model) keeps a.txt whatever it holds.
+    let r = o
+        .raw_batch(vec![
+            json!({"ak": AK, "sk": SK, "project": PROJECT, "action": "Raw",
+        "params": {"method": "POST", "path": format!("/v2/{PROJECT}/sync-tasks"),
+            "body": {"src_cloud_type": "AWS", "src_region": "us-east-1", "src_bucket": "src",
+                "src_ak": "a", "src_sk": "b", "dst_ak": "c", "dst_sk": "d",
+                "dst_region": "cn-north-4", "dst_bucket": "dst-three",
+                "object_overwrite_mode": "NO_OVERWRITE"}}}),
+        ])
+        .remove(0);
+    assert_eq!(r["status"], json!(200), "{r}");
+    let t3 = r["body"]["sync_task_id"].as_str().expect("id").to_string();
+    wait_until(Duration::from_secs(40), "the three tasks", || {
+        keys_of(&peer, "dst-two").len() == 2 && totals(&o, &t1)[0] >= 2 && totals(&o, &t3)[0] >= 2
+    });
+    assert_eq!(peer.get("dst-one", "a.txt"), b"old content");
+    assert_eq!(peer.get("dst-two", "a.txt"), b"new content");
+    assert_eq!(peer.get("dst-three", "a.txt"), b"old content");
+    assert_eq!(peer.get("dst-two", "cold.bin"), b"archived bytes");
+    assert_eq!(
+        o.s3_head("dst-two", "a.txt")["storage_class"],
+        json!("STANDARD_IA")
+    );
+    assert_eq!(keys_of(&peer, "dst-one"), vec!["a.txt".to_string()]);
+    assert_eq!(keys_of(&peer, "dst-three"), vec!["a.txt".to_string()]);
+    let t = totals(&o, &t1);
+    assert_eq!(
+        (t[1], t[2], t[3]),
+        (0, t[0] - 1, 1),
+        "size_last_modified: {t:?}"
+    );
+    let t = totals(&o, &t2);
+    assert_eq!((t[0], t[1], t[2], t[3]), (2, 2, 0, 0), "crc64: {t:?}");
+    let t = totals(&o, &t3);
+    assert_eq!((t[1], t[2], t[3]), (0, t[0] - 1, 1), "NO_OVERWRITE: {t:?}");
+}

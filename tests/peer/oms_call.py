@@ -145,6 +145,7 @@ def s3(call):
             Body=p["body_text"].encode(),
             ContentType=p.get("content_type", "binary/octet-stream"),
             Metadata=p.get("metadata") or {},
+            StorageClass=p.get("storage_class", "STANDARD"),
             ChecksumAlgorithm="CRC64NVME",
         )
         return {"ok": True}
