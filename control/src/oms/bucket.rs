@@ -140,14 +140,16 @@ impl Bucket {
         })
     }
 
-    /// One PUT of `body` (whose CRC-64/NVME is `crc`): the destination checks the checksum.
+    /// One PUT of `body` (whose CRC-64/NVME is `crc`): the destination checks the checksum
+    /// (S3 refuses a mismatch with `BadDigest`). Returns the CRC-64/NVME the answer confirms,
+    /// if it carries one.
     pub fn put(
         &self,
         key: &str,
         body: &[u8],
         crc: u64,
         headers: &[(String, String)],
-    ) -> Result<(), CloudError> {
+    ) -> Result<Option<u64>, CloudError> {
         let path = self.path(key);
         let crc_b64 = crc64::nvme_to_header(crc);
         let mut all: Vec<(&str, &str)> = vec![
@@ -163,7 +165,11 @@ impl Bucket {
             body,
             read_timeout: None,
         };
-        self.http.send(&call).map(drop)
+        let response = self.http.send(&call)?;
+        Ok(parse_crc64nvme(
+            header_str(response.headers(), "x-amz-checksum-crc64nvme"),
+            None,
+        ))
     }
 
     /// Multipart upload of `source` (exactly `size` bytes) in `part_size` parts, with a

@@ -25,8 +25,9 @@
 //! CRC-64/NVME multipart). Memory is bounded by workers × buffer, not by object size. The
 //! CRC-64/NVME of the bytes read is compared with the source's `x-amz-checksum-crc64nvme` (when
 //! the source has one) before the object becomes visible, is sent with the PUT (or the
-//! Complete) so the destination checks it, and is compared again with what a HEAD of the
-//! destination reports. Content-Type is always copied; with `enable_metadata_migration` also
+//! Complete) so the destination checks it, and is compared again with what the destination
+//! confirms: the PUT answer's `x-amz-checksum-crc64nvme`, or else (and after every multipart
+//! upload) a HEAD. Content-Type is always copied; with `enable_metadata_migration` also
 //! `x-amz-meta-*`, Cache-Control, Content-Disposition, Content-Encoding, Content-Language and
 //! Expires. An archived source object (`InvalidObjectState`) is restored (RestoreObject, one
 //! day) when `enable_restore` and copied by a later pass once readable; without it, it counts as
@@ -643,9 +644,20 @@ impl TaskRun {
             if self.stopped() {
                 return Err(Outcome::Pending("the task was stopped".into()));
             }
-            self.destination
+            let confirmed = self
+                .destination
                 .put(key, &buffer, crc, &headers)
                 .map_err(|e| fail(format!("PUT to the destination failed: {e}")))?;
+            match confirmed {
+                // The destination checked our CRC and says so: no HEAD needed.
+                Some(c) if c == crc => return Ok((download.meta, crc, size)),
+                Some(_) => {
+                    return Err(fail(
+                        "the destination confirmed a different CRC-64/NVME".into(),
+                    ));
+                }
+                None => {}
+            }
             crc
         } else {
             self.destination
