@@ -9,7 +9,9 @@ in $SGW_CONTROL) runs the OMS task with [[oms.endpoints]] pointing at it. Each r
 alternates the tools (order flips every repetition), each into a fresh destination bucket:
 
 - rclone: `rclone sync peer:src peer:<fresh>` with --transfers T (and --checkers 2T), timed
-  from start to exit;
+  from start to exit; once as it is (both buckets on one remote: it copies server-side with
+  CopyObject, no bytes through rclone) and once with `--disable copy` (download + upload, what
+  any tool must do between two clouds, and what the OMS task does);
 - OMS: CreateSyncTask through the official huaweicloudsdkoms, timed until ShowSyncTask's
   monthly_success_object equals the object count (polled every 0.1 s), then the task is
   deleted.
@@ -112,17 +114,29 @@ def main():
         rclone_env.pop("AWS_CA_BUNDLE", None)
         seq = [0]
 
+        def empty_previous():
+            # Keep moto's memory flat: only the source and the current destination hold data.
+            if seq[0] == 0:
+                return
+            name = f"dst-{seq[0]}"
+            for page in s3.get_paginator("list_objects_v2").paginate(Bucket=name):
+                keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
+                for i in range(0, len(keys), 1000):
+                    s3.delete_objects(Bucket=name, Delete={"Objects": keys[i:i + 1000]})
+
         def fresh():
+            empty_previous()
             seq[0] += 1
             name = f"dst-{seq[0]}"
             s3.create_bucket(Bucket=name)
             return name
 
-        def run_rclone(transfers):
+        def run_rclone(transfers, extra=()):
             dst = fresh()
             t = time.time()
             subprocess.run(["rclone", "sync", "peer:src", f"peer:{dst}", "--transfers",
-                            str(transfers), "--checkers", str(2 * transfers)], env=rclone_env,
+                            str(transfers), "--checkers", str(2 * transfers), *extra],
+                           env=rclone_env,
                            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             return time.time() - t
 
@@ -142,8 +156,12 @@ def main():
             oms.delete_sync_task(DeleteSyncTaskRequest(sync_task_id=created.sync_task_id))
             return elapsed
 
+        # rclone copies server-side (CopyObject) when both buckets are on one remote; with
+        # --disable copy the bytes go through it, as they must between two clouds.
         tools = [("sgw-control OMS task", run_oms)] + [
             (f"rclone sync --transfers {n}", (lambda n=n: run_rclone(n)))
+            for n in map(int, args.transfers.split(","))] + [
+            (f"rclone --disable copy -T {n}", (lambda n=n: run_rclone(n, ("--disable", "copy"))))
             for n in map(int, args.transfers.split(","))]
         times = {name: [] for name, _ in tools}
         for rep in range(args.reps):

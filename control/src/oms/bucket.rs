@@ -76,10 +76,6 @@ impl Bucket {
         })
     }
 
-    fn stopped(&self) -> bool {
-        self.stop.load(Ordering::Relaxed)
-    }
-
     fn path(&self, key: &str) -> String {
         format!("/{}/{key}", self.name)
     }
@@ -179,7 +175,7 @@ impl Bucket {
     pub fn put_multipart(
         &self,
         key: &str,
-        source: &mut dyn Read,
+        source: &mut (dyn Read + Send),
         size: u64,
         part_size: usize,
         expected_crc: Option<u64>,
@@ -221,47 +217,88 @@ impl Bucket {
         &self,
         path: &str,
         upload_id: &str,
-        source: &mut dyn Read,
+        source: &mut (dyn Read + Send),
         size: u64,
         part_size: usize,
         expected_crc: Option<u64>,
     ) -> Result<u64, CloudError> {
-        let mut whole = crc64::Crc64Nvme::new();
-        let mut buffer = vec![0u8; part_size];
-        let mut done: u64 = 0;
-        let mut parts = String::new();
-        let mut number = 0u32;
-        while done < size {
-            if self.stopped() {
-                return Err(CloudError::Transport("the task was stopped".into()));
-            }
-            let want = usize::try_from((size - done).min(part_size as u64)).unwrap_or(part_size);
-            source
-                .read_exact(&mut buffer[..want])
-                .map_err(|e| CloudError::Transport(format!("reading the source object: {e}")))?;
-            let chunk = &buffer[..want];
-            whole.update(chunk);
-            number += 1;
-            let part_crc = crc64::nvme_to_header(crc64::nvme(chunk));
-            let number_text = number.to_string();
-            let response = self.http.send(&Call {
-                method: "PUT",
-                path,
-                query: &[("partNumber", &number_text), ("uploadId", upload_id)],
-                headers: &[("x-amz-checksum-crc64nvme", &part_crc)],
-                body: chunk,
-                read_timeout: None,
-            })?;
-            let etag = header_str(response.headers(), "etag")
-                .unwrap_or_default()
-                .to_string();
-            parts.push_str(&format!(
-                "<Part><PartNumber>{number}</PartNumber><ETag>{}</ETag><ChecksumCRC64NVME>{part_crc}</ChecksumCRC64NVME></Part>",
-                xml_escape(&etag)
-            ));
-            done += want as u64;
+        // One part is read (and checksummed) while the one before it uploads: two buffers of
+        // `part_size` per upload, handed back and forth.
+        let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<(Vec<u8>, usize, u64)>(1);
+        let (empty_tx, empty_rx) = std::sync::mpsc::channel::<Vec<u8>>();
+        for _ in 0..2 {
+            let _ = empty_tx.send(vec![0u8; part_size]);
         }
-        let crc = whole.finish();
+        let stop = &self.stop;
+        let (whole, parts) = std::thread::scope(|scope| {
+            let reader = scope.spawn(move || -> Result<u64, CloudError> {
+                let mut whole = crc64::Crc64Nvme::new();
+                let mut done: u64 = 0;
+                while done < size {
+                    if stop.load(Ordering::Relaxed) {
+                        return Err(CloudError::Transport("the task was stopped".into()));
+                    }
+                    let Ok(mut buffer) = empty_rx.recv() else {
+                        return Err(CloudError::Transport("upload ended".into()));
+                    };
+                    let want =
+                        usize::try_from((size - done).min(part_size as u64)).unwrap_or(part_size);
+                    source.read_exact(&mut buffer[..want]).map_err(|e| {
+                        CloudError::Transport(format!("reading the source object: {e}"))
+                    })?;
+                    whole.update(&buffer[..want]);
+                    let part_crc = crc64::nvme(&buffer[..want]);
+                    done += want as u64;
+                    if full_tx.send((buffer, want, part_crc)).is_err() {
+                        return Err(CloudError::Transport("upload ended".into()));
+                    }
+                }
+                Ok(whole.finish())
+            });
+            let mut parts = String::new();
+            let mut number = 0u32;
+            let mut failure = None;
+            for (buffer, want, part_crc) in full_rx.iter() {
+                number += 1;
+                let part_crc = crc64::nvme_to_header(part_crc);
+                let number_text = number.to_string();
+                let sent = self.http.send(&Call {
+                    method: "PUT",
+                    path,
+                    query: &[("partNumber", &number_text), ("uploadId", upload_id)],
+                    headers: &[("x-amz-checksum-crc64nvme", &part_crc)],
+                    body: &buffer[..want],
+                    read_timeout: None,
+                });
+                match sent {
+                    Ok(response) => {
+                        let etag = header_str(response.headers(), "etag")
+                            .unwrap_or_default()
+                            .to_string();
+                        parts.push_str(&format!(
+                            "<Part><PartNumber>{number}</PartNumber><ETag>{}</ETag><ChecksumCRC64NVME>{part_crc}</ChecksumCRC64NVME></Part>",
+                            xml_escape(&etag)
+                        ));
+                        let _ = empty_tx.send(buffer);
+                    }
+                    Err(e) => {
+                        failure = Some(e);
+                        break;
+                    }
+                }
+            }
+            // Dropping our ends unblocks a reader that is waiting for a buffer.
+            drop(empty_tx);
+            drop(full_rx);
+            let read = reader
+                .join()
+                .unwrap_or_else(|_| Err(CloudError::Transport("the reader panicked".into())));
+            match failure {
+                Some(e) => Err(e),
+                None => read.map(|crc| (crc, parts)),
+            }
+        })?;
+        let crc = whole;
         if let Some(expected) = expected_crc
             && expected != crc
         {
