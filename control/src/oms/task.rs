@@ -21,8 +21,9 @@
 //! and keys named by `CreateSyncEvents` are synchronized at once, also in the middle of a pass.
 //!
 //! **A copy** streams: objects up to `multipart_threshold` are read into one buffer of at most
-//! that size and sent in one PUT; larger ones go part by part (`part_size` buffer, FULL_OBJECT
-//! CRC-64/NVME multipart). Memory is bounded by workers × buffer, not by object size. The
+//! that size and sent in one PUT; larger ones go part by part (FULL_OBJECT CRC-64/NVME
+//! multipart, two `part_size` buffers: the next part is read while the previous one uploads).
+//! Memory is bounded by workers × 16 MiB (defaults), not by object size. The
 //! CRC-64/NVME of the bytes read is compared with the source's `x-amz-checksum-crc64nvme` (when
 //! the source has one) before the object becomes visible, is sent with the PUT (or the
 //! Complete) so the destination checks it, and is compared again with what the destination
