@@ -816,3 +816,32 @@ fn consistency_checks_overwrite_modes_storage_classes_and_archived_objects() {
     let t = totals(&o, &t3);
     assert_eq!((t[1], t[2], t[3]), (0, t[0] - 1, 1), "NO_OVERWRITE: {t:?}");
 }
+
+#[test]
+fn stop_and_delete_end_a_full_pass_in_progress_within_seconds() {
+    let peer = Peer::start();
+    for b in ["src", "dst", "dst-two"] {
+        peer.make_bucket(b);
+    }
+    assert_eq!(peer.put_many("src", "many/", 1500, 1024), 1500);
+    let o = Oms::start(&peer);
+    let count = |b: &str| keys_of(&peer, b).len();
+    for (dst, how) in [("dst", "StopSyncTask"), ("dst-two", "DeleteSyncTask")] {
+        let id = o.create("src", dst, json!({"description": format!("to {dst}")}));
+        wait_until(Duration::from_secs(60), "the pass to start copying", || {
+            count(dst) >= 20
+        });
+        let asked = Instant::now();
+        o.ok(how, json!({"sync_task_id": id}));
+        std::thread::sleep(Duration::from_secs(3));
+        let settled = count(dst);
+        assert!(settled < 1500, "{how} came too late to interrupt the pass");
+        std::thread::sleep(Duration::from_secs(4));
+        assert_eq!(
+            count(dst),
+            settled,
+            "{how}: copies went on more than {:?} after it",
+            asked.elapsed() - Duration::from_secs(4)
+        );
+    }
+}
