@@ -375,6 +375,11 @@ fn serve(args: &Args) -> i32 {
     }
     log::info!("stopping: finishing requests in progress");
     running.server.shutdown();
+    if let Some(oms) = running.service.oms() {
+        // Running OMS tasks stop their threads (uploads in progress are aborted); they stay
+        // SYNCHRONIZING and resume at the next start.
+        oms.shutdown();
+    }
     log::info!("stopped");
     0
 }

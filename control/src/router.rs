@@ -119,6 +119,11 @@ impl ControlService {
         let _ = self.oms.set(oms);
     }
 
+    /// The OMS service, once set.
+    pub fn oms(&self) -> Option<&Arc<crate::oms::OmsService>> {
+        self.oms.get()
+    }
+
     pub fn store(&self) -> &Store {
         &self.store
     }
