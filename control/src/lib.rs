@@ -20,6 +20,15 @@
 //! API keys: the bootstrap key from `SGW_ACCESS_KEY_ID`/`SGW_ACCESS_KEY_SECRET` (installed at
 //! start-up), or `sgw-control key add [ID]`.
 //!
+//! # Operators: OMS sync tasks (`/v2/{project_id}/sync-tasks`, [`oms`])
+//!
+//! The Huawei Cloud OMS v2 synchronization-task API (seed 003), as the official
+//! `huaweicloudsdkoms` calls it (`SDK-HMAC-SHA256` with the same API keys; the path's
+//! `project_id` is the tenant, five tasks each), and the tasks themselves: bucket → bucket runs
+//! of the agent's reconciliation (`sgw_agent::engine::plan::FullSyncMerge`) on threads, full
+//! pass then re-list and events, CRC-64/NVME checked end to end, resumed after a restart.
+//! Buckets are found through `[[oms.endpoints]]` ([`oms::endpoints`]).
+//!
 //! # Provisioning ([`provision`])
 //!
 //! Per group: one topic `sgw-express-sync-topic-<ExpressSyncId>` and one bucket notification
@@ -88,12 +97,15 @@
 //! - [`http_server`]: the HTTP server and its limits; [`Request`](http_server::Request) /
 //!   [`Response`](http_server::Response) are plain types, so everything below is sans-hyper.
 //! - [`server`]: `control.toml` + command-line overrides, start-up.
-//! - [`router`]: routing a request to the API, the agent endpoints or `/health`.
+//! - [`router`]: routing a request to the API, the agent endpoints, the OMS API or `/health`.
 //! - [`auth`]: both Alibaba signature schemes and the agents' signatures, replay protection.
 //! - [`params`], [`render`], [`error`]: API parameters, JSON/XML answers, the documented errors.
 //! - `actions`, `agent_api`: the express-sync actions and the agent endpoints.
 //! - [`provision`]: topics, queues, subscriptions, bucket notification rules.
 //! - [`metrics`]: `/metrics` (Prometheus text) and the provisioning-failure counter.
+//! - [`oms`]: the Huawei OMS sync-task API under `/v2/{project_id}/sync-tasks` (its
+//!   `SDK-HMAC-SHA256` signature, validation, the `[[oms.endpoints]]` resolution) and the tasks
+//!   themselves: bucket → bucket runs of the agent's reconciliation engine on threads.
 //! - [`store`]: SQLite (one transaction per change).
 //! - `main.rs`: the `sgw-control` binary (arguments, logging, exit codes).
 
@@ -103,6 +115,7 @@ pub mod auth;
 pub mod error;
 pub mod http_server;
 pub mod metrics;
+pub mod oms;
 pub mod params;
 pub mod provision;
 pub mod render;

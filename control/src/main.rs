@@ -78,6 +78,11 @@ CONFIGURATION (control.toml):
     # sqs_endpoint = \"https://sqs.us-east-1.amazonaws.com\"    AWS's for the region]
     allow_http = false           # needed for http:// endpoints in this file
     regions = [\"us-east-1\"]     # accepted BucketRegion values [default: [region]]
+    [[oms.endpoints]]            # OMS sync tasks: where a cloud type's region is (repeatable)
+    cloud_type = \"AWS\"           # a src_cloud_type value; \"HuaweiCloud\" for destinations
+    region = \"us-east-1\"
+    url = \"http://127.0.0.1:9000\" # S3-protocol endpoint [defaults: public AWS S3 and OBS]
+    allow_http = false
 
 EXIT STATUS:
     0 clean stop (SIGTERM/SIGINT), 1 runtime failure, 64 usage error, 78 configuration error
@@ -372,6 +377,11 @@ fn serve(args: &Args) -> i32 {
     }
     log::info!("stopping: finishing requests in progress");
     running.server.shutdown();
+    if let Some(oms) = running.service.oms() {
+        // Running OMS tasks stop their threads (uploads in progress are aborted); they stay
+        // SYNCHRONIZING and resume at the next start.
+        oms.shutdown();
+    }
     log::info!("stopped");
     0
 }

@@ -43,6 +43,8 @@ pub struct ControlService {
     /// When each gateway's `last_seen` was last written: a poll writes it at most once a
     /// [`TOUCH_EVERY`], so an idle fleet's polls are reads.
     touched: Mutex<std::collections::HashMap<String, i64>>,
+    /// The OMS sync-task API under `/v2/` ([`crate::oms`]), once the server has set it up.
+    oms: std::sync::OnceLock<Arc<crate::oms::OmsService>>,
 }
 
 /// How stale a gateway's `last_seen` may get before a poll writes it again.
@@ -161,7 +163,18 @@ impl ControlService {
             rng: SystemRandom::new(),
             metrics,
             touched: Mutex::new(std::collections::HashMap::new()),
+            oms: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Serves the OMS sync-task API with `oms` (once; later calls are ignored).
+    pub fn set_oms(&self, oms: Arc<crate::oms::OmsService>) {
+        let _ = self.oms.set(oms);
+    }
+
+    /// The OMS service, once set.
+    pub fn oms(&self) -> Option<&Arc<crate::oms::OmsService>> {
+        self.oms.get()
     }
 
     pub fn store(&self) -> &Store {
@@ -319,6 +332,12 @@ impl ControlService {
                 self.metrics_text()
             }
             p if p.starts_with("/agent/") => self.handle_agent(&req, &mut route),
+            p if p.starts_with("/v2/") && self.oms.get().is_some() => {
+                route = ("oms", "sync-tasks");
+                self.oms
+                    .get()
+                    .map_or_else(|| Response::json(404, "{}"), |o| o.handle(&req))
+            }
             _ => {
                 let e = ApiError::new(
                     404,

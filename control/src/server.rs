@@ -38,6 +38,14 @@ struct RawConfig {
     max_express_syncs: Option<i64>,
     poll_interval_secs: Option<i64>,
     cloud: Option<RawCloud>,
+    oms: Option<RawOms>,
+}
+
+/// `[oms]`: only `[[oms.endpoints]]` tables (see [`crate::oms::endpoints`]).
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawOms {
+    endpoints: Option<Vec<crate::oms::endpoints::EndpointEntry>>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -78,6 +86,8 @@ pub struct ControlConfig {
     pub allow_http: bool,
     /// Accepted `BucketRegion` values.
     pub regions: Vec<String>,
+    /// Where OMS sync tasks find their buckets (`[[oms.endpoints]]`, checked).
+    pub oms_endpoints: crate::oms::endpoints::Endpoints,
 }
 
 impl ControlConfig {
@@ -102,6 +112,13 @@ impl ControlConfig {
             }
         };
         let cloud = raw.cloud.unwrap_or_default();
+        let oms_endpoints = crate::oms::endpoints::Endpoints::new(
+            raw.oms.and_then(|o| o.endpoints).unwrap_or_default(),
+        )
+        .map_err(|e| {
+            let (key, problem) = e.split_once(": ").unwrap_or(("oms.endpoints", e.as_str()));
+            err(key, problem.to_string())
+        })?;
 
         let listen = overrides
             .listen
@@ -277,6 +294,7 @@ impl ControlConfig {
             cloud_region,
             allow_http,
             regions,
+            oms_endpoints,
         })
     }
 }
@@ -380,6 +398,15 @@ pub fn start(
             .map_err(|e| format!("cannot store the bootstrap API key: {e}"))?;
         log::info!("bootstrap API key {id} installed from SGW_ACCESS_KEY_ID");
     }
+    let oms = crate::oms::OmsService::open(
+        &config.data_dir,
+        config.oms_endpoints.clone(),
+        crate::oms::task::RunSettings::default(),
+    )
+    .map_err(|e| format!("cannot set up the OMS sync tasks: {e}"))?;
+    let oms = Arc::new(oms);
+    oms.resume();
+    service.set_oms(oms);
     let handler_service = Arc::clone(&service);
     let handler: Arc<Handler> = Arc::new(move |req| handler_service.handle(req));
     let server = Server::start(&config.listen, config.limits.clone(), handler)
@@ -449,6 +476,59 @@ mod tests {
         let e = ControlConfig::load(Some(Path::new("/nonexistent/control.toml")), &none)
             .expect_err("missing file");
         assert_eq!(e.file, Path::new("/nonexistent/control.toml"));
+    }
+
+    #[test]
+    fn oms_endpoints_take_exactly_their_four_keys() {
+        let none = Overrides::default();
+        let base = "[cloud]\nendpoint = \"https://x\"\n";
+        let c = load(
+            &format!(
+                "{base}[[oms.endpoints]]\ncloud_type = \"AWS\"\nregion = \"us-east-1\"\n\
+                 url = \"http://127.0.0.1:9000\"\nallow_http = true\n\
+                 [[oms.endpoints]]\ncloud_type = \"HuaweiCloud\"\nregion = \"cn-north-4\"\n\
+                 url = \"https://obs.example\"\n"
+            ),
+            &none,
+        )
+        .expect("valid");
+        let e = &c.oms_endpoints;
+        assert_eq!(e.entries.len(), 2);
+        assert_eq!(
+            e.resolve("AWS", "us-east-1").expect("configured").url,
+            "http://127.0.0.1:9000"
+        );
+        assert!(
+            !e.resolve("HuaweiCloud", "cn-north-4")
+                .expect("configured")
+                .allow_http
+        );
+        assert_eq!(
+            e.resolve("HuaweiCloud", "ap-southeast-1")
+                .expect("default")
+                .url,
+            "https://obs.ap-southeast-1.myhuaweicloud.com"
+        );
+        let defaults = load(base, &none).expect("no [oms]");
+        assert!(defaults.oms_endpoints.entries.is_empty());
+        for (text, key) in [
+            (
+                "[[oms.endpoints]]\ncloud_type = \"AWS\"\nregion = \"us-east-1\"\nurl = \"http://x\"\n",
+                "oms.endpoints[0].url",
+            ),
+            (
+                "[[oms.endpoints]]\ncloud_type = \"S3\"\nregion = \"us-east-1\"\nurl = \"https://x\"\n",
+                "oms.endpoints[0].cloud_type",
+            ),
+            (
+                "[[oms.endpoints]]\ncloud_type = \"AWS\"\nregion = \"us-east-1\"\nurl = \"https://x\"\nbucket = \"b\"\n",
+                "bucket",
+            ),
+            ("[oms]\nworkers = 3\n", "workers"),
+        ] {
+            let e = load(&format!("{base}{text}"), &none).expect_err(text);
+            assert!(e.key.contains(key), "{text}: {e}");
+        }
     }
 
     #[test]

@@ -3,7 +3,12 @@
 //! reported progress, tasks, and the nonces seen inside the replay window.
 //!
 //! Each API action is one transaction. The schema carries a version; a database written by a
-//! newer `sgw-control` is refused rather than misread.
+//! newer `sgw-control` is refused rather than misread, an older one is migrated in place.
+//!
+//! Version 2 added the OMS sync tasks ([`crate::oms`]): `oms_tasks` (one row per task; the
+//! source/destination AK/SK only while the task runs, sealed with the key file next to the
+//! database), `oms_objects` (per task and key, the source version last copied: the base the
+//! reconciliation compares with) and `oms_stats` (counters per task and five-minute slot).
 
 use std::fmt;
 use std::path::Path;
@@ -13,7 +18,7 @@ use std::time::Duration;
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
 /// The schema this build reads and writes.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// A database failure; the API answers `InternalError` and the log keeps this text.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -219,6 +224,39 @@ CREATE TABLE IF NOT EXISTS nonces (
 CREATE INDEX IF NOT EXISTS nonces_by_expiry ON nonces(expires_at);
 ";
 
+/// Added by schema version 2 (OMS sync tasks); also how a version-1 database is migrated.
+const SCHEMA_V2: &str = "
+CREATE TABLE IF NOT EXISTS oms_tasks (
+    id TEXT PRIMARY KEY,
+    project_id TEXT NOT NULL,
+    spec TEXT NOT NULL,
+    status TEXT NOT NULL,
+    sealed_credentials TEXT,
+    create_time INTEGER NOT NULL,
+    last_start_time INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS oms_tasks_by_project ON oms_tasks(project_id, create_time);
+CREATE TABLE IF NOT EXISTS oms_objects (
+    task_id TEXT NOT NULL REFERENCES oms_tasks(id) ON DELETE CASCADE,
+    key TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    etag TEXT,
+    last_modified INTEGER NOT NULL,
+    crc64nvme INTEGER NOT NULL,
+    PRIMARY KEY (task_id, key)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS oms_stats (
+    task_id TEXT NOT NULL REFERENCES oms_tasks(id) ON DELETE CASCADE,
+    slot INTEGER NOT NULL,
+    request INTEGER NOT NULL DEFAULT 0,
+    success INTEGER NOT NULL DEFAULT 0,
+    failure INTEGER NOT NULL DEFAULT 0,
+    skip INTEGER NOT NULL DEFAULT 0,
+    size INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (task_id, slot)
+) WITHOUT ROWID;
+";
+
 fn gateway_from(row: &rusqlite::Row<'_>) -> rusqlite::Result<Gateway> {
     Ok(Gateway {
         id: row.get("id")?,
@@ -327,6 +365,7 @@ impl Store {
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.execute_batch(SCHEMA)?;
+        conn.execute_batch(SCHEMA_V2)?;
         let version: Option<i64> = conn
             .query_row("SELECT MAX(version) FROM schema_version", [], |r| r.get(0))
             .optional()?
@@ -339,6 +378,14 @@ impl Store {
                 )?;
             }
             Some(v) if v == SCHEMA_VERSION => {}
+            Some(1) => {
+                // Version 1 lacked only the OMS tables, which SCHEMA_V2 just created.
+                conn.execute(
+                    "INSERT INTO schema_version (version) VALUES (?1)",
+                    [SCHEMA_VERSION],
+                )?;
+                log::info!("database migrated from schema version 1 to {SCHEMA_VERSION}");
+            }
             Some(v) if v > SCHEMA_VERSION => {
                 return Err(StoreError(format!(
                     "the database has schema version {v}, written by a newer sgw-control; this build reads version {SCHEMA_VERSION}"
@@ -353,14 +400,17 @@ impl Store {
         })
     }
 
-    fn lock(&self) -> MutexGuard<'_, Connection> {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Connection> {
         // A panic while holding the lock leaves SQLite consistent (the transaction rolls back).
         self.conn
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn write<T>(&self, f: impl FnOnce(&Transaction<'_>) -> StoreResult<T>) -> StoreResult<T> {
+    pub(crate) fn write<T>(
+        &self,
+        f: impl FnOnce(&Transaction<'_>) -> StoreResult<T>,
+    ) -> StoreResult<T> {
         let mut conn = self.lock();
         let tx = conn.transaction()?;
         let out = f(&tx)?;
@@ -845,7 +895,7 @@ fn insert_task(tx: &Transaction<'_>, t: &Task) -> StoreResult<()> {
 }
 
 /// The database holds secrets: owner-only on Unix.
-fn restrict_permissions(path: &Path) {
+pub(crate) fn restrict_permissions(path: &Path) {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
@@ -947,6 +997,34 @@ mod tests {
             store.express_sync("sync-1").expect("read").map(|s| s.name),
             Some("g1".into())
         );
+    }
+
+    #[test]
+    fn a_version_1_database_is_migrated_to_version_2() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("control.db");
+        {
+            let conn = Connection::open(&path).expect("open");
+            conn.execute_batch(SCHEMA).expect("v1 schema");
+            conn.execute("INSERT INTO schema_version (version) VALUES (1)", [])
+                .expect("v1");
+            conn.execute(
+                "INSERT INTO api_keys (access_key_id, secret, created_at) VALUES ('K', 'S', 0)",
+                [],
+            )
+            .expect("key");
+        }
+        let store = Store::open(&path).expect("migrated");
+        assert_eq!(store.api_secret("K").expect("read"), Some("S".to_string()));
+        let conn = store.lock();
+        let version: i64 = conn
+            .query_row("SELECT MAX(version) FROM schema_version", [], |r| r.get(0))
+            .expect("version");
+        assert_eq!(version, 2);
+        let tasks: i64 = conn
+            .query_row("SELECT COUNT(*) FROM oms_tasks", [], |r| r.get(0))
+            .expect("oms_tasks exists");
+        assert_eq!(tasks, 0);
     }
 
     #[test]
