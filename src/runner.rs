@@ -203,36 +203,16 @@ pub fn sync_once(
             return EXIT_LOCKED;
         }
     };
-    let assignments = match &cfg.control {
-        Some(control) => {
-            let client = ControlClient::new(control);
-            match client.assignments() {
-                Ok(a) => {
-                    save_assignments(cfg, &a);
-                    Some(a)
-                }
-                Err(e) => {
-                    warn!("control endpoint unavailable ({e}); using the last known assignments");
-                    load_assignments(cfg)
-                }
-            }
-        }
-        None => None,
-    };
-    let shares = effective_shares(cfg, assignments.as_ref());
+    let shares = effective_shares(cfg, current_assignments(cfg, true).as_ref());
     if cfg.control.is_some() && shares.is_empty() {
         info!("no share of this gateway is assigned to an express sync group: nothing to sync");
     }
-    let mut contexts = Vec::new();
-    for share in &shares {
-        match share_context(cfg, share, creds, shutdown, Arc::clone(&progress)) {
-            Ok(c) => contexts.push(c),
-            Err(e) => {
-                error!("{e}");
-                return EXIT_CONFIG;
-            }
-        }
-    }
+    let contexts = match contexts_of(&shares, |share| {
+        share_context(cfg, share, creds, shutdown, Arc::clone(&progress))
+    }) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
     let handles: Vec<_> = contexts
         .into_iter()
         .map(|ctx| {
@@ -265,6 +245,40 @@ pub fn sync_once(
     if all_ok { 0 } else { EXIT_NOT_CONVERGED }
 }
 
+/// The assignments from the control endpoint (kept on disk when `keep`), else the last ones
+/// kept; `None` without a control endpoint.
+fn current_assignments(cfg: &Config, keep: bool) -> Option<AssignmentsResponse> {
+    let control = cfg.control.as_ref()?;
+    match ControlClient::new(control).assignments() {
+        Ok(a) => {
+            if keep {
+                save_assignments(cfg, &a);
+            }
+            Some(a)
+        }
+        Err(e) => {
+            warn!("control endpoint unavailable ({e}); using the last known assignments");
+            load_assignments(cfg)
+        }
+    }
+}
+
+/// One context per share, or the exit code of the first configuration error (logged).
+fn contexts_of(
+    shares: &[ShareConfig],
+    mut build: impl FnMut(&ShareConfig) -> Result<ShareContext, ConfigError>,
+) -> Result<Vec<ShareContext>, i32> {
+    shares
+        .iter()
+        .map(|share| {
+            build(share).map_err(|e| {
+                error!("{e}");
+                EXIT_CONFIG
+            })
+        })
+        .collect()
+}
+
 /// `sgw-agent sync --dry-run`: every share's full-sync decisions, sent to `sink`; nothing
 /// is written (no lock, no state, no status, no file; assignments are fetched, not kept).
 /// Exit 0 when every share could be planned, 1 when one could not (the log says why).
@@ -275,28 +289,14 @@ pub fn dry_run(
     sink: &dyn crate::shell::dry_run::PlanSink,
     summary: &mut dyn FnMut(&str, &crate::shell::dry_run::DryRunReport),
 ) -> i32 {
-    let assignments = match &cfg.control {
-        Some(control) => match ControlClient::new(control).assignments() {
-            Ok(a) => Some(a),
-            Err(e) => {
-                warn!("control endpoint unavailable ({e}); using the last known assignments");
-                load_assignments(cfg)
-            }
-        },
-        None => None,
-    };
-    let shares = effective_shares(cfg, assignments.as_ref());
+    let shares = effective_shares(cfg, current_assignments(cfg, false).as_ref());
     let silent: Arc<dyn ProgressSink> = Arc::new(crate::shell::Silent);
-    let mut contexts = Vec::new();
-    for share in &shares {
-        match share_clients(cfg, share, creds, shutdown, Arc::clone(&silent)) {
-            Ok(c) => contexts.push(c),
-            Err(e) => {
-                error!("{e}");
-                return EXIT_CONFIG;
-            }
-        }
-    }
+    let contexts = match contexts_of(&shares, |share| {
+        share_clients(cfg, share, creds, shutdown, Arc::clone(&silent))
+    }) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
     let mut code = 0;
     for ctx in &contexts {
         match crate::shell::dry_run::dry_run(ctx, sink) {
