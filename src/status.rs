@@ -77,6 +77,27 @@ pub struct ShareStatus {
     pub last_full_sync: Option<i64>,
     /// Unix seconds of this status.
     pub updated: i64,
+    /// Two-way shares: the upload side (zero for a mirror).
+    #[serde(default)]
+    pub uploads: UploadStatus,
+}
+
+/// Two-way shares: local changes on their way to the bucket.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct UploadStatus {
+    /// Local changes waiting for their settle window (or a retry).
+    pub pending: u64,
+    /// Uploads running now.
+    pub in_flight: u64,
+    /// Uploads completed since the agent started.
+    pub done: u64,
+    pub bytes: u64,
+    /// Objects deleted because their files were deleted locally.
+    pub remote_deletes: u64,
+    /// Keys changed on both sides: both versions kept (since the agent started).
+    pub conflicts: u64,
+    pub last_error: Option<String>,
 }
 
 impl ShareStatus {

@@ -391,6 +391,12 @@ fn check_config(cfg: &Config) -> i32 {
     0
 }
 
+fn share_is_two_way(cfg: &Config, name: &str) -> bool {
+    cfg.shares
+        .iter()
+        .any(|s| s.name == name && s.sync.two_way())
+}
+
 fn status(cfg: &Config, json: bool) -> i32 {
     let mut all = Vec::new();
     for share in &cfg.shares {
@@ -447,6 +453,21 @@ fn status(cfg: &Config, json: bool) -> i32 {
             s.unknown_local_files,
             examples(&s.unknown_examples)
         );
+        if share_is_two_way(cfg, &s.share) {
+            let u = &s.uploads;
+            println!(
+                "  uploads:        {} pending, {} in flight, {} done ({}), {} deleted in bucket, {} conflict(s)",
+                u.pending,
+                u.in_flight,
+                u.done,
+                human_bytes(u.bytes),
+                u.remote_deletes,
+                u.conflicts
+            );
+            if let Some(e) = &u.last_error {
+                println!("  upload error:   {e}");
+            }
+        }
         if s.verified_without_crc > 0 {
             println!(
                 "  no CRC-64:      {} object(s) had no server CRC-64 (checked by MD5 ETag or size)",

@@ -20,7 +20,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
 
-use super::{CloudError, EventQueue, ListPage, ObjectBody, ObjectStore, QueueMessage};
+use super::{
+    CloudError, EventQueue, ListPage, ObjectBody, ObjectStore, PutCondition, PutResult,
+    QueueMessage,
+};
 use crate::cache::crc64::nvme;
 use crate::model::ObjectMeta;
 
@@ -47,6 +50,9 @@ pub struct MemoryBucket {
     pub listing_etags: bool,
     /// CRC-64s in HEAD and whole GETs (objects uploaded without a checksum have none).
     pub crcs: bool,
+    /// The events of writes made through the trait (the agent's uploads), for the test to
+    /// deliver: [`MemoryBucket::take_written_events`].
+    written: Mutex<Vec<String>>,
 }
 
 impl MemoryBucket {
@@ -60,7 +66,13 @@ impl MemoryBucket {
             sequencers: true,
             listing_etags: true,
             crcs: true,
+            written: Mutex::new(Vec::new()),
         }
+    }
+
+    /// The events the agent's own writes caused, oldest first (then forgotten).
+    pub fn take_written_events(&self) -> Vec<String> {
+        std::mem::take(&mut *self.written.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     fn objects(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Object>> {
@@ -161,6 +173,70 @@ impl ObjectStore for MemoryBucket {
             .objects()
             .get(key)
             .map(|o| self.meta(key, o, false, true)))
+    }
+
+    fn put_object(
+        &self,
+        key: &str,
+        body: &mut dyn Read,
+        size: u64,
+        crc64nvme: u64,
+        condition: &PutCondition,
+    ) -> Result<PutResult, CloudError> {
+        let mut bytes = Vec::new();
+        body.take(size + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|e| CloudError::Transport(format!("upload body: {e}")))?;
+        if bytes.len() as u64 != size {
+            return Err(CloudError::Transport(
+                "upload body of the wrong length".into(),
+            ));
+        }
+        // A verifying server: the declared CRC must be the bytes'.
+        if nvme(&bytes) != crc64nvme {
+            return Err(service(400, "BadDigest"));
+        }
+        let ok = match (condition, self.objects().get(key)) {
+            (PutCondition::IfAbsent, None) => true,
+            (PutCondition::IfMatch(e), Some(o)) => *e == o.etag,
+            _ => false,
+        };
+        if !ok {
+            return Err(service(412, "PreconditionFailed"));
+        }
+        let event = self.put(key, &bytes);
+        self.written
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(event);
+        Ok(PutResult {
+            etag: self.objects().get(key).map(|o| o.etag.clone()),
+        })
+    }
+
+    fn delete_object(&self, key: &str) -> Result<(), CloudError> {
+        let event = self.delete(key);
+        self.written
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(event);
+        Ok(())
+    }
+
+    fn copy_object(&self, from: &str, to: &str, if_match: &str) -> Result<PutResult, CloudError> {
+        let bytes = match self.objects().get(from) {
+            Some(o) if o.etag == if_match => o.bytes.clone(),
+            Some(_) => return Err(service(412, "PreconditionFailed")),
+            None => return Err(service(404, "NoSuchKey")),
+        };
+        let event = self.put(to, &bytes);
+        self.written
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(event);
+        Ok(PutResult {
+            etag: self.objects().get(to).map(|o| o.etag.clone()),
+        })
     }
 
     fn get(
@@ -322,6 +398,34 @@ fn injected() -> CloudError {
 }
 
 impl<S: ObjectStore> ObjectStore for Faulty<S> {
+    fn put_object(
+        &self,
+        key: &str,
+        body: &mut dyn Read,
+        size: u64,
+        crc64nvme: u64,
+        condition: &PutCondition,
+    ) -> Result<PutResult, CloudError> {
+        match self.next() {
+            Fault::None => self.inner.put_object(key, body, size, crc64nvme, condition),
+            _ => Err(injected()),
+        }
+    }
+
+    fn delete_object(&self, key: &str) -> Result<(), CloudError> {
+        match self.next() {
+            Fault::None => self.inner.delete_object(key),
+            _ => Err(injected()),
+        }
+    }
+
+    fn copy_object(&self, from: &str, to: &str, if_match: &str) -> Result<PutResult, CloudError> {
+        match self.next() {
+            Fault::None => self.inner.copy_object(from, to, if_match),
+            _ => Err(injected()),
+        }
+    }
+
     fn list_page(&self, prefix: &str, continuation: Option<&str>) -> Result<ListPage, CloudError> {
         match self.next() {
             Fault::Transport => Err(injected()),

@@ -108,6 +108,57 @@ pub trait ObjectStore: Send + Sync {
     /// if the object's ETag changed: a resumed download never mixes two versions.
     fn get(&self, key: &str, offset: u64, if_match: Option<&str>)
     -> Result<ObjectBody, CloudError>;
+
+    /// Upload exactly `size` bytes from `body` as `key`, declaring their CRC-64/NVME
+    /// (`x-amz-checksum-crc64nvme`: a verifying server refuses other bytes). One attempt, no
+    /// retry (the body cannot be rewound; the caller reads the file again). A failed
+    /// [`PutCondition`] is HTTP 412. Stores that cannot write (the default) say so.
+    fn put_object(
+        &self,
+        key: &str,
+        body: &mut dyn Read,
+        size: u64,
+        crc64nvme: u64,
+        condition: &PutCondition,
+    ) -> Result<PutResult, CloudError> {
+        let _ = (body, size, crc64nvme, condition);
+        Err(read_only(key))
+    }
+
+    /// Delete `key` (deleting a missing key succeeds, as on S3).
+    fn delete_object(&self, key: &str) -> Result<(), CloudError> {
+        Err(read_only(key))
+    }
+
+    /// Server-side copy of `from` (which must still have ETag `if_match`) to `to`, which must
+    /// not exist yet. A rename of a big file does not send its bytes again.
+    fn copy_object(&self, from: &str, to: &str, if_match: &str) -> Result<PutResult, CloudError> {
+        let _ = (to, if_match);
+        Err(read_only(from))
+    }
+}
+
+/// The condition an upload puts on the key's current object.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PutCondition {
+    /// `If-Match`: the object must still have this ETag (an update of the base).
+    IfMatch(String),
+    /// `If-None-Match: *`: the key must not exist (a new file).
+    IfAbsent,
+}
+
+/// What the store said about an object it just wrote.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PutResult {
+    pub etag: Option<String>,
+}
+
+fn read_only(key: &str) -> CloudError {
+    CloudError::Service {
+        status: 0,
+        code: "NotImplemented".into(),
+        message: format!("{key}: this store is read-only here"),
+    }
 }
 
 /// One received queue message.

@@ -18,6 +18,8 @@
 //! - [`deletes`]: the full sync's deletes, held back for the mass-delete guard.
 //! - [`recovery`]: publish intents left by a crash; files nobody knows.
 //! - [`listing`]: the full sync's one pass over the bucket, spooled to disk.
+//! - [`upload`] and [`watch`]: two-way shares: each key reconciled by the engine (uploads,
+//!   remote deletes, conflict copies), and local changes from inotify.
 
 mod deletes;
 mod download;
@@ -28,6 +30,8 @@ pub mod listing;
 mod local;
 mod pool;
 mod recovery;
+mod upload;
+mod watch;
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -1,0 +1,283 @@
+//! Two-way shares through the real share shell against the in-memory bucket and queue: local
+//! files uploaded with their CRC, the echo of an upload ignored (no download, same inode and
+//! mtime), a bucket change downloaded, a local edit uploaded over its base, a double edit kept
+//! twice (conflict copy uploaded), deletes both ways, and a mirror share that never uploads.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use sgw_agent::cloud::memory::{MemoryBucket, MemoryQueue};
+use sgw_agent::cloud::{EventQueue, ObjectStore};
+use sgw_agent::config::{ShareConfig, ShareMode, SyncSettings};
+use sgw_agent::daemon::Shutdown;
+use sgw_agent::model::ConsistencyCheck;
+use sgw_agent::shell::{Share, ShareContext, Silent};
+
+struct World {
+    _tmp: tempfile::TempDir,
+    share_dir: PathBuf,
+    state_dir: PathBuf,
+    bucket: Arc<MemoryBucket>,
+    queue: Arc<MemoryQueue>,
+    share: Share,
+}
+
+fn world(mode: ShareMode) -> World {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let share_dir = tmp.path().join("share");
+    let state_dir = tmp.path().join("state");
+    std::fs::create_dir_all(&share_dir).expect("mkdir");
+    let bucket = Arc::new(MemoryBucket::new("bucket", 3));
+    let queue = Arc::new(MemoryQueue::new());
+    let share = open(&share_dir, &state_dir, &bucket, &queue, mode);
+    World {
+        _tmp: tmp,
+        share_dir,
+        state_dir,
+        bucket,
+        queue,
+        share,
+    }
+}
+
+fn open(
+    share_dir: &Path,
+    state_dir: &Path,
+    bucket: &Arc<MemoryBucket>,
+    queue: &Arc<MemoryQueue>,
+    mode: ShareMode,
+) -> Share {
+    let cfg = ShareConfig {
+        name: "two".into(),
+        path: share_dir.to_path_buf(),
+        bucket: "bucket".into(),
+        prefix: String::new(),
+        endpoint: "memory".into(),
+        region: "memory".into(),
+        queue_url: Some("memory".into()),
+        consistency_check: ConsistencyCheck::SizeLastModified,
+        allow_http: false,
+        download_concurrency: 2,
+        full_sync_interval_secs: 0,
+        delete_limits: sgw_agent::engine::guard::DeleteLimits {
+            max_percent: 100,
+            max_count: 0,
+        },
+        allow_mass_delete: false,
+        sync: SyncSettings {
+            mode,
+            settle_ms: 100,
+            gateway: "gwA".into(),
+            ..SyncSettings::default()
+        },
+    };
+    let store: Arc<dyn ObjectStore> = bucket.clone();
+    let q: Arc<dyn EventQueue> = queue.clone();
+    Share::open(ShareContext {
+        cfg,
+        state_dir: state_dir.to_path_buf(),
+        store,
+        queue: Some(q),
+        shutdown: Shutdown::new(),
+        progress: Arc::new(Silent),
+    })
+    .expect("open share")
+}
+
+impl World {
+    /// A LAN client writes `name`; its mtime is set in the past so it has settled.
+    fn write(&self, name: &str, bytes: &[u8]) {
+        let path = self.share_dir.join(name);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).expect("mkdir");
+        }
+        std::fs::write(&path, bytes).expect("write");
+        let f = std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .expect("open");
+        f.set_modified(SystemTime::now() - Duration::from_secs(10))
+            .expect("mtime");
+    }
+
+    fn read(&self, name: &str) -> Option<Vec<u8>> {
+        std::fs::read(self.share_dir.join(name)).ok()
+    }
+
+    fn sync(&mut self) {
+        let r = self.share.full_sync().expect("full sync");
+        assert!(r.converged(), "{r:?}");
+    }
+
+    /// Deliver what the bucket's writes announced (ours included) and apply it.
+    fn deliver(&mut self, events: Vec<String>) {
+        for e in events {
+            self.queue.push(e);
+        }
+        let msgs = self.queue.receive(10, 0).expect("receive");
+        if !msgs.is_empty() {
+            let q = Arc::clone(&self.queue);
+            self.share.apply_messages(&*q, msgs).expect("apply");
+        }
+    }
+
+    fn local_names(&self) -> Vec<String> {
+        let mut out: Vec<String> = std::fs::read_dir(&self.share_dir)
+            .expect("ls")
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n != ".sgw")
+            .collect();
+        out.sort();
+        out
+    }
+}
+
+#[test]
+fn local_files_go_up_once_and_their_echo_changes_nothing() {
+    let mut w = world(ShareMode::TwoWay);
+    w.write("a.txt", b"hello");
+    w.write("d/b.txt", b"world");
+    w.write("~$lock.docx", b"office lock file");
+    w.sync();
+    let contents = w.bucket.contents();
+    assert_eq!(
+        contents.get("a.txt").map(Vec::as_slice),
+        Some(&b"hello"[..])
+    );
+    assert_eq!(
+        contents.get("d/b.txt").map(Vec::as_slice),
+        Some(&b"world"[..])
+    );
+    assert!(
+        !contents.contains_key("~$lock.docx"),
+        "ignored name uploaded"
+    );
+    assert!(!contents.keys().any(|k| k.starts_with(".sgw")));
+    assert_eq!(w.share.status.uploads.done, 2);
+
+    let meta = std::fs::metadata(w.share_dir.join("a.txt")).expect("stat");
+    let echoes = w.bucket.take_written_events();
+    assert_eq!(echoes.len(), 2);
+    w.deliver(echoes);
+    // A second full sync (a restart's) finds nothing to do either.
+    w.sync();
+    let after = std::fs::metadata(w.share_dir.join("a.txt")).expect("stat");
+    assert_eq!(w.share.status.objects_downloaded, 0, "echo re-downloaded");
+    assert_eq!(
+        (meta.ino(), meta.mtime_nsec()),
+        (after.ino(), after.mtime_nsec())
+    );
+    assert_eq!(w.share.status.uploads.done, 2, "uploaded twice");
+    assert!(w.queue.is_empty());
+}
+
+#[test]
+fn edits_flow_both_ways_and_a_double_edit_keeps_both() {
+    let mut w = world(ShareMode::TwoWay);
+    w.write("f", b"v1");
+    w.sync();
+    let _ = w.bucket.take_written_events();
+
+    // Another site changes the object: downloaded over our unchanged (uploaded) file.
+    let ev = w.bucket.put("f", b"v2 from B");
+    w.deliver(vec![ev]);
+    assert_eq!(w.read("f").as_deref(), Some(&b"v2 from B"[..]));
+    assert_eq!(
+        w.local_names(),
+        vec!["f"],
+        "no conflict copy for our own file"
+    );
+
+    // A local edit goes up over that base (If-Match).
+    w.write("f", b"v3 local edit");
+    w.sync();
+    assert_eq!(
+        w.bucket.contents().get("f").map(Vec::as_slice),
+        Some(&b"v3 local edit"[..])
+    );
+    let _ = w.bucket.take_written_events();
+
+    // Both sides change: the bucket's version takes the name, ours is kept and uploaded.
+    w.write("f", b"v4 local");
+    let ev = w.bucket.put("f", b"v4 remote!");
+    w.deliver(vec![ev]);
+    assert_eq!(w.read("f").as_deref(), Some(&b"v4 remote!"[..]));
+    let names = w.local_names();
+    let copy = names
+        .iter()
+        .find(|n| n.starts_with("f.sgw-conflict-gwA-"))
+        .unwrap_or_else(|| panic!("no conflict copy in {names:?}"));
+    assert_eq!(w.read(copy).as_deref(), Some(&b"v4 local"[..]));
+    assert_eq!(w.share.status.uploads.conflicts, 1);
+    // The copy is uploaded once its turn comes (a full sync, or the run loop's tick).
+    w.sync();
+    assert_eq!(
+        w.bucket.contents().get(copy.as_str()).map(Vec::as_slice),
+        Some(&b"v4 local"[..])
+    );
+}
+
+#[test]
+fn deletes_go_both_ways_but_never_take_a_changed_file() {
+    let mut w = world(ShareMode::TwoWay);
+    w.write("gone-here", b"1");
+    w.write("gone-there", b"2");
+    w.write("edited-here", b"3");
+    w.sync();
+    let _ = w.bucket.take_written_events();
+
+    std::fs::remove_file(w.share_dir.join("gone-here")).expect("rm");
+    w.sync();
+    assert!(!w.bucket.contents().contains_key("gone-here"));
+
+    let ev = w.bucket.delete("gone-there");
+    w.deliver(vec![ev]);
+    assert_eq!(w.read("gone-there"), None);
+
+    // Deleted in the bucket, changed here: the change wins and goes back up.
+    w.write("edited-here", b"3 but newer");
+    let ev = w.bucket.delete("edited-here");
+    w.deliver(vec![ev]);
+    assert_eq!(w.read("edited-here").as_deref(), Some(&b"3 but newer"[..]));
+    assert_eq!(
+        w.bucket.contents().get("edited-here").map(Vec::as_slice),
+        Some(&b"3 but newer"[..])
+    );
+}
+
+#[test]
+fn state_survives_a_restart_without_uploading_twice() {
+    let mut w = world(ShareMode::TwoWay);
+    w.write("x", b"once");
+    w.sync();
+    let _ = w.bucket.take_written_events();
+    drop(std::mem::replace(
+        &mut w.share,
+        open(
+            &w.share_dir.clone(),
+            &w.state_dir.clone(),
+            &w.bucket,
+            &w.queue,
+            ShareMode::TwoWay,
+        ),
+    ));
+    w.sync();
+    assert!(w.bucket.take_written_events().is_empty(), "uploaded again");
+    assert_eq!(w.share.status.objects_downloaded, 0);
+}
+
+#[test]
+fn a_mirror_share_never_uploads() {
+    let mut w = world(ShareMode::Mirror);
+    w.write("local-only", b"stays here");
+    let ev = w.bucket.put("remote", b"comes down");
+    w.sync();
+    w.deliver(vec![ev]);
+    assert!(!w.bucket.contents().contains_key("local-only"));
+    assert!(w.bucket.take_written_events().is_empty());
+    assert_eq!(w.read("remote").as_deref(), Some(&b"comes down"[..]));
+    assert_eq!(w.share.status.unknown_local_files, 1);
+}
