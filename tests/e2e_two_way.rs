@@ -3,6 +3,10 @@
 //! bucket's one SNS topic (one express sync group; provisioned with peerctl.py: a topic, a
 //! queue per share, the bucket notification). What is checked is what the users at the two
 //! sites see: files, bytes, inodes and mtimes, and what `status` says.
+//!
+//! One test plays the steps of issue 10 in order on one pair of agents (each step starts from
+//! the converged state of the one before): slow write A -> B, no echo at A, edit B -> A,
+//! delete A -> B, rename A -> B (server-side copy), simultaneous edits kept at both sites.
 
 mod common;
 
@@ -204,7 +208,32 @@ fn two_gateways_on_one_bucket_follow_each_other() {
     wait(&both, 30, "delete at B", || read(&b, "slow.bin").is_none());
     assert!(peer.list(BUCKET, "").is_empty());
 
-    // 5. Simultaneous edits of one file at A and B: both versions survive at both sites.
+    // 5. A rename at A moves the file at B, as a server-side copy (the bytes are not sent).
+    fs::write(a.share.join("before.txt"), b"renamed, not re-sent").unwrap();
+    wait(&both, 30, "before.txt at B", || {
+        read(&b, "before.txt").is_some()
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    fs::rename(a.share.join("before.txt"), a.share.join("after.txt")).unwrap();
+    wait(&both, 30, "the rename at B", || {
+        read(&b, "after.txt").as_deref() == Some(&b"renamed, not re-sent"[..])
+            && read(&b, "before.txt").is_none()
+    });
+    let keys: Vec<String> = peer.list(BUCKET, "").into_iter().map(|(k, _)| k).collect();
+    assert_eq!(keys, vec!["after.txt"]);
+    assert!(
+        fs::read_to_string(&a.log)
+            .unwrap()
+            .contains("copied in the bucket (server-side"),
+        "not a server-side copy:\n{}",
+        logs(&[&a])
+    );
+    fs::remove_file(a.share.join("after.txt")).unwrap();
+    wait(&both, 30, "after.txt gone at B", || {
+        read(&b, "after.txt").is_none()
+    });
+
+    // 6. Simultaneous edits of one file at A and B: both versions survive at both sites.
     fs::write(a.share.join("both.txt"), b"original").unwrap();
     wait(&both, 30, "both.txt at B", || {
         read(&b, "both.txt").as_deref() == Some(&b"original"[..])

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use log::{info, warn};
 
 use super::deletes::DeleteSpool;
-use super::watch::Watcher;
+use super::watch::{Change, Watcher};
 use super::{Share, ShareError, SyncReport};
 use crate::cache::crc64::Crc64Nvme;
 use crate::cache::paths::{KeyPath, key_to_relpath};
@@ -525,16 +525,40 @@ impl Share {
             tw.rescan = true;
         }
         let settle = self.settle();
-        for rel in changed {
-            if self.ignored(&rel) {
-                continue;
-            }
-            if let Some(key) = self.key_of(&rel) {
-                self.defer(&key, settle);
-            }
-        }
         let mut report = SyncReport::default();
         let mut progress = Progress::default();
+        for change in changed {
+            let paths = match change {
+                Change::Path(p) => vec![p],
+                Change::Renamed(from, to) => {
+                    match self.server_side_rename(&from, &to, &mut report, &mut progress) {
+                        Ok(_) => {}
+                        Err(ShareError::Cloud(e)) => warn!(
+                            "share {}: rename of {} in the bucket: {e}; uploading instead",
+                            self.ctx.cfg.name,
+                            from.display()
+                        ),
+                        Err(e) => return Err(e),
+                    }
+                    vec![from, to]
+                }
+            };
+            for rel in paths {
+                if self.ignored(&rel) {
+                    continue;
+                }
+                if self.dir.read_dir(&rel).is_ok() {
+                    // A directory appeared or moved: its files are found by a rescan.
+                    if let Some(tw) = self.two_way.as_mut() {
+                        tw.rescan = true;
+                    }
+                    continue;
+                }
+                if let Some(key) = self.key_of(&rel) {
+                    self.defer(&key, settle);
+                }
+            }
+        }
         let now = Instant::now();
         loop {
             if self.ctx.shutdown.is_triggered() {
@@ -574,6 +598,65 @@ impl Share {
         }
         self.write_status(false);
         Ok(rescan)
+    }
+
+    /// A file renamed inside the share that is still its base's bytes (same inode, size and
+    /// mtime): copy the object server-side to the new key instead of sending it again, then
+    /// delete the old key (through the engine). Returns whether the copy was done; if not,
+    /// the two paths are simply looked at (upload + delete).
+    fn server_side_rename(
+        &mut self,
+        from: &Path,
+        to: &Path,
+        report: &mut SyncReport,
+        progress: &mut Progress,
+    ) -> Result<bool, ShareError> {
+        if self.ignored(to) {
+            return Ok(false);
+        }
+        let (Some(from_key), Some(to_key)) = (self.key_of(from), self.key_of(to)) else {
+            return Ok(false);
+        };
+        let Some(tw) = self.two_way.as_ref() else {
+            return Ok(false);
+        };
+        let (Some(base), None) = (self.state.get(&from_key)?, self.state.get(&to_key)?) else {
+            return Ok(false);
+        };
+        let seen = tw.seen.get(&from_key)?.filter(|s| s.base_etag == base.etag);
+        let (Some(stat), None, Some(etag)) = (
+            self.dir.local_stat(to)?,
+            self.dir.local_stat(from)?,
+            base.etag.clone(),
+        ) else {
+            return Ok(false);
+        };
+        let is_base = match &seen {
+            Some(s) => s.stat == stat,
+            None => stat.size == base.size && stat.mtime_secs() == base.last_modified,
+        };
+        // Never over an object someone else created at the new name meanwhile.
+        if !is_base || self.ctx.store.head(&to_key)?.is_some() {
+            return Ok(false);
+        }
+        let put = self.ctx.store.copy_object(&from_key, &to_key, &etag)?;
+        info!(
+            "share {}: {from_key:?} renamed to {to_key:?}; copied in the bucket (server-side, {} bytes not sent)",
+            self.ctx.cfg.name, stat.size
+        );
+        let rec = LocalRecord {
+            key: to_key,
+            size: stat.size,
+            etag: put.etag,
+            last_modified: unix_now(),
+            crc64nvme: base.crc64nvme,
+            sequencer: None,
+        };
+        self.record(rec, stat, base.crc64nvme)?;
+        self.status.uploads.done += 1;
+        // The old name: gone locally, the base in the bucket: the engine deletes it.
+        self.reconcile_key(&from_key, None, None, report, progress)?;
+        Ok(true)
     }
 
     /// How long the run loop may block (a queue poll, a sleep) before two-way work is due.

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 
 use log::warn;
-use notify::event::{AccessKind, AccessMode, EventKind};
+use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind, RenameMode};
 use notify::{RecommendedWatcher, RecursiveMode, Watcher as _};
 
 use crate::cache::paths::RESERVED_TOP_LEVEL;
@@ -23,10 +23,19 @@ use crate::cache::paths::RESERVED_TOP_LEVEL;
 /// Paths waiting for the share thread at most; beyond that the share is rescanned.
 pub const WATCH_QUEUE: usize = 4096;
 
+/// What the watcher reports, as share-relative paths.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// Something happened at this path (created, written, removed, moved in or out).
+    Path(PathBuf),
+    /// A rename inside the share, old path first (a chance for a server-side copy).
+    Renamed(PathBuf, PathBuf),
+}
+
 /// A recursive watch on one share directory.
 pub struct Watcher {
     _inner: RecommendedWatcher,
-    rx: Receiver<PathBuf>,
+    rx: Receiver<Change>,
     overflow: Arc<AtomicBool>,
 }
 
@@ -51,9 +60,9 @@ impl Watcher {
         })
     }
 
-    /// Move the share-relative paths reported so far into `out`. True if events were lost
-    /// (the share must be rescanned).
-    pub fn drain(&self, out: &mut Vec<PathBuf>) -> bool {
+    /// Move the changes reported so far into `out`. True if events were lost (the share must
+    /// be rescanned).
+    pub fn drain(&self, out: &mut Vec<Change>) -> bool {
         while let Ok(p) = self.rx.try_recv() {
             out.push(p);
         }
@@ -63,7 +72,7 @@ impl Watcher {
 
 fn on_event(
     root: &Path,
-    tx: &SyncSender<PathBuf>,
+    tx: &SyncSender<Change>,
     overflow: &AtomicBool,
     res: notify::Result<notify::Event>,
 ) {
@@ -85,19 +94,30 @@ fn on_event(
         EventKind::Access(_) => return,
         _ => {}
     }
-    for path in event.paths {
-        let Ok(rel) = path.strip_prefix(root) else {
-            continue;
-        };
-        if rel.as_os_str().is_empty()
-            || rel
-                .components()
-                .next()
-                .is_some_and(|c| c.as_os_str() == RESERVED_TOP_LEVEL)
-        {
-            continue;
+    let rel = |path: &Path| -> Option<PathBuf> {
+        let rel = path.strip_prefix(root).ok()?;
+        let ours = rel
+            .components()
+            .next()
+            .is_some_and(|c| c.as_os_str() == RESERVED_TOP_LEVEL);
+        (!rel.as_os_str().is_empty() && !ours).then(|| rel.to_path_buf())
+    };
+    let mut changes = Vec::new();
+    if event.kind == EventKind::Modify(ModifyKind::Name(RenameMode::Both))
+        && let [from, to] = event.paths.as_slice()
+    {
+        match (rel(from), rel(to)) {
+            (Some(f), Some(t)) => changes.push(Change::Renamed(f, t)),
+            // A publish from the agent's staging, or a move out of the share's view.
+            (None, Some(t)) => changes.push(Change::Path(t)),
+            (Some(f), None) => changes.push(Change::Path(f)),
+            (None, None) => {}
         }
-        match tx.try_send(rel.to_path_buf()) {
+    } else {
+        changes.extend(event.paths.iter().filter_map(|p| rel(p)).map(Change::Path));
+    }
+    for change in changes {
+        match tx.try_send(change) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
                 overflow.store(true, Ordering::SeqCst);
@@ -122,11 +142,25 @@ mod tests {
         std::fs::write(dir.path().join("d/f"), b"1").expect("write");
         let until = Instant::now() + Duration::from_secs(5);
         let mut seen = Vec::new();
-        while Instant::now() < until && !seen.contains(&PathBuf::from("d/f")) {
+        let df = Change::Path(PathBuf::from("d/f"));
+        while Instant::now() < until && !seen.contains(&df) {
             std::thread::sleep(Duration::from_millis(20));
             assert!(!w.drain(&mut seen), "no overflow");
         }
-        assert!(seen.contains(&PathBuf::from("d/f")), "{seen:?}");
-        assert!(!seen.iter().any(|p| p.starts_with(".sgw")), "{seen:?}");
+        assert!(seen.contains(&df), "{seen:?}");
+        assert!(
+            !seen
+                .iter()
+                .any(|c| matches!(c, Change::Path(p) if p.starts_with(".sgw"))),
+            "{seen:?}"
+        );
+        std::fs::rename(dir.path().join("d/f"), dir.path().join("g")).expect("mv");
+        let moved = Change::Renamed(PathBuf::from("d/f"), PathBuf::from("g"));
+        let until = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < until && !seen.contains(&moved) {
+            std::thread::sleep(Duration::from_millis(20));
+            assert!(!w.drain(&mut seen), "no overflow");
+        }
+        assert!(seen.contains(&moved), "{seen:?}");
     }
 }
