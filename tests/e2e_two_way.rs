@@ -295,3 +295,79 @@ fn a_mirror_share_never_uploads() {
         status(&m)["unknown_local_files"] == 1
     });
 }
+
+/// kill -9 in the middle of a 64 MiB multipart upload, restart: the bucket never holds a
+/// partial object, the upload resumes (no new upload of the parts already sent) and the object
+/// is complete, with the FULL_OBJECT CRC-64 of the file.
+#[test]
+fn kill_9_during_a_multipart_upload_then_restart_completes_it_once() {
+    use base64::Engine as _;
+    use std::os::unix::fs::FileExt;
+    let peer = Peer::start();
+    peer.make_bucket(BUCKET);
+    let tmp = tempfile::tempdir().unwrap();
+    let a = site(tmp.path(), "gwA", &peer, None, "two_way");
+    let size = 64 * 1024 * 1024usize;
+    let big: Vec<u8> = (0..size)
+        .map(|i| (i % 253) as u8 ^ (i >> 20) as u8)
+        .collect();
+    let path = a.share.join("big.bin");
+    {
+        let f = fs::File::create(&path).unwrap();
+        f.write_all_at(&big, 0).unwrap();
+        f.set_modified(std::time::SystemTime::now() - Duration::from_secs(60))
+            .unwrap();
+    }
+    let resume_dir = tmp.path().join("gwA/state/shares/test/uploads");
+    let parts_done = || -> usize {
+        fs::read_dir(&resume_dir)
+            .ok()
+            .and_then(|mut d| d.next())
+            .and_then(|e| e.ok())
+            .and_then(|e| fs::read(e.path()).ok())
+            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+            .and_then(|v| v["parts"].as_array().map(Vec::len))
+            .unwrap_or(0)
+    };
+    let mut agent = spawn(&a);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while parts_done() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "no parts uploaded\n{}",
+            logs(&[&a])
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    agent.kill().unwrap();
+    agent.wait().unwrap();
+    let at_kill = parts_done();
+    assert!(at_kill < 8, "the upload finished before the kill");
+    assert!(
+        peer.list(BUCKET, "").is_empty(),
+        "a partial object is visible after kill -9"
+    );
+    let first_log = fs::read_to_string(&a.log).unwrap();
+    let agent = spawn(&a);
+    wait(&[&a], 60, "big.bin in the bucket", || {
+        peer.list(BUCKET, "") == vec![("big.bin".to_owned(), size as u64)]
+    });
+    stop(agent);
+    assert!(
+        peer.get(BUCKET, "big.bin") == big,
+        "object differs from the file"
+    );
+    let head = peer.head(BUCKET, "big.bin");
+    let crc = base64::engine::general_purpose::STANDARD
+        .encode(sgw_agent::cache::crc64::nvme(&big).to_be_bytes());
+    assert_eq!(head["crc64nvme"].as_str(), Some(crc.as_str()), "{head}");
+    assert_eq!(head["checksum_type"], "FULL_OBJECT", "{head}");
+    let second_log = fs::read_to_string(&a.log).unwrap();
+    assert!(
+        second_log.contains("resuming multipart upload at part"),
+        "did not resume (killed after {at_kill} parts):\n{first_log}\n----\n{second_log}"
+    );
+    let st = status(&a);
+    assert_eq!(st["uploads"]["done"], 1, "{st}");
+    eprintln!("killed after {at_kill} of 8 parts; resumed and completed once");
+}

@@ -8,11 +8,18 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use std::io::Read;
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use sgw_agent::cloud::memory::{MemoryBucket, MemoryQueue};
-use sgw_agent::cloud::{EventQueue, ObjectStore};
+use sgw_agent::cloud::{
+    CloudError, EventQueue, ListPage, ObjectBody, ObjectStore, PutCondition, PutResult,
+    UploadedPart,
+};
 use sgw_agent::config::{ShareConfig, ShareMode, SyncSettings};
 use sgw_agent::daemon::Shutdown;
 use sgw_agent::model::ConsistencyCheck;
+use sgw_agent::model::ObjectMeta;
 use sgw_agent::shell::{Share, ShareContext, Silent};
 
 struct World {
@@ -25,13 +32,18 @@ struct World {
 }
 
 fn world(mode: ShareMode) -> World {
+    world_with(mode, None)
+}
+
+fn world_with(mode: ShareMode, store: Option<Arc<dyn ObjectStore>>) -> World {
     let tmp = tempfile::tempdir().expect("tmp");
     let share_dir = tmp.path().join("share");
     let state_dir = tmp.path().join("state");
     std::fs::create_dir_all(&share_dir).expect("mkdir");
     let bucket = Arc::new(MemoryBucket::new("bucket", 3));
     let queue = Arc::new(MemoryQueue::new());
-    let share = open(&share_dir, &state_dir, &bucket, &queue, mode);
+    let store = store.unwrap_or_else(|| bucket.clone());
+    let share = open_on(&share_dir, &state_dir, store, &queue, mode);
     World {
         _tmp: tmp,
         share_dir,
@@ -46,6 +58,16 @@ fn open(
     share_dir: &Path,
     state_dir: &Path,
     bucket: &Arc<MemoryBucket>,
+    queue: &Arc<MemoryQueue>,
+    mode: ShareMode,
+) -> Share {
+    open_on(share_dir, state_dir, bucket.clone(), queue, mode)
+}
+
+fn open_on(
+    share_dir: &Path,
+    state_dir: &Path,
+    store: Arc<dyn ObjectStore>,
     queue: &Arc<MemoryQueue>,
     mode: ShareMode,
 ) -> Share {
@@ -73,7 +95,6 @@ fn open(
             ..SyncSettings::default()
         },
     };
-    let store: Arc<dyn ObjectStore> = bucket.clone();
     let q: Arc<dyn EventQueue> = queue.clone();
     Share::open(ShareContext {
         cfg,
@@ -280,4 +301,105 @@ fn a_mirror_share_never_uploads() {
     assert!(w.bucket.take_written_events().is_empty());
     assert_eq!(w.read("remote").as_deref(), Some(&b"comes down"[..]));
     assert_eq!(w.share.status.unknown_local_files, 1);
+}
+
+/// The memory bucket, but part 2 of the first multipart upload fails once (a cut link).
+struct FailsPartTwoOnce {
+    inner: Arc<MemoryBucket>,
+    failed: AtomicBool,
+}
+
+impl ObjectStore for FailsPartTwoOnce {
+    fn list_page(&self, p: &str, c: Option<&str>) -> Result<ListPage, CloudError> {
+        self.inner.list_page(p, c)
+    }
+    fn head(&self, k: &str) -> Result<Option<ObjectMeta>, CloudError> {
+        self.inner.head(k)
+    }
+    fn get(&self, k: &str, o: u64, m: Option<&str>) -> Result<ObjectBody, CloudError> {
+        self.inner.get(k, o, m)
+    }
+    fn put_object(
+        &self,
+        k: &str,
+        b: &mut dyn Read,
+        s: u64,
+        c: u64,
+        cond: &PutCondition,
+    ) -> Result<PutResult, CloudError> {
+        self.inner.put_object(k, b, s, c, cond)
+    }
+    fn create_multipart(&self, k: &str) -> Result<String, CloudError> {
+        self.inner.create_multipart(k)
+    }
+    fn upload_part(
+        &self,
+        k: &str,
+        id: &str,
+        n: u32,
+        b: &mut dyn Read,
+        s: u64,
+        c: u64,
+    ) -> Result<String, CloudError> {
+        if n == 2 && !self.failed.swap(true, Ordering::SeqCst) {
+            return Err(CloudError::Transport("connection reset".into()));
+        }
+        self.inner.upload_part(k, id, n, b, s, c)
+    }
+    fn complete_multipart(
+        &self,
+        k: &str,
+        id: &str,
+        parts: &[UploadedPart],
+        c: u64,
+        cond: &PutCondition,
+    ) -> Result<PutResult, CloudError> {
+        self.inner.complete_multipart(k, id, parts, c, cond)
+    }
+    fn abort_multipart(&self, k: &str, id: &str) -> Result<(), CloudError> {
+        self.inner.abort_multipart(k, id)
+    }
+}
+
+#[test]
+fn a_big_file_goes_up_in_parts_and_an_interrupted_upload_resumes() {
+    let bucket = Arc::new(MemoryBucket::new("bucket", 3));
+    let store = Arc::new(FailsPartTwoOnce {
+        inner: Arc::clone(&bucket),
+        failed: AtomicBool::new(false),
+    });
+    let mut w = world_with(ShareMode::TwoWay, Some(store));
+    w.bucket = Arc::clone(&bucket);
+    let big: Vec<u8> = (0..20 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+    w.write("big.bin", &big);
+    // The first attempt stops at part 2 and keeps its resume record.
+    let _ = w.share.full_sync().expect("sync");
+    assert!(
+        !bucket.contents().contains_key("big.bin"),
+        "published partial"
+    );
+    let uploads = w.state_dir.join("uploads");
+    assert_eq!(std::fs::read_dir(&uploads).expect("resume dir").count(), 1);
+    let calls_before = bucket.multipart_calls.load(Ordering::SeqCst);
+    // A restart, then the next sync: same upload continued (no new CreateMultipartUpload).
+    let state_dir = w.state_dir.clone();
+    let share_dir = w.share_dir.clone();
+    let store2: Arc<dyn ObjectStore> = Arc::new(FailsPartTwoOnce {
+        inner: Arc::clone(&bucket),
+        failed: AtomicBool::new(true),
+    });
+    drop(std::mem::replace(
+        &mut w.share,
+        open_on(&share_dir, &state_dir, store2, &w.queue, ShareMode::TwoWay),
+    ));
+    w.sync();
+    assert_eq!(bucket.contents().get("big.bin"), Some(&big));
+    // Parts 2 and 3 and the completion: three calls, no create.
+    assert_eq!(
+        bucket.multipart_calls.load(Ordering::SeqCst) - calls_before,
+        3
+    );
+    assert_eq!(std::fs::read_dir(&uploads).expect("resume dir").count(), 0);
+    let head = bucket.head("big.bin").expect("head").expect("object");
+    assert_eq!(head.crc64nvme, Some(sgw_agent::cache::crc64::nvme(&big)));
 }

@@ -19,7 +19,8 @@
 //! - [`recovery`]: publish intents left by a crash; files nobody knows.
 //! - [`listing`]: the full sync's one pass over the bucket, spooled to disk.
 //! - [`upload`] and [`watch`]: two-way shares: each key reconciled by the engine (uploads,
-//!   remote deletes, conflict copies), and local changes from inotify.
+//!   remote deletes, conflict copies), and local changes from inotify; [`multipart`]: big
+//!   files in parts with a FULL_OBJECT CRC-64, resumed after a restart.
 
 mod deletes;
 mod download;
@@ -28,6 +29,7 @@ mod events;
 mod full_sync;
 pub mod listing;
 mod local;
+mod multipart;
 mod pool;
 mod recovery;
 mod upload;

@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 use log::{info, warn};
 
 use super::deletes::DeleteSpool;
+use super::multipart::{self, MULTIPART_THRESHOLD, upload_multipart};
 use super::watch::{Change, Watcher};
 use super::{Share, ShareError, SyncReport};
 use crate::cache::crc64::Crc64Nvme;
@@ -40,8 +41,8 @@ use crate::time::{unix_now, utc_timestamp};
 pub const PENDING_CAP: usize = 4096;
 /// S3's limit on key length.
 const MAX_KEY_BYTES: usize = 1024;
-/// Largest single PUT (S3's limit).
-const MAX_SINGLE_PUT: u64 = 5 * 1024 * 1024 * 1024;
+/// Largest object (S3's limit).
+const MAX_OBJECT: u64 = 5 * 1024 * 1024 * 1024 * 1024;
 const READ_BUF: usize = 256 * 1024;
 
 /// A two-way share's extra state.
@@ -104,7 +105,7 @@ impl Pending {
 }
 
 /// How one upload ended.
-enum Uploaded {
+pub(super) enum Uploaded {
     Done {
         rec: LocalRecord,
         seen: SeenFile,
@@ -420,9 +421,9 @@ impl Share {
         condition: &PutCondition,
     ) -> Result<(), ShareError> {
         let name = self.ctx.cfg.name.clone();
-        if stat.size > MAX_SINGLE_PUT {
+        if stat.size > MAX_OBJECT {
             let why = format!(
-                "{key:?} is {} bytes; files over 5 GiB need multipart upload, which this agent does not do yet",
+                "{key:?} is {} bytes, more than the 5 TiB an object may have",
                 stat.size
             );
             warn!("share {name}: {why}");
@@ -432,7 +433,21 @@ impl Share {
         self.status.uploads.in_flight = 1;
         self.write_status(false);
         let started = Instant::now();
-        let outcome = upload_file(&*self.ctx.store, &self.dir, key, rel, stat, condition);
+        let outcome = if stat.size >= MULTIPART_THRESHOLD {
+            upload_multipart(&multipart::Job {
+                store: &*self.ctx.store,
+                dir: &self.dir,
+                state_dir: &self.ctx.state_dir,
+                key,
+                rel,
+                stat,
+                condition,
+                heartbeat: &self.heartbeat,
+                shutdown: &self.ctx.shutdown,
+            })
+        } else {
+            upload_file(&*self.ctx.store, &self.dir, key, rel, stat, condition)
+        };
         self.status.uploads.in_flight = 0;
         self.heartbeat.beat();
         match outcome {
@@ -686,7 +701,7 @@ fn crc_of(dir: &ShareDir, rel: &Path) -> io::Result<u64> {
     }
 }
 
-fn stat_of(f: &std::fs::File) -> io::Result<LocalStat> {
+pub(super) fn stat_of(f: &std::fs::File) -> io::Result<LocalStat> {
     use std::os::unix::fs::MetadataExt;
     let m = f.metadata()?;
     Ok(LocalStat {
@@ -738,14 +753,7 @@ fn upload_file(
     if let Err(e) = f.seek(SeekFrom::Start(0)) {
         return Uploaded::Failed(format!("cannot rewind {}: {e}", rel.display()));
     }
-    let mut body = Verified {
-        file: f,
-        remaining: stat.size,
-        crc: Crc64Nvme::new(),
-        expected: crc,
-        stat,
-        changed: false,
-    };
+    let mut body = Verified::new(f, stat.size, crc, stat);
     let result = store.put_object(key, &mut body, stat.size, crc, condition);
     if body.changed {
         return Uploaded::Changed;
@@ -775,13 +783,29 @@ fn upload_file(
 }
 
 /// The upload body: the file's bytes, with the last read held until they check out.
-struct Verified {
+pub(super) struct Verified {
     file: std::fs::File,
     remaining: u64,
     crc: Crc64Nvme,
     expected: u64,
     stat: LocalStat,
-    changed: bool,
+    /// Set when the body failed because the file is no longer the version being sent.
+    pub changed: bool,
+}
+
+impl Verified {
+    /// `len` bytes from the file's current offset, which must have CRC `expected`, and the
+    /// file must still be `stat` once they are read.
+    pub fn new(file: std::fs::File, len: u64, expected: u64, stat: LocalStat) -> Verified {
+        Verified {
+            file,
+            remaining: len,
+            crc: Crc64Nvme::new(),
+            expected,
+            stat,
+            changed: false,
+        }
+    }
 }
 
 impl Read for Verified {
