@@ -23,7 +23,7 @@ use crate::config::{Config, ConfigError, EXIT_CONFIG, EXIT_NOT_CONVERGED, ShareC
 use crate::control_client::client::ControlClient;
 use crate::control_client::protocol::{
     AssignmentEntry, AssignmentsResponse, ProgressRequest, RegisterRequest, RegisteredShare,
-    ShareProgress,
+    ShareProgress, UploadHealth,
 };
 use crate::daemon::{Heartbeat, Notifier, ReloadRequest, Shutdown};
 use crate::shell::{ProgressSink, Share, ShareContext};
@@ -466,10 +466,19 @@ impl ShareSet {
                     .flatten()
                     .unwrap_or_else(|| ShareStatus::new(&r.cfg.name));
                 let (state, progress) = express_sync_state(&status);
+                let u = &status.uploads;
                 ShareProgress {
                     share_name: r.cfg.name.clone(),
                     sync_progress: progress,
                     express_sync_state: state.to_owned(),
+                    uploads: r.cfg.sync.two_way().then(|| UploadHealth {
+                        pending: u.pending,
+                        in_flight: u.in_flight,
+                        done: u.done,
+                        bytes: u.bytes,
+                        conflicts: u.conflicts,
+                        last_error: u.last_error.clone(),
+                    }),
                 }
             })
             .collect();

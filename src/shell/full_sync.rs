@@ -30,6 +30,7 @@ impl Share {
         self.status.failed_objects = 0;
         self.status.skipped_keys = 0;
         self.status.skipped_examples.clear();
+        let uploads_before = (self.status.uploads.done, self.status.uploads.remote_deletes);
         let mut meter = ProgressMeter::new();
         self.status.sync_progress = 0;
         self.write_status(true);
@@ -177,6 +178,14 @@ impl Share {
         }
         self.write_status(true);
         let secs = started.elapsed().as_secs_f64();
+        if self.two_way() {
+            info!(
+                "share {name}: two-way: {} uploaded, {} deleted in the bucket, {} upload(s) waiting",
+                self.status.uploads.done - uploads_before.0,
+                self.status.uploads.remote_deletes - uploads_before.1,
+                self.two_way.as_ref().map_or(0, |tw| tw.pending.len())
+            );
+        }
         info!(
             "share {name}: full sync {} in {secs:.1}s: {} listed, {} downloaded ({}), {} deleted, {} unchanged, {} adopted, {} skipped, {} failed",
             if finished { "done" } else { "incomplete" },
