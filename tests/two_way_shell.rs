@@ -403,3 +403,101 @@ fn a_big_file_goes_up_in_parts_and_an_interrupted_upload_resumes() {
     let head = bucket.head("big.bin").expect("head").expect("object");
     assert_eq!(head.crc64nvme, Some(sgw_agent::cache::crc64::nvme(&big)));
 }
+
+/// The memory bucket, but reading the body of `key` makes a LAN client write the local file
+/// (an edit that lands while the download runs).
+struct EditsDuringDownload {
+    inner: Arc<MemoryBucket>,
+    key: String,
+    path: PathBuf,
+}
+
+struct EditOnRead {
+    inner: Box<dyn Read + Send>,
+    path: Option<PathBuf>,
+}
+
+impl Read for EditOnRead {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if let Some(p) = self.path.take() {
+            std::fs::write(p, b"edited during the download")?;
+        }
+        self.inner.read(buf)
+    }
+}
+
+impl ObjectStore for EditsDuringDownload {
+    fn list_page(&self, p: &str, c: Option<&str>) -> Result<ListPage, CloudError> {
+        self.inner.list_page(p, c)
+    }
+    fn head(&self, k: &str) -> Result<Option<ObjectMeta>, CloudError> {
+        self.inner.head(k)
+    }
+    fn get(&self, k: &str, o: u64, m: Option<&str>) -> Result<ObjectBody, CloudError> {
+        let mut body = self.inner.get(k, o, m)?;
+        if k == self.key {
+            body.body = Box::new(EditOnRead {
+                inner: body.body,
+                path: Some(self.path.clone()),
+            });
+        }
+        Ok(body)
+    }
+    fn put_object(
+        &self,
+        k: &str,
+        b: &mut dyn Read,
+        s: u64,
+        c: u64,
+        cond: &PutCondition,
+    ) -> Result<PutResult, CloudError> {
+        self.inner.put_object(k, b, s, c, cond)
+    }
+}
+
+#[test]
+fn a_local_edit_during_a_download_is_kept_and_uploaded() {
+    let bucket = Arc::new(MemoryBucket::new("bucket", 3));
+    bucket.put("f", b"v2 from the bucket");
+    let tmp_share = tempfile::tempdir().expect("tmp");
+    let store = Arc::new(EditsDuringDownload {
+        inner: Arc::clone(&bucket),
+        key: "f".into(),
+        path: tmp_share.path().join("share/f"),
+    });
+    let mut w = world_with(ShareMode::TwoWay, Some(store));
+    w.bucket = Arc::clone(&bucket);
+    // The share lives where the store's hook writes.
+    let share_dir = tmp_share.path().join("share");
+    std::fs::create_dir_all(&share_dir).expect("mkdir");
+    let state_dir = w.state_dir.clone();
+    let store2: Arc<dyn ObjectStore> = Arc::new(EditsDuringDownload {
+        inner: Arc::clone(&bucket),
+        key: "f".into(),
+        path: share_dir.join("f"),
+    });
+    drop(std::mem::replace(
+        &mut w.share,
+        open_on(&share_dir, &state_dir, store2, &w.queue, ShareMode::TwoWay),
+    ));
+    w.share_dir = share_dir;
+    let _ = w.share.full_sync().expect("sync");
+    assert_eq!(w.read("f").as_deref(), Some(&b"v2 from the bucket"[..]));
+    let names = w.local_names();
+    let copy = names
+        .iter()
+        .find(|n| n.starts_with("f.sgw-conflict-gwA-"))
+        .unwrap_or_else(|| panic!("the edit was overwritten: {names:?}"))
+        .clone();
+    assert_eq!(
+        w.read(&copy).as_deref(),
+        Some(&b"edited during the download"[..])
+    );
+    // Once it has settled, the kept edit goes up under its conflict name.
+    std::thread::sleep(Duration::from_millis(200));
+    w.sync();
+    assert_eq!(
+        bucket.contents().get(copy.as_str()).map(Vec::as_slice),
+        Some(&b"edited during the download"[..])
+    );
+}

@@ -262,6 +262,14 @@ impl Share {
                 rules,
             );
         }
+        // Names on the ignore list never reach the bucket, whatever happens to them here.
+        if matches!(
+            action,
+            Action::Upload { .. } | Action::DeleteRemote { .. } | Action::Conflict
+        ) && self.ignored(&rel)
+        {
+            return Ok(());
+        }
         match action {
             Action::Nothing | Action::NeedCrc => {}
             Action::Download => {
@@ -373,6 +381,15 @@ impl Share {
         Ok(())
     }
 
+    /// `.sgw-conflict-<gateway>-<UTC time>`, appended to a conflict copy's name.
+    pub(super) fn conflict_suffix(&self) -> String {
+        let stamp: String = utc_timestamp()
+            .chars()
+            .filter(|c| *c != '-' && *c != ':')
+            .collect();
+        format!(".sgw-conflict-{}-{stamp}", self.ctx.cfg.sync.gateway)
+    }
+
     /// Both sides changed: the local version goes to a conflict name (and is uploaded from
     /// there as a new key), the bucket's version takes the name.
     fn conflict(
@@ -385,11 +402,7 @@ impl Share {
         progress: &mut Progress,
     ) -> Result<(), ShareError> {
         let name = self.ctx.cfg.name.clone();
-        let stamp: String = utc_timestamp()
-            .chars()
-            .filter(|c| *c != '-' && *c != ':')
-            .collect();
-        let suffix = format!(".sgw-conflict-{}-{stamp}", self.ctx.cfg.sync.gateway);
+        let suffix = self.conflict_suffix();
         let aside = match self.dir.conflict_aside_as(rel, &suffix) {
             Ok(a) => a,
             Err(e) => {
