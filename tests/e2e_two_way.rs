@@ -371,3 +371,80 @@ fn kill_9_during_a_multipart_upload_then_restart_completes_it_once() {
     assert_eq!(st["uploads"]["done"], 1, "{st}");
     eprintln!("killed after {at_kill} of 8 parts; resumed and completed once");
 }
+
+/// Benchmark, not a timed test (`cargo test --test e2e_two_way -- --ignored --nocapture`):
+/// edit-at-A -> visible-at-B latency over `SGW_BENCH_EDITS` edits (default 200), p50 and p99.
+#[test]
+#[ignore]
+fn bench_edit_at_a_visible_at_b_latency() {
+    let edits: usize = std::env::var("SGW_BENCH_EDITS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200);
+    let peer = Peer::start();
+    peer.make_bucket(BUCKET);
+    let (topic, queue_a) = peer.wire_events(BUCKET, "", "share-a");
+    let out = peer.ctl(&["subscribe-queue", &topic, "--name", "share-b"]);
+    let queue_b = out["queue_url"].as_str().unwrap().to_owned();
+    let tmp = tempfile::tempdir().unwrap();
+    let a = site(tmp.path(), "gwA", &peer, Some(&queue_a), "two_way");
+    let b = site(tmp.path(), "gwB", &peer, Some(&queue_b), "two_way");
+    let agent_a = spawn(&a);
+    let agent_b = spawn(&b);
+    wait(&[&a, &b], 30, "both agents healthy", || {
+        status(&a)["state"] == "healthy" && status(&b)["state"] == "healthy"
+    });
+    let mut lat = Vec::with_capacity(edits);
+    for i in 0..edits {
+        let body = format!("edit {i} at A");
+        let t = Instant::now();
+        fs::write(a.share.join("lat.txt"), &body).unwrap();
+        wait(&[&a, &b], 60, "the edit at B", || {
+            read(&b, "lat.txt").as_deref() == Some(body.as_bytes())
+        });
+        lat.push(t.elapsed().as_secs_f64());
+    }
+    stop(agent_a);
+    stop(agent_b);
+    lat.sort_by(f64::total_cmp);
+    let pct = |p: f64| lat[((lat.len() as f64 * p).ceil() as usize).clamp(1, lat.len()) - 1];
+    eprintln!(
+        "edit at A -> visible at B, {} edits, settle {SETTLE_MS} ms, moto: p50 {:.2}s p99 {:.2}s max {:.2}s",
+        lat.len(),
+        pct(0.50),
+        pct(0.99),
+        lat[lat.len() - 1]
+    );
+}
+
+/// Deleting most of a two-way share at once (a mistaken `rm -r`, a failing disk) is not
+/// propagated: the mass-delete guard holds the bucket's copies, and `status` says why.
+#[test]
+fn a_mass_delete_in_the_share_does_not_empty_the_bucket() {
+    let peer = Peer::start();
+    peer.make_bucket(BUCKET);
+    let tmp = tempfile::tempdir().unwrap();
+    let a = site(tmp.path(), "gwA", &peer, None, "two_way");
+    for i in 0..150 {
+        fs::write(a.share.join(format!("f{i:03}")), format!("file {i}")).unwrap();
+    }
+    let agent = spawn(&a);
+    wait(&[&a], 60, "150 uploads", || {
+        peer.list(BUCKET, "").len() == 150
+    });
+    wait(&[&a], 30, "the records", || {
+        status(&a)["uploads"]["done"] == 150
+    });
+    for i in 0..150 {
+        fs::remove_file(a.share.join(format!("f{i:03}"))).unwrap();
+    }
+    wait(&[&a], 30, "the refusal", || {
+        status(&a)["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("refusing"))
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    stop(agent);
+    assert_eq!(peer.list(BUCKET, "").len(), 150, "{}", logs(&[&a]));
+    assert_eq!(status(&a)["uploads"]["remote_deletes"], 0);
+}

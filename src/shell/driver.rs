@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use log::{error, info, warn};
 
 use super::pool::{Job, Pool};
-use super::upload::TwoWay;
+use super::two_way::TwoWay;
 use super::watch::Watcher;
 use super::{LONG_POLL_SECS, SYNC_EVERY, SYNC_EVERY_RECORDS, ShareContext, ShareError, SyncReport};
 use crate::cache::publish::ShareDir;
@@ -210,6 +210,7 @@ impl Share {
         let mut need_full_sync = true;
         let mut last_full = Instant::now();
         let mut queue_failing = false;
+        let mut last_poll = Instant::now();
         // Full-sync failures back off up to 5 minutes, queue failures up to 1 (the queue is
         // cheap to ask, and a reachable queue again means events are waiting).
         let mut sync_backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(300));
@@ -287,6 +288,16 @@ impl Share {
             if self.status_stale {
                 self.write_status(true);
             }
+            // A local change due in less than a second (SQS waits in whole seconds): wait
+            // for it instead of polling, unless the queue was not asked for 2 s.
+            if let Some(w) = two_way_wait
+                && w < Duration::from_secs(1)
+                && last_poll.elapsed() < Duration::from_secs(2)
+            {
+                self.ctx.shutdown.sleep(w.max(Duration::from_millis(10)));
+                continue;
+            }
+            last_poll = Instant::now();
             self.idle.store(true, Ordering::SeqCst);
             // A two-way share polls no longer than its next local change is due.
             let wait_secs = two_way_wait.map_or(LONG_POLL_SECS, |w| {

@@ -1,4 +1,6 @@
-//! Two-way shares: local changes as they happen, from inotify (the `notify` crate).
+//! Two-way shares: local changes as they happen, from inotify (the `notify` crate), and the
+//! share thread's side of them: the settle window, renames as server-side copies, the scan for
+//! new files in a full sync, the mass-delete guard over one round of local deletes.
 //!
 //! The watcher only says *where* something changed: the share thread looks at each path
 //! after its settle window and asks the engine what to do, so a missed, doubled or reordered
@@ -13,12 +15,19 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::time::{Duration, Instant};
 
-use log::warn;
+use log::{error, info, warn};
 use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind, RenameMode};
 use notify::{RecommendedWatcher, RecursiveMode, Watcher as _};
 
+use super::deletes::DeleteSpool;
+use super::{Share, ShareError, SyncReport};
 use crate::cache::paths::RESERVED_TOP_LEVEL;
+use crate::engine::guard::is_mass_delete;
+use crate::engine::progress::Progress;
+use crate::model::LocalRecord;
+use crate::time::unix_now;
 
 /// Paths waiting for the share thread at most; beyond that the share is rescanned.
 pub const WATCH_QUEUE: usize = 4096;
@@ -126,10 +135,282 @@ fn on_event(
     }
 }
 
+/// The deletes of one round of local changes, held for the guard (unlinked while in use).
+const TICK_DELETE_SPOOL: &str = "local-deletes.spool";
+
+impl Share {
+    /// Every file in the share that has no base yet (new since the last sync): reconciled
+    /// (uploaded once settled). Files with a base were seen by the full sync's merge.
+    pub(super) fn scan_new_local_files(
+        &mut self,
+        report: &mut SyncReport,
+        progress: &mut Progress,
+    ) -> Result<(), ShareError> {
+        let mut stack = vec![PathBuf::new()];
+        while let Some(rel_dir) = stack.pop() {
+            self.heartbeat.beat();
+            if self.ctx.shutdown.is_triggered() {
+                return Err(ShareError::Stopped);
+            }
+            let Ok(entries) = self.dir.read_dir(&rel_dir) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let rel = rel_dir.join(entry.file_name());
+                if rel_dir.as_os_str().is_empty() && entry.file_name() == ".sgw" {
+                    continue;
+                }
+                let Ok(ft) = entry.file_type() else { continue };
+                if ft.is_dir() {
+                    stack.push(rel);
+                } else if ft.is_file() && !self.ignored(&rel) {
+                    let Some(key) = self.key_of(&rel) else {
+                        continue;
+                    };
+                    if self.state.get(&key)?.is_none() {
+                        // The listing did not have it: a new file (the PUT is conditional on
+                        // the key being absent, so an object created since is not lost).
+                        self.reconcile_key(&key, Some(None), None, report, progress)?;
+                        self.sync_state(false)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Work the two-way share does between queue polls: local changes from the watcher, keys
+    /// whose settle window has passed. Returns true when a full sync (with its scan) is due.
+    pub(super) fn two_way_tick(&mut self) -> Result<bool, ShareError> {
+        let Some(tw) = self.two_way.as_mut() else {
+            return Ok(false);
+        };
+        let mut changed = Vec::new();
+        if let Some(w) = tw.watcher.as_ref()
+            && w.drain(&mut changed)
+        {
+            tw.rescan = true;
+        }
+        let settle = self.settle();
+        let mut report = SyncReport::default();
+        let mut progress = Progress::default();
+        for change in changed {
+            let paths = match change {
+                Change::Path(p) => vec![p],
+                Change::Renamed(from, to) => {
+                    match self.server_side_rename(&from, &to, &mut report, &mut progress) {
+                        Ok(_) => {}
+                        Err(ShareError::Cloud(e)) => warn!(
+                            "share {}: rename of {} in the bucket: {e}; uploading instead",
+                            self.ctx.cfg.name,
+                            from.display()
+                        ),
+                        Err(e) => return Err(e),
+                    }
+                    vec![from, to]
+                }
+            };
+            for rel in paths {
+                if self.ignored(&rel) {
+                    continue;
+                }
+                if self.dir.read_dir(&rel).is_ok() {
+                    // A directory appeared or moved: its files are found by a rescan.
+                    if let Some(tw) = self.two_way.as_mut() {
+                        tw.rescan = true;
+                    }
+                    continue;
+                }
+                if let Some(key) = self.key_of(&rel) {
+                    // Due once the file has been still for the settle window (counted from
+                    // its mtime, not from when this loop got to the event); a vanished file
+                    // waits a full window (a save-by-rename puts it back meanwhile).
+                    let wait = match self.dir.local_stat(&rel) {
+                        Ok(Some(l)) => self.unsettled(l).unwrap_or(Duration::ZERO),
+                        _ => settle,
+                    };
+                    self.defer(&key, wait);
+                }
+            }
+        }
+        let now = Instant::now();
+        let due = self
+            .two_way
+            .as_ref()
+            .and_then(|tw| tw.pending.next_due())
+            .is_some_and(|d| d <= now);
+        // Deletes decided in this round wait for the mass-delete guard, as in a full sync.
+        let mut deletes = if due {
+            Some(DeleteSpool::create(
+                &self.ctx.state_dir.join(TICK_DELETE_SPOOL),
+            )?)
+        } else {
+            None
+        };
+        let files_before = self.state.len();
+        while deletes.is_some() {
+            if self.ctx.shutdown.is_triggered() {
+                break;
+            }
+            let Some(key) = self.two_way.as_mut().and_then(|tw| tw.pending.pop_due(now)) else {
+                break;
+            };
+            let decided =
+                self.reconcile_key(&key, None, deletes.as_mut(), &mut report, &mut progress);
+            if let Err(e) = decided {
+                match e {
+                    ShareError::Cloud(ref c) => {
+                        warn!("share {}: {key:?}: {c}; retrying later", self.ctx.cfg.name);
+                        self.status.uploads.last_error = Some(c.to_string());
+                        self.defer(&key, settle.max(Duration::from_secs(5)));
+                    }
+                    other => return Err(other),
+                }
+            }
+            // Downloads decided here (the bucket's side won) finish before the next key.
+            self.finish_downloads(&mut report, &mut progress, Duration::from_millis(200))?;
+            while self.work_outstanding() {
+                self.finish_downloads(&mut report, &mut progress, Duration::from_millis(200))?;
+            }
+            self.sync_state(false)?;
+        }
+        if let Some(deletes) = deletes {
+            self.apply_tick_deletes(deletes, files_before, &mut report, &mut progress)?;
+        }
+        self.sync_state(true)?;
+        let Some(tw) = self.two_way.as_mut() else {
+            return Ok(false);
+        };
+        self.status.uploads.pending = tw.pending.len() as u64;
+        let rescan = std::mem::take(&mut tw.rescan);
+        if rescan {
+            info!(
+                "share {}: too many local changes at once (or the watcher lost events); a full sync will scan the share",
+                self.ctx.cfg.name
+            );
+        }
+        self.write_status(false);
+        Ok(rescan)
+    }
+
+    /// A file renamed inside the share that is still its base's bytes (same inode, size and
+    /// mtime): copy the object server-side to the new key instead of sending it again, then
+    /// delete the old key (through the engine). Returns whether the copy was done; if not,
+    /// the two paths are simply looked at (upload + delete).
+    fn server_side_rename(
+        &mut self,
+        from: &Path,
+        to: &Path,
+        report: &mut SyncReport,
+        progress: &mut Progress,
+    ) -> Result<bool, ShareError> {
+        if self.ignored(to) {
+            return Ok(false);
+        }
+        let (Some(from_key), Some(to_key)) = (self.key_of(from), self.key_of(to)) else {
+            return Ok(false);
+        };
+        let Some(tw) = self.two_way.as_ref() else {
+            return Ok(false);
+        };
+        let (Some(base), None) = (self.state.get(&from_key)?, self.state.get(&to_key)?) else {
+            return Ok(false);
+        };
+        let seen = tw.seen.get(&from_key)?.filter(|s| s.base_etag == base.etag);
+        let (Some(stat), None, Some(etag)) = (
+            self.dir.local_stat(to)?,
+            self.dir.local_stat(from)?,
+            base.etag.clone(),
+        ) else {
+            return Ok(false);
+        };
+        let is_base = match &seen {
+            Some(s) => s.stat == stat,
+            None => stat.size == base.size && stat.mtime_secs() == base.last_modified,
+        };
+        // Never over an object someone else created at the new name meanwhile.
+        if !is_base || self.ctx.store.head(&to_key)?.is_some() {
+            return Ok(false);
+        }
+        let put = self.ctx.store.copy_object(&from_key, &to_key, &etag)?;
+        info!(
+            "share {}: {from_key:?} renamed to {to_key:?}; copied in the bucket (server-side, {} bytes not sent)",
+            self.ctx.cfg.name, stat.size
+        );
+        let rec = LocalRecord {
+            key: to_key,
+            size: stat.size,
+            etag: put.etag,
+            last_modified: unix_now(),
+            crc64nvme: base.crc64nvme,
+            sequencer: None,
+        };
+        self.record(rec, stat, base.crc64nvme)?;
+        self.status.uploads.done += 1;
+        // The old name: gone locally, the base in the bucket: the engine deletes it.
+        self.reconcile_key(&from_key, None, None, report, progress)?;
+        Ok(true)
+    }
+
+    /// Carry out the deletes (either side) one round of local changes decided, unless they
+    /// are a mass delete: then none is done, the share reports why, and the next full sync
+    /// (whose guard says the same) needs `sync --allow-mass-delete`.
+    fn apply_tick_deletes(
+        &mut self,
+        deletes: DeleteSpool,
+        files_before: u64,
+        report: &mut SyncReport,
+        progress: &mut Progress,
+    ) -> Result<(), ShareError> {
+        let n = deletes.len();
+        if n == 0 {
+            return Ok(());
+        }
+        let name = self.ctx.cfg.name.clone();
+        if !self.ctx.cfg.allow_mass_delete
+            && is_mass_delete(n, files_before, self.ctx.cfg.delete_limits)
+        {
+            let why = format!(
+                "{n} of {files_before} files were deleted locally (or in the bucket) at once; refusing to propagate — check the share, then run `sgw-agent sync --allow-mass-delete {name}`"
+            );
+            error!("share {name}: {why}");
+            self.status.last_error = Some(why.clone());
+            self.status.uploads.last_error = Some(why);
+            return Ok(());
+        }
+        for key in deletes.into_keys()? {
+            let key = key?;
+            if let Err(e) = self.reconcile_key(&key, None, None, report, progress) {
+                match e {
+                    ShareError::Cloud(c) => {
+                        warn!("share {name}: {key:?}: {c}; retrying later");
+                        self.status.uploads.last_error = Some(c.to_string());
+                        self.defer(&key, self.settle().max(Duration::from_secs(5)));
+                    }
+                    other => return Err(other),
+                }
+            }
+            self.heartbeat.beat();
+        }
+        Ok(())
+    }
+
+    /// How long the run loop may block (a queue poll, a sleep) before two-way work is due.
+    pub(super) fn two_way_wait(&self) -> Option<Duration> {
+        let tw = self.two_way.as_ref()?;
+        let settle = self.settle().max(Duration::from_secs(1));
+        let until_due = tw
+            .pending
+            .next_due()
+            .map(|d| d.saturating_duration_since(Instant::now()))
+            .unwrap_or(settle);
+        Some(until_due.min(settle))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::{Duration, Instant};
 
     #[test]
     fn writes_are_reported_relative_and_sgw_is_not() {
