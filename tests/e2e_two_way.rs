@@ -208,6 +208,17 @@ fn two_gateways_on_one_bucket_follow_each_other() {
     wait(&both, 30, "delete at B", || read(&b, "slow.bin").is_none());
     assert!(peer.list(BUCKET, "").is_empty());
 
+    // A new directory tree with a file written at once (before inotify watches it) at B.
+    fs::create_dir_all(a.share.join("new/dir")).unwrap();
+    fs::write(a.share.join("new/dir/n.txt"), b"in a new directory").unwrap();
+    wait(&both, 30, "the new directory's file at B", || {
+        read(&b, "new/dir/n.txt").as_deref() == Some(&b"in a new directory"[..])
+    });
+    fs::remove_dir_all(a.share.join("new")).unwrap();
+    wait(&both, 30, "the new directory's file gone at B", || {
+        read(&b, "new/dir/n.txt").is_none()
+    });
+
     // 5. A rename at A moves the file at B, as a server-side copy (the bytes are not sent).
     fs::write(a.share.join("before.txt"), b"renamed, not re-sent").unwrap();
     wait(&both, 30, "before.txt at B", || {

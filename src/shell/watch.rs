@@ -179,6 +179,33 @@ impl Share {
         Ok(())
     }
 
+    /// Every file under the share directory `top`, queued for its settle window (a full queue
+    /// asks for a rescan instead).
+    fn queue_subtree(&mut self, top: &Path) {
+        let mut stack = vec![top.to_path_buf()];
+        while let Some(rel_dir) = stack.pop() {
+            let Ok(entries) = self.dir.read_dir(&rel_dir) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let rel = rel_dir.join(entry.file_name());
+                let Ok(ft) = entry.file_type() else { continue };
+                if ft.is_dir() {
+                    stack.push(rel);
+                } else if ft.is_file()
+                    && !self.ignored(&rel)
+                    && let Some(key) = self.key_of(&rel)
+                {
+                    let wait = match self.dir.local_stat(&rel) {
+                        Ok(Some(l)) => self.unsettled(l).unwrap_or(Duration::ZERO),
+                        _ => self.settle(),
+                    };
+                    self.defer(&key, wait);
+                }
+            }
+        }
+    }
+
     /// Work the two-way share does between queue polls: local changes from the watcher, keys
     /// whose settle window has passed. Returns true when a full sync (with its scan) is due.
     pub(super) fn two_way_tick(&mut self) -> Result<bool, ShareError> {
@@ -197,6 +224,13 @@ impl Share {
         for change in changed {
             let paths = match change {
                 Change::Path(p) => vec![p],
+                Change::Renamed(_, to) if self.dir.read_dir(&to).is_ok() => {
+                    // A directory renamed: the old keys under it are found by a full sync.
+                    if let Some(tw) = self.two_way.as_mut() {
+                        tw.rescan = true;
+                    }
+                    continue;
+                }
                 Change::Renamed(from, to) => {
                     match self.server_side_rename(&from, &to, &mut report, &mut progress) {
                         Ok(_) => {}
@@ -215,10 +249,8 @@ impl Share {
                     continue;
                 }
                 if self.dir.read_dir(&rel).is_ok() {
-                    // A directory appeared or moved: its files are found by a rescan.
-                    if let Some(tw) = self.two_way.as_mut() {
-                        tw.rescan = true;
-                    }
+                    // A directory appeared (or moved in): its files may predate its watch.
+                    self.queue_subtree(&rel);
                     continue;
                 }
                 if let Some(key) = self.key_of(&rel) {
