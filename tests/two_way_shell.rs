@@ -501,3 +501,153 @@ fn a_local_edit_during_a_download_is_kept_and_uploaded() {
         Some(&b"edited during the download"[..])
     );
 }
+
+// ----- the real shell under random interleavings ----------------------------------------------
+
+#[derive(Clone, Debug)]
+enum Op {
+    LocalWrite(usize),
+    LocalDelete(usize),
+    RemoteWrite(usize),
+    RemoteDelete(usize),
+    Sync,
+    Events,
+    Restart,
+}
+
+const KEYS: [&str; 2] = ["a", "d/b"];
+
+fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+    use proptest::prelude::*;
+    let k = 0..KEYS.len();
+    prop_oneof![
+        3 => k.clone().prop_map(Op::LocalWrite),
+        1 => k.clone().prop_map(Op::LocalDelete),
+        3 => k.clone().prop_map(Op::RemoteWrite),
+        1 => k.prop_map(Op::RemoteDelete),
+        2 => Just(Op::Sync),
+        2 => Just(Op::Events),
+        1 => Just(Op::Restart),
+    ]
+}
+
+/// Every file under the share (relative path -> bytes), without `.sgw`.
+fn local_files(dir: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).expect("ls").flatten() {
+            let p = e.path();
+            let rel = p
+                .strip_prefix(dir)
+                .expect("rel")
+                .to_string_lossy()
+                .into_owned();
+            if rel == ".sgw" {
+                continue;
+            }
+            if e.file_type().expect("type").is_dir() {
+                stack.push(p);
+            } else {
+                out.insert(rel, std::fs::read(&p).expect("read"));
+            }
+        }
+    }
+    out
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
+
+    /// Users at this site and at another one write and delete; the agent syncs, applies
+    /// events (its own echoes included) and restarts, in any order. Afterwards the share and
+    /// the bucket hold the same files, and every version a user wrote and no user replaced
+    /// or deleted is still there (under its name or a conflict name), on both sides.
+    #[test]
+    fn the_real_shell_converges_with_no_version_lost(
+        ops in proptest::collection::vec(op(), 1..14)
+    ) {
+        let mut w = world(ShareMode::TwoWay);
+        let mut n = 0u32;
+        let mut local_side: [Option<Vec<u8>>; 2] = [None, None];
+        let mut remote_side: [Option<Vec<u8>>; 2] = [None, None];
+        let mut written: Vec<Vec<u8>> = Vec::new();
+        let mut replaced: Vec<Vec<u8>> = Vec::new();
+        let mut pending_events: Vec<String> = Vec::new();
+        for op in &ops {
+            match *op {
+                Op::LocalWrite(k) => {
+                    n += 1;
+                    let body = format!("local {n} of {}", KEYS[k]).into_bytes();
+                    // What is at the path now (whoever put it there) is replaced by a user.
+                    if let Some(old) = w.read(KEYS[k]) {
+                        replaced.push(old);
+                    }
+                    w.write(KEYS[k], &body);
+                    local_side[k] = Some(body.clone());
+                    written.push(body);
+                }
+                Op::LocalDelete(k) => {
+                    if let Some(old) = w.read(KEYS[k]) {
+                        replaced.push(old);
+                        std::fs::remove_file(w.share_dir.join(KEYS[k])).expect("rm");
+                    }
+                    local_side[k] = None;
+                }
+                Op::RemoteWrite(k) => {
+                    n += 1;
+                    let body = format!("remote {n} of {}", KEYS[k]).into_bytes();
+                    if let Some(old) = w.bucket.contents().get(KEYS[k]) {
+                        replaced.push(old.clone());
+                    }
+                    pending_events.push(w.bucket.put(KEYS[k], &body));
+                    remote_side[k] = Some(body.clone());
+                    written.push(body);
+                }
+                Op::RemoteDelete(k) => {
+                    if let Some(old) = w.bucket.contents().get(KEYS[k]) {
+                        replaced.push(old.clone());
+                        pending_events.push(w.bucket.delete(KEYS[k]));
+                    }
+                    remote_side[k] = None;
+                }
+                Op::Sync => w.sync(),
+                Op::Events => {
+                    let mut evs = std::mem::take(&mut pending_events);
+                    evs.extend(w.bucket.take_written_events());
+                    w.deliver(evs);
+                }
+                Op::Restart => {
+                    let (share_dir, state_dir) = (w.share_dir.clone(), w.state_dir.clone());
+                    drop(std::mem::replace(
+                        &mut w.share,
+                        open(&share_dir, &state_dir, &w.bucket, &w.queue, ShareMode::TwoWay),
+                    ));
+                }
+            }
+        }
+        // Quiet: whatever is queued arrives, and the agent reconciles until nothing moves.
+        std::thread::sleep(Duration::from_millis(150));
+        for _ in 0..4 {
+            let mut evs = std::mem::take(&mut pending_events);
+            evs.extend(w.bucket.take_written_events());
+            w.deliver(evs);
+            w.sync();
+        }
+        let _ = (local_side, remote_side);
+        let local = local_files(&w.share_dir);
+        let bucket = w.bucket.contents();
+        proptest::prop_assert_eq!(&local, &bucket, "share and bucket differ");
+        for v in &written {
+            if replaced.contains(v) {
+                continue;
+            }
+            proptest::prop_assert!(
+                bucket.values().any(|b| b == v),
+                "lost {:?}; bucket {:?}",
+                String::from_utf8_lossy(v),
+                bucket.keys().collect::<Vec<_>>()
+            );
+        }
+    }
+}
