@@ -569,8 +569,6 @@ proptest::proptest! {
     ) {
         let mut w = world(ShareMode::TwoWay);
         let mut n = 0u32;
-        let mut local_side: [Option<Vec<u8>>; 2] = [None, None];
-        let mut remote_side: [Option<Vec<u8>>; 2] = [None, None];
         let mut written: Vec<Vec<u8>> = Vec::new();
         let mut replaced: Vec<Vec<u8>> = Vec::new();
         let mut pending_events: Vec<String> = Vec::new();
@@ -584,7 +582,6 @@ proptest::proptest! {
                         replaced.push(old);
                     }
                     w.write(KEYS[k], &body);
-                    local_side[k] = Some(body.clone());
                     written.push(body);
                 }
                 Op::LocalDelete(k) => {
@@ -592,7 +589,6 @@ proptest::proptest! {
                         replaced.push(old);
                         std::fs::remove_file(w.share_dir.join(KEYS[k])).expect("rm");
                     }
-                    local_side[k] = None;
                 }
                 Op::RemoteWrite(k) => {
                     n += 1;
@@ -601,7 +597,6 @@ proptest::proptest! {
                         replaced.push(old.clone());
                     }
                     pending_events.push(w.bucket.put(KEYS[k], &body));
-                    remote_side[k] = Some(body.clone());
                     written.push(body);
                 }
                 Op::RemoteDelete(k) => {
@@ -609,7 +604,6 @@ proptest::proptest! {
                         replaced.push(old.clone());
                         pending_events.push(w.bucket.delete(KEYS[k]));
                     }
-                    remote_side[k] = None;
                 }
                 Op::Sync => w.sync(),
                 Op::Events => {
@@ -634,7 +628,6 @@ proptest::proptest! {
             w.deliver(evs);
             w.sync();
         }
-        let _ = (local_side, remote_side);
         let local = local_files(&w.share_dir);
         let bucket = w.bucket.contents();
         proptest::prop_assert_eq!(&local, &bucket, "share and bucket differ");
