@@ -306,7 +306,14 @@ impl ObjectStore for MemoryBucket {
         Ok(())
     }
 
-    fn delete_object(&self, key: &str) -> Result<(), CloudError> {
+    fn delete_object(&self, key: &str, if_match: Option<&str>) -> Result<(), CloudError> {
+        if let Some(want) = if_match {
+            match self.objects().get(key) {
+                None => return Err(service(404, "NoSuchKey")),
+                Some(o) if o.etag != want => return Err(service(412, "PreconditionFailed")),
+                Some(_) => {}
+            }
+        }
         let event = self.delete(key);
         self.written
             .lock()
@@ -504,9 +511,9 @@ impl<S: ObjectStore> ObjectStore for Faulty<S> {
         }
     }
 
-    fn delete_object(&self, key: &str) -> Result<(), CloudError> {
+    fn delete_object(&self, key: &str, if_match: Option<&str>) -> Result<(), CloudError> {
         match self.next() {
-            Fault::None => self.inner.delete_object(key),
+            Fault::None => self.inner.delete_object(key, if_match),
             _ => Err(injected()),
         }
     }

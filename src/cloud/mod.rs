@@ -125,8 +125,11 @@ pub trait ObjectStore: Send + Sync {
         Err(read_only(key))
     }
 
-    /// Delete `key` (deleting a missing key succeeds, as on S3).
-    fn delete_object(&self, key: &str) -> Result<(), CloudError> {
+    /// Delete `key` (deleting a missing key succeeds, as on S3). With `if_match`, only if the
+    /// object still has that ETag (HTTP 412 otherwise; a missing key is 404): a version the
+    /// agent has not seen is never deleted.
+    fn delete_object(&self, key: &str, if_match: Option<&str>) -> Result<(), CloudError> {
+        let _ = if_match;
         Err(read_only(key))
     }
 

@@ -92,8 +92,8 @@ impl ObjectStore for S3Client {
         self.put_streamed(key, body, size, crc64nvme, condition)
     }
 
-    fn delete_object(&self, key: &str) -> Result<(), CloudError> {
-        self.delete_key(key)
+    fn delete_object(&self, key: &str, if_match: Option<&str>) -> Result<(), CloudError> {
+        self.delete_key(key, if_match)
     }
 
     fn create_multipart(&self, key: &str) -> Result<String, CloudError> {
@@ -439,13 +439,15 @@ impl S3Client {
 }
 
 impl S3Client {
-    fn delete_key(&self, key: &str) -> Result<(), CloudError> {
+    fn delete_key(&self, key: &str, if_match: Option<&str>) -> Result<(), CloudError> {
         let path = self.object_path(key);
+        let quoted = if_match.map(quote_etag);
+        let headers: Vec<(&str, &str)> = quoted.iter().map(|e| ("if-match", e.as_str())).collect();
         let call = Call {
             method: "DELETE",
             path: &path,
             query: &[],
-            headers: &[],
+            headers: &headers,
             body: &[],
             read_timeout: None,
         };

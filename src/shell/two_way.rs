@@ -21,7 +21,7 @@ use super::watch::Watcher;
 use super::{Share, ShareError, SyncReport};
 use crate::cache::paths::{KeyPath, key_to_relpath};
 use crate::cache::seen::SeenStore;
-use crate::cloud::PutCondition;
+use crate::cloud::{CloudError, PutCondition};
 use crate::engine::progress::Progress;
 use crate::engine::reconcile::{Action, KeyState, Rules, reconcile};
 use crate::model::{LocalRecord, LocalStat, ObjectMeta, SeenFile};
@@ -39,6 +39,10 @@ pub struct TwoWay {
     pub(super) watcher: Option<Watcher>,
     /// A full sync must scan the share (the watcher overflowed, or the queue was full).
     pub(super) rescan: bool,
+    /// Deletes decided from local changes, held until none has been added for
+    /// [`super::watch::DELETE_HOLD`], so that a burst (`rm -r`) meets the mass-delete guard
+    /// as a whole: the spool, when the last one was added, the file count before the first.
+    pub(super) held_deletes: Option<(DeleteSpool, Instant, u64)>,
 }
 
 impl TwoWay {
@@ -48,6 +52,7 @@ impl TwoWay {
             pending: Pending::default(),
             watcher: None,
             rescan: false,
+            held_deletes: None,
         })
     }
 }
@@ -276,11 +281,22 @@ impl Share {
                 }
                 self.forget(key)?;
             }
-            Action::DeleteRemote { .. } => {
-                self.ctx.store.delete_object(key)?;
-                self.status.uploads.remote_deletes += 1;
-                info!("share {name}: {key:?} deleted locally; deleted in the bucket");
-                self.forget(key)?;
+            Action::DeleteRemote { if_match } => {
+                match self.ctx.store.delete_object(key, if_match.as_deref()) {
+                    Ok(()) => {
+                        self.status.uploads.remote_deletes += 1;
+                        info!("share {name}: {key:?} deleted locally; deleted in the bucket");
+                        self.forget(key)?;
+                    }
+                    // Gone already (or a retried DELETE that had worked): nothing to keep.
+                    Err(e) if e.is_not_found() => self.forget(key)?,
+                    // Changed in the bucket since the agent looked: decide again.
+                    Err(CloudError::Service { status: 412, .. }) => {
+                        info!("share {name}: {key:?} changed in the bucket; not deleting it");
+                        self.defer(key, Duration::ZERO);
+                    }
+                    Err(e) => return Err(e.into()),
+                }
             }
             Action::Forget => self.forget(key)?,
             Action::RecordBase => {

@@ -135,8 +135,10 @@ fn on_event(
     }
 }
 
-/// The deletes of one round of local changes, held for the guard (unlinked while in use).
+/// The deletes decided from local changes, held for the guard (unlinked while in use).
 const TICK_DELETE_SPOOL: &str = "local-deletes.spool";
+/// Held deletes are carried out once none has been added for this long.
+pub const DELETE_HOLD: Duration = Duration::from_secs(2);
 
 impl Share {
     /// Every file in the share that has no base yet (new since the last sync): reconciled
@@ -271,42 +273,62 @@ impl Share {
             .as_ref()
             .and_then(|tw| tw.pending.next_due())
             .is_some_and(|d| d <= now);
-        // Deletes decided in this round wait for the mass-delete guard, as in a full sync.
-        let mut deletes = if due {
-            Some(DeleteSpool::create(
-                &self.ctx.state_dir.join(TICK_DELETE_SPOOL),
-            )?)
-        } else {
-            None
-        };
-        let files_before = self.state.len();
-        while deletes.is_some() {
-            if self.ctx.shutdown.is_triggered() {
-                break;
-            }
-            let Some(key) = self.two_way.as_mut().and_then(|tw| tw.pending.pop_due(now)) else {
-                break;
-            };
-            let decided =
-                self.reconcile_key(&key, None, deletes.as_mut(), &mut report, &mut progress);
-            if let Err(e) = decided {
-                match e {
-                    ShareError::Cloud(ref c) => {
-                        warn!("share {}: {key:?}: {c}; retrying later", self.ctx.cfg.name);
-                        self.status.uploads.last_error = Some(c.to_string());
-                        self.defer(&key, settle.max(Duration::from_secs(5)));
-                    }
-                    other => return Err(other),
-                }
-            }
-            // Downloads decided here (the bucket's side won) finish before the next key.
-            self.finish_downloads(&mut report, &mut progress, Duration::from_millis(200))?;
-            while self.work_outstanding() {
-                self.finish_downloads(&mut report, &mut progress, Duration::from_millis(200))?;
-            }
-            self.sync_state(false)?;
+        // Deletes decided here are held (across rounds) for the mass-delete guard.
+        let mut held = self.two_way.as_mut().and_then(|tw| tw.held_deletes.take());
+        if due && held.is_none() {
+            held = Some((
+                DeleteSpool::create(&self.ctx.state_dir.join(TICK_DELETE_SPOOL))?,
+                now,
+                self.state.len(),
+            ));
         }
-        if let Some(deletes) = deletes {
+        let held_before = held.as_ref().map_or(0, |(spool, _, _)| spool.len());
+        if due {
+            loop {
+                if self.ctx.shutdown.is_triggered() {
+                    break;
+                }
+                let Some(key) = self.two_way.as_mut().and_then(|tw| tw.pending.pop_due(now)) else {
+                    break;
+                };
+                let spool = held.as_mut().map(|(spool, _, _)| spool);
+                let decided = self.reconcile_key(&key, None, spool, &mut report, &mut progress);
+                if let Err(e) = decided {
+                    match e {
+                        ShareError::Cloud(ref c) => {
+                            warn!("share {}: {key:?}: {c}; retrying later", self.ctx.cfg.name);
+                            self.status.uploads.last_error = Some(c.to_string());
+                            self.defer(&key, settle.max(Duration::from_secs(5)));
+                        }
+                        other => return Err(other),
+                    }
+                }
+                // Downloads decided here (the bucket's side won) finish before the next key.
+                self.finish_downloads(&mut report, &mut progress, Duration::from_millis(200))?;
+                while self.work_outstanding() {
+                    self.finish_downloads(&mut report, &mut progress, Duration::from_millis(200))?;
+                }
+                self.sync_state(false)?;
+            }
+        }
+        let deletes = match held {
+            Some((spool, _, files)) if spool.len() > held_before => {
+                // More were added: hold on until the burst is over.
+                if let Some(tw) = self.two_way.as_mut() {
+                    tw.held_deletes = Some((spool, now, files));
+                }
+                None
+            }
+            Some((spool, last, files)) if spool.len() > 0 && last.elapsed() < DELETE_HOLD => {
+                if let Some(tw) = self.two_way.as_mut() {
+                    tw.held_deletes = Some((spool, last, files));
+                }
+                None
+            }
+            Some((spool, _, files)) if spool.len() > 0 => Some((spool, files)),
+            _ => None,
+        };
+        if let Some((deletes, files_before)) = deletes {
             self.apply_tick_deletes(deletes, files_before, &mut report, &mut progress)?;
         }
         self.sync_state(true)?;
@@ -431,12 +453,16 @@ impl Share {
     pub(super) fn two_way_wait(&self) -> Option<Duration> {
         let tw = self.two_way.as_ref()?;
         let settle = self.settle().max(Duration::from_secs(1));
+        let held = tw
+            .held_deletes
+            .as_ref()
+            .map(|(_, last, _)| (*last + DELETE_HOLD).saturating_duration_since(Instant::now()));
         let until_due = tw
             .pending
             .next_due()
             .map(|d| d.saturating_duration_since(Instant::now()))
             .unwrap_or(settle);
-        Some(until_due.min(settle))
+        Some(held.map_or(until_due, |h| h.min(until_due)).min(settle))
     }
 }
 
