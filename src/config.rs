@@ -119,6 +119,87 @@ pub struct ShareConfig {
     pub delete_limits: DeleteLimits,
     /// Not a config key: `sync --allow-mass-delete SHARE` sets it for one run.
     pub allow_mass_delete: bool,
+    /// Which way the share syncs (`mode`, `ignore_delete`, `settle_ms`, `ignore`).
+    pub sync: SyncSettings,
+}
+
+/// `mode = "mirror" | "two_way"`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ShareMode {
+    /// Bucket -> share only: local writes never leave the box (reported as unknown files).
+    #[default]
+    Mirror,
+    /// Share <-> bucket: local writes are uploaded once stable, bucket changes downloaded.
+    TwoWay,
+}
+
+/// Editors' temporary files, skipped in a two-way share unless `ignore` says otherwise.
+pub const DEFAULT_IGNORE: [&str; 3] = ["~$*", ".*.swp", "*.tmp"];
+/// Settle window bounds (`settle_ms`): a file must be unchanged this long before it is uploaded.
+pub const DEFAULT_SETTLE_MS: u64 = 2000;
+const SETTLE_MS_RANGE: std::ops::RangeInclusive<i64> = 100..=600_000;
+const MAX_IGNORE_PATTERNS: usize = 64;
+
+/// How a share syncs: direction, delete propagation, the settle window, the ignore list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncSettings {
+    pub mode: ShareMode,
+    /// two_way: a local delete is not propagated to the bucket (the bucket's copy comes back).
+    pub ignore_delete: bool,
+    /// two_way: a file is uploaded once it has not changed for this long.
+    pub settle_ms: u64,
+    /// two_way: file-name patterns (`*` and `?`) never uploaded.
+    pub ignore: Vec<String>,
+    /// This gateway's name in conflict copies (`name.sgw-conflict-<gateway>-<UTC time>`):
+    /// `gateway_name`, else `gateway_id`, else the host name.
+    pub gateway: String,
+}
+
+impl Default for SyncSettings {
+    fn default() -> Self {
+        SyncSettings {
+            mode: ShareMode::Mirror,
+            ignore_delete: false,
+            settle_ms: DEFAULT_SETTLE_MS,
+            ignore: DEFAULT_IGNORE.iter().map(|s| s.to_string()).collect(),
+            gateway: "gateway".into(),
+        }
+    }
+}
+
+impl SyncSettings {
+    pub fn two_way(&self) -> bool {
+        self.mode == ShareMode::TwoWay
+    }
+
+    /// Is the file name `name` on the ignore list?
+    pub fn ignored(&self, name: &str) -> bool {
+        self.ignore
+            .iter()
+            .any(|p| glob_match(p.as_bytes(), name.as_bytes()))
+    }
+}
+
+/// `*` (any run, also empty) and `?` (one byte) against a file name; no classes, no escapes.
+pub fn glob_match(pattern: &[u8], name: &[u8]) -> bool {
+    let (mut p, mut n) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while n < name.len() {
+        if p < pattern.len() && (pattern[p] == b'?' || pattern[p] == name[n]) {
+            p += 1;
+            n += 1;
+        } else if p < pattern.len() && pattern[p] == b'*' {
+            star = Some((p, n));
+            p += 1;
+        } else if let Some((sp, sn)) = star {
+            p = sp + 1;
+            n = sn + 1;
+            star = Some((sp, sn + 1));
+        } else {
+            return false;
+        }
+    }
+    pattern[p..].iter().all(|&c| c == b'*')
 }
 
 #[derive(Deserialize)]
@@ -155,6 +236,10 @@ struct RawShare {
     full_sync_interval_secs: Option<i64>,
     max_delete_percent: Option<i64>,
     max_delete: Option<i64>,
+    mode: Option<String>,
+    ignore_delete: Option<bool>,
+    settle_ms: Option<i64>,
+    ignore: Option<Vec<String>>,
 }
 
 impl Config {
@@ -189,7 +274,9 @@ impl Config {
             problem,
         };
         let mut raw: RawConfig = toml::from_str(text).map_err(|e| toml_error(file, text, &e))?;
+        let named_gateway = raw.gateway_name.clone().or_else(|| raw.gateway_id.clone());
         let control = control_settings(file, &mut raw)?;
+        let gateway = gateway_label(named_gateway.as_deref());
 
         let state_dir = match raw.state_dir {
             Some(s) => absolute_path(&s).map_err(|p| at("state_dir".into(), p))?,
@@ -245,7 +332,9 @@ impl Config {
         let mut shares = Vec::with_capacity(raw.share.len());
         for (i, s) in raw.share.into_iter().enumerate() {
             let key = |k: &str| format!("share[{}].{k}", i + 1);
-            let share = validate_share(s, &key, control.is_some()).map_err(|(k, p)| at(k, p))?;
+            let mut share =
+                validate_share(s, &key, control.is_some()).map_err(|(k, p)| at(k, p))?;
+            share.sync.gateway = gateway.clone();
             if !names.insert(share.name.clone()) {
                 return Err(at(
                     key("name"),
@@ -338,6 +427,115 @@ impl Config {
                 })
             }
         }
+    }
+}
+
+/// The share's `mode` and the keys that only mean something in a two-way share.
+fn sync_settings(
+    mode: &Option<String>,
+    ignore_delete: Option<bool>,
+    settle_ms: Option<i64>,
+    ignore: Option<Vec<String>>,
+    key: &dyn Fn(&str) -> String,
+) -> Result<SyncSettings, (String, String)> {
+    let mode = match mode.as_deref() {
+        None | Some("mirror") => ShareMode::Mirror,
+        Some("two_way") => ShareMode::TwoWay,
+        Some(other) => {
+            return Err((
+                key("mode"),
+                format!("expected \"mirror\" or \"two_way\"; got {other:?}"),
+            ));
+        }
+    };
+    if mode == ShareMode::Mirror {
+        for (k, set) in [
+            ("ignore_delete", ignore_delete.is_some()),
+            ("settle_ms", settle_ms.is_some()),
+            ("ignore", ignore.is_some()),
+        ] {
+            if set {
+                return Err((
+                    key(k),
+                    "only applies to a share with mode = \"two_way\" (a mirror never uploads)"
+                        .into(),
+                ));
+            }
+        }
+    }
+    let settle_ms = match settle_ms {
+        None => DEFAULT_SETTLE_MS,
+        Some(n) if SETTLE_MS_RANGE.contains(&n) => n as u64,
+        Some(n) => {
+            return Err((
+                key("settle_ms"),
+                format!(
+                    "expected {} to {} milliseconds; got {n}",
+                    SETTLE_MS_RANGE.start(),
+                    SETTLE_MS_RANGE.end()
+                ),
+            ));
+        }
+    };
+    let ignore = match ignore {
+        None => DEFAULT_IGNORE.iter().map(|s| s.to_string()).collect(),
+        Some(list) => {
+            if list.len() > MAX_IGNORE_PATTERNS {
+                return Err((
+                    key("ignore"),
+                    format!("at most {MAX_IGNORE_PATTERNS} patterns; got {}", list.len()),
+                ));
+            }
+            for p in &list {
+                if p.is_empty()
+                    || p.contains('/')
+                    || p.len() > 255
+                    || p.chars().any(char::is_control)
+                {
+                    return Err((
+                        key("ignore"),
+                        format!(
+                            "expected file-name patterns with * and ? (no '/', not empty), e.g. \"*.tmp\"; got {p:?}"
+                        ),
+                    ));
+                }
+            }
+            list
+        }
+    };
+    Ok(SyncSettings {
+        mode,
+        ignore_delete: ignore_delete.unwrap_or(false),
+        settle_ms,
+        ignore,
+        gateway: String::new(),
+    })
+}
+
+/// The gateway's name as it appears in conflict copies: safe in a file name and a key.
+fn gateway_label(configured: Option<&str>) -> String {
+    let raw = match configured {
+        Some(s) if !s.trim().is_empty() => s.to_owned(),
+        _ => std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+            .unwrap_or_default(),
+    };
+    let label: String = raw
+        .trim()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(64)
+        .collect();
+    if label.is_empty() {
+        "gateway".into()
+    } else {
+        label
     }
 }
 
@@ -500,7 +698,9 @@ fn validate_share(
             ));
         }
     };
+    let sync = sync_settings(&s.mode, s.ignore_delete, s.settle_ms, s.ignore, key)?;
     Ok(ShareConfig {
+        sync,
         name,
         path,
         bucket,
@@ -897,6 +1097,59 @@ download_concurrency = 8
 
     fn err(text: &str) -> String {
         parse(text).expect_err("must be refused").to_string()
+    }
+
+    #[test]
+    fn two_way_keys_parse_with_defaults_and_name_the_key_when_wrong() {
+        let cfg = parse(GOOD).expect("good");
+        assert_eq!(cfg.shares[0].sync.mode, ShareMode::Mirror);
+        assert_eq!(cfg.shares[0].sync.settle_ms, DEFAULT_SETTLE_MS);
+        let two = format!("{GOOD}mode = \"two_way\"\n");
+        let cfg = parse(&two).expect("two_way");
+        let sync = &cfg.shares[0].sync;
+        assert!(sync.two_way() && !sync.ignore_delete);
+        assert!(sync.ignored("~$report.docx") && sync.ignored(".notes.txt.swp"));
+        assert!(sync.ignored("x.tmp") && !sync.ignored("report.docx"));
+        assert!(!sync.gateway.is_empty());
+        let cfg = parse(&format!(
+            "gateway_name = \"branch a\"\n{two}ignore_delete = true\nsettle_ms = 500\nignore = [\"*.bak\"]\n"
+        ))
+        .expect("all keys");
+        let sync = &cfg.shares[0].sync;
+        assert!(sync.ignore_delete && sync.settle_ms == 500 && sync.ignored("a.bak"));
+        assert!(!sync.ignored("x.tmp"), "the list replaces the defaults");
+        assert_eq!(sync.gateway, "branch_a");
+
+        let e = err(&format!("{GOOD}mode = \"both\"\n"));
+        assert!(e.contains("share[1].mode") && e.contains("two_way"), "{e}");
+        let e = err(&format!("{GOOD}ignore_delete = true\n"));
+        assert!(
+            e.contains("share[1].ignore_delete") && e.contains("two_way"),
+            "{e}"
+        );
+        let e = err(&format!("{two}settle_ms = 5\n"));
+        assert!(e.contains("share[1].settle_ms") && e.contains("100"), "{e}");
+        let e = err(&format!("{two}ignore = [\"a/b\"]\n"));
+        assert!(e.contains("share[1].ignore"), "{e}");
+        let e = err(&format!("{two}settle_ms = \"2s\"\n"));
+        assert!(e.contains("settle_ms"), "{e}");
+    }
+
+    #[test]
+    fn globs_match_file_names() {
+        for (p, n, m) in [
+            ("*.tmp", "a.tmp", true),
+            ("*.tmp", "a.tmpx", false),
+            ("~$*", "~$doc", true),
+            ("~$*", "x~$doc", false),
+            (".*.swp", ".a.swp", true),
+            (".*.swp", "a.swp", false),
+            ("a?c", "abc", true),
+            ("*", "", true),
+            ("a*b*c", "aXbYbZc", true),
+        ] {
+            assert_eq!(glob_match(p.as_bytes(), n.as_bytes()), m, "{p} {n}");
+        }
     }
 
     #[test]

@@ -13,7 +13,9 @@
 //! - [`config`]: the TOML configuration and credentials, with errors that name file and key.
 //! - [`shell`]: the I/O shell that drives one share (full sync, then the event loop), a folder
 //!   of small rooms: the driver, the full sync, queue batches, disk effects, the download
-//!   pool, crash recovery, the spooled listing.
+//!   pool, crash recovery, the spooled listing; for two-way shares the upload side (each key
+//!   reconciled by [`engine::reconcile`], single and multipart uploads, conflict copies) and
+//!   the inotify watcher.
 //! - [`format`]: small formatting helpers (sizes, hex); [`time`]: UTC time (Unix seconds,
 //!   the civil calendar, RFC 3339 text).
 //! - [`status`]: per-share status files written by the agent and read by `sgw-agent status`.

@@ -107,6 +107,34 @@ pub struct FileFacts {
     pub mtime: i64,
 }
 
+/// The state of a file at a key's path, with the precision two-way shares need: nanosecond
+/// mtime and the inode tell an edit (or a replace by rename) from the file the agent saw.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LocalStat {
+    pub size: u64,
+    /// mtime, nanoseconds since the Unix epoch.
+    pub mtime_ns: i64,
+    pub ino: u64,
+}
+
+impl LocalStat {
+    /// The mtime in whole seconds (what a downloaded file's mtime is set to).
+    pub fn mtime_secs(&self) -> i64 {
+        self.mtime_ns.div_euclid(1_000_000_000)
+    }
+}
+
+/// Two-way shares: what the local file looked like when the agent last agreed with the bucket
+/// on `base_etag` (after an upload, or a check of its bytes). Valid only while the base record
+/// still has that ETag: a download that replaces the file makes it stale by itself.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SeenFile {
+    pub key: String,
+    pub stat: LocalStat,
+    pub crc64nvme: u64,
+    pub base_etag: Option<String>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

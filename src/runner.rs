@@ -26,7 +26,7 @@ use crate::config::{
 use crate::control_client::client::{ControlClient, Polled};
 use crate::control_client::protocol::{
     AssignmentEntry, AssignmentsResponse, ProgressRequest, RegisterRequest, RegisteredShare,
-    ShareProgress,
+    ShareProgress, UploadHealth,
 };
 use crate::daemon::{AgentLock, Heartbeat, Notifier, ReloadRequest, Shutdown};
 use crate::shell::{ProgressSink, Share, ShareContext};
@@ -608,11 +608,20 @@ impl ShareSet {
                     .flatten()
                     .unwrap_or_else(|| ShareStatus::new(&r.cfg.name));
                 let (state, progress) = express_sync_state(&status);
+                let u = &status.uploads;
                 ShareProgress {
                     share_name: r.cfg.name.clone(),
                     sync_progress: progress,
                     express_sync_state: state.to_owned(),
                     alert: alert_text(&status, cfg.alert_after_secs, unix_now()),
+                    uploads: r.cfg.sync.two_way().then(|| UploadHealth {
+                        pending: u.pending,
+                        in_flight: u.in_flight,
+                        done: u.done,
+                        bytes: u.bytes,
+                        conflicts: u.conflicts,
+                        last_error: u.last_error.clone(),
+                    }),
                 }
             })
             .collect();

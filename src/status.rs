@@ -83,6 +83,27 @@ pub struct ShareStatus {
     /// When this status was written.
     #[serde(with = "crate::time::rfc3339")]
     pub updated: i64,
+    /// Two-way shares: the upload side (zero for a mirror).
+    #[serde(default)]
+    pub uploads: UploadStatus,
+}
+
+/// Two-way shares: local changes on their way to the bucket.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct UploadStatus {
+    /// Local changes waiting for their settle window (or a retry).
+    pub pending: u64,
+    /// Uploads running now.
+    pub in_flight: u64,
+    /// Uploads completed since the agent started.
+    pub done: u64,
+    pub bytes: u64,
+    /// Objects deleted because their files were deleted locally.
+    pub remote_deletes: u64,
+    /// Keys changed on both sides: both versions kept (since the agent started).
+    pub conflicts: u64,
+    pub last_error: Option<String>,
 }
 
 impl ShareStatus {

@@ -232,6 +232,7 @@ impl World {
                 max_count: 0,
             },
             allow_mass_delete: false,
+            sync: Default::default(),
         };
         let store: Arc<dyn ObjectStore> = self.bucket.clone();
         let queue: Arc<dyn EventQueue> = self.queue.clone();

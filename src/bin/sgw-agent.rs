@@ -551,6 +551,12 @@ fn check_online(cfg: &Config) -> i32 {
     if failed > 0 { EXIT_CONFIG } else { 0 }
 }
 
+fn share_is_two_way(cfg: &Config, name: &str) -> bool {
+    cfg.shares
+        .iter()
+        .any(|s| s.name == name && s.sync.two_way())
+}
+
 fn status(cfg: &Config, json: bool) -> i32 {
     // `None`: this user cannot tell (the state directory is 0750 for the service's user).
     let holder = match AgentLock::holder(&cfg.state_dir) {
@@ -666,6 +672,21 @@ fn status(cfg: &Config, json: bool) -> i32 {
             s.unknown_local_files,
             examples(&s.unknown_examples)
         );
+        if share_is_two_way(cfg, &s.share) {
+            let u = &s.uploads;
+            println!(
+                "  uploads:        {} pending, {} in flight, {} done ({}), {} deleted in bucket, {} conflict(s)",
+                u.pending,
+                u.in_flight,
+                u.done,
+                human_bytes(u.bytes),
+                u.remote_deletes,
+                u.conflicts
+            );
+            if let Some(e) = &u.last_error {
+                println!("  upload error:   {e}");
+            }
+        }
         if s.verified_without_crc > 0 {
             println!(
                 "  no CRC-64:      {} object(s) had no server CRC-64 (checked by MD5 ETag or size)",

@@ -5,9 +5,11 @@
 //! - [`publish`]: staged downloads that become visible only complete, verified and durable.
 //! - [`journal`]: length+CRC framed postcard records with a format-version header.
 //! - [`state`]: the per-share record of what the agent published (sorted, bounded memory).
+//! - [`seen`]: two-way shares: the local side of each base (size, mtime, inode, CRC).
 
 pub mod crc64;
 pub mod journal;
 pub mod paths;
 pub mod publish;
+pub mod seen;
 pub mod state;

@@ -35,7 +35,7 @@
 use crate::cache::crc64::Crc64Nvme;
 use crate::cache::journal;
 use crate::cache::paths::RESERVED_TOP_LEVEL;
-use crate::model::FileFacts;
+use crate::model::{FileFacts, LocalStat};
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags, ResolveFlags, Stat};
 use rustix::io::Errno;
 use serde::{Deserialize, Serialize};
@@ -590,6 +590,22 @@ impl ShareDir {
         }
     }
 
+    /// [`Self::file_facts`] with nanoseconds and the inode (two-way shares tell an edit, or a
+    /// replace by rename, from the file the agent uploaded).
+    pub fn local_stat(&self, rel: &Path) -> io::Result<Option<LocalStat>> {
+        check_rel(rel, false).map_err(|reason| refusal(rel, reason))?;
+        let Walk::Dir(dir) = self.walk(parent_of(rel), false)? else {
+            return Ok(None);
+        };
+        match stat_at(dir.as_fd(), file_name(rel)?) {
+            Ok(Some(st)) if FileType::from_raw_mode(st.st_mode) == FileType::RegularFile => {
+                Ok(Some(local_stat_of(&st)))
+            }
+            Ok(_) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Open the regular file at `rel` for reading (to checksum a local file), without
     /// following a symlink anywhere on the way. A symlink, a directory or anything else that
     /// is not a regular file is an error naming it.
@@ -708,6 +724,15 @@ impl ShareDir {
     /// Returns the new relative path. The agent never silently destroys a file it did not
     /// write.
     pub fn conflict_aside(&self, rel: &Path) -> io::Result<PathBuf> {
+        let secs = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        self.conflict_aside_as(rel, &format!(".sgw-conflict-{secs}"))
+    }
+
+    /// [`Self::conflict_aside`] under `<name><suffix>` (then `<suffix>-1`, … if taken).
+    pub fn conflict_aside_as(&self, rel: &Path, base_suffix: &str) -> io::Result<PathBuf> {
         check_rel(rel, false).map_err(|reason| refusal(rel, reason))?;
         let dir = self.dir_at(parent_of(rel), false)?;
         let name = file_name(rel)?;
@@ -718,14 +743,10 @@ impl ShareDir {
             ));
         };
         let is_dir = FileType::from_raw_mode(st.st_mode) == FileType::Directory;
-        let secs = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
         for attempt in 0..1000u32 {
             let suffix = match attempt {
-                0 => format!(".sgw-conflict-{secs}"),
-                n => format!(".sgw-conflict-{secs}-{n}"),
+                0 => base_suffix.to_owned(),
+                n => format!("{base_suffix}-{n}"),
             };
             let new_name = conflict_name(name, &suffix);
             // Both names are in the one directory resolved above: nothing can redirect them.
@@ -1286,6 +1307,17 @@ fn size_and_mtime(st: &Stat) -> (u64, i64) {
         u64::try_from(st.st_size).unwrap_or(0),
         i64::from(st.st_mtime),
     )
+}
+
+#[allow(clippy::useless_conversion, clippy::unnecessary_cast)]
+pub(crate) fn local_stat_of(st: &Stat) -> LocalStat {
+    LocalStat {
+        size: u64::try_from(st.st_size).unwrap_or(0),
+        mtime_ns: i64::from(st.st_mtime)
+            .saturating_mul(1_000_000_000)
+            .saturating_add(st.st_mtime_nsec as i64),
+        ino: st.st_ino as u64,
+    }
 }
 
 #[allow(clippy::useless_conversion, clippy::unnecessary_cast)]

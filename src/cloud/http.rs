@@ -549,15 +549,37 @@ impl SignedClient {
     /// Send `call`. A 2xx response is returned with its body unread; any other status becomes
     /// [`CloudError::Service`] (reading at most [`ERROR_BODY_LIMIT`] of its body).
     pub fn send(&self, call: &Call<'_>) -> Result<Response<ureq::Body>, CloudError> {
-        let full_path = format!("{}{}", self.endpoint.base_path, call.path);
-        let encoded_path = sigv4::encode_path(&full_path);
-        let query = sigv4::canonical_query(call.query);
-        let host = self.endpoint.host_header();
         let payload_hash = if call.body.is_empty() {
             sigv4::EMPTY_SHA256.to_string()
         } else {
             sigv4::sha256_hex(call.body)
         };
+        self.send_with(call, &payload_hash, None)
+    }
+
+    /// [`Self::send`] with a streamed body of exactly `len` bytes (an upload), signed as
+    /// `UNSIGNED-PAYLOAD` (the body's integrity travels in its `x-amz-checksum-*` header). If
+    /// `body` fails before its last byte, the request is cut off and the server never gets a
+    /// complete body: that is how an upload whose file changed is abandoned.
+    pub fn send_stream(
+        &self,
+        call: &Call<'_>,
+        body: &mut dyn Read,
+        len: u64,
+    ) -> Result<Response<ureq::Body>, CloudError> {
+        self.send_with(call, "UNSIGNED-PAYLOAD", Some((body, len)))
+    }
+
+    fn send_with(
+        &self,
+        call: &Call<'_>,
+        payload_hash: &str,
+        stream: Option<(&mut dyn Read, u64)>,
+    ) -> Result<Response<ureq::Body>, CloudError> {
+        let full_path = format!("{}{}", self.endpoint.base_path, call.path);
+        let encoded_path = sigv4::encode_path(&full_path);
+        let query = sigv4::canonical_query(call.query);
+        let host = self.endpoint.host_header();
         let signed = sigv4::sign(
             &self.credentials,
             &RequestToSign {
@@ -566,7 +588,7 @@ impl SignedClient {
                 path: &encoded_path,
                 query: call.query,
                 headers: call.headers,
-                payload_sha256: &payload_hash,
+                payload_sha256: payload_hash,
                 region: &self.region,
                 service: self.service,
                 time: SystemTime::now(),
@@ -592,7 +614,13 @@ impl SignedClient {
             builder = builder.header(*name, value.as_str());
         }
         let read_timeout = call.read_timeout.unwrap_or(READ_TIMEOUT);
-        let result = if call.body.is_empty() {
+        let result = if let Some((reader, len)) = stream {
+            builder
+                .header("content-length", len.to_string())
+                .body(ureq::SendBody::from_reader(reader))
+                .map_err(|e| build_error(&what, &e))
+                .and_then(|req| self.run(req, read_timeout, &what))
+        } else if call.body.is_empty() {
             builder
                 .body(())
                 .map_err(|e| build_error(&what, &e))

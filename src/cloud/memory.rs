@@ -20,7 +20,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
 
-use super::{CloudError, EventQueue, ListPage, ObjectBody, ObjectStore, QueueMessage};
+use super::{
+    CloudError, EventQueue, ListPage, ObjectBody, ObjectStore, PutCondition, PutResult,
+    QueueMessage,
+};
 use crate::cache::crc64::nvme;
 use crate::model::ObjectMeta;
 
@@ -31,6 +34,9 @@ struct Object {
     last_modified: i64,
     crc64nvme: u64,
 }
+
+/// A multipart upload in memory: its key and its parts by number.
+type Upload = (String, BTreeMap<u32, Vec<u8>>);
 
 /// A bucket in memory. Clock and sequencers move on with every mutation.
 #[derive(Debug)]
@@ -47,6 +53,13 @@ pub struct MemoryBucket {
     pub listing_etags: bool,
     /// CRC-64s in HEAD and whole GETs (objects uploaded without a checksum have none).
     pub crcs: bool,
+    /// The events of writes made through the trait (the agent's uploads), for the test to
+    /// deliver: [`MemoryBucket::take_written_events`].
+    written: Mutex<Vec<String>>,
+    /// Multipart uploads in progress: id -> (key, parts by number).
+    uploads: Mutex<BTreeMap<String, Upload>>,
+    /// Multipart requests (create, part, complete, abort) seen, for tests.
+    pub multipart_calls: AtomicU64,
 }
 
 impl MemoryBucket {
@@ -60,7 +73,15 @@ impl MemoryBucket {
             sequencers: true,
             listing_etags: true,
             crcs: true,
+            written: Mutex::new(Vec::new()),
+            uploads: Mutex::new(BTreeMap::new()),
+            multipart_calls: AtomicU64::new(0),
         }
+    }
+
+    /// The events the agent's own writes caused, oldest first (then forgotten).
+    pub fn take_written_events(&self) -> Vec<String> {
+        std::mem::take(&mut *self.written.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     fn objects(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Object>> {
@@ -161,6 +182,160 @@ impl ObjectStore for MemoryBucket {
             .objects()
             .get(key)
             .map(|o| self.meta(key, o, false, true)))
+    }
+
+    fn put_object(
+        &self,
+        key: &str,
+        body: &mut dyn Read,
+        size: u64,
+        crc64nvme: u64,
+        condition: &PutCondition,
+    ) -> Result<PutResult, CloudError> {
+        let mut bytes = Vec::new();
+        body.take(size + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|e| CloudError::Transport(format!("upload body: {e}")))?;
+        if bytes.len() as u64 != size {
+            return Err(CloudError::Transport(
+                "upload body of the wrong length".into(),
+            ));
+        }
+        // A verifying server: the declared CRC must be the bytes'.
+        if nvme(&bytes) != crc64nvme {
+            return Err(service(400, "BadDigest"));
+        }
+        let ok = match (condition, self.objects().get(key)) {
+            (PutCondition::IfAbsent, None) => true,
+            (PutCondition::IfMatch(e), Some(o)) => *e == o.etag,
+            _ => false,
+        };
+        if !ok {
+            return Err(service(412, "PreconditionFailed"));
+        }
+        let event = self.put(key, &bytes);
+        self.written
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(event);
+        Ok(PutResult {
+            etag: self.objects().get(key).map(|o| o.etag.clone()),
+        })
+    }
+
+    fn create_multipart(&self, key: &str) -> Result<String, CloudError> {
+        let n = self.multipart_calls.fetch_add(1, Ordering::SeqCst);
+        let id = format!("upload-{n}");
+        self.uploads
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id.clone(), (key.to_owned(), BTreeMap::new()));
+        Ok(id)
+    }
+
+    fn upload_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        number: u32,
+        body: &mut dyn Read,
+        size: u64,
+        crc64nvme: u64,
+    ) -> Result<String, CloudError> {
+        self.multipart_calls.fetch_add(1, Ordering::SeqCst);
+        let mut bytes = Vec::new();
+        body.take(size + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|e| CloudError::Transport(format!("part body: {e}")))?;
+        if bytes.len() as u64 != size {
+            return Err(CloudError::Transport(
+                "part body of the wrong length".into(),
+            ));
+        }
+        if nvme(&bytes) != crc64nvme {
+            return Err(service(400, "BadDigest"));
+        }
+        let mut uploads = self.uploads.lock().unwrap_or_else(|e| e.into_inner());
+        match uploads.get_mut(upload_id) {
+            Some((k, parts)) if k == key => {
+                parts.insert(number, bytes);
+                Ok(format!("part-{number}-{crc64nvme:016x}"))
+            }
+            _ => Err(service(404, "NoSuchUpload")),
+        }
+    }
+
+    fn complete_multipart(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: &[super::UploadedPart],
+        crc64nvme: u64,
+        condition: &PutCondition,
+    ) -> Result<PutResult, CloudError> {
+        self.multipart_calls.fetch_add(1, Ordering::SeqCst);
+        let Some((k, stored)) = self
+            .uploads
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(upload_id)
+        else {
+            return Err(service(404, "NoSuchUpload"));
+        };
+        let mut bytes = Vec::new();
+        for p in parts {
+            match stored.get(&p.number) {
+                Some(b) if k == key => bytes.extend_from_slice(b),
+                _ => return Err(service(400, "InvalidPart")),
+            }
+        }
+        if nvme(&bytes) != crc64nvme {
+            return Err(service(400, "BadDigest"));
+        }
+        let mut body = io::Cursor::new(bytes);
+        let size = body.get_ref().len() as u64;
+        self.put_object(key, &mut body, size, crc64nvme, condition)
+    }
+
+    fn abort_multipart(&self, _key: &str, upload_id: &str) -> Result<(), CloudError> {
+        self.multipart_calls.fetch_add(1, Ordering::SeqCst);
+        self.uploads
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(upload_id);
+        Ok(())
+    }
+
+    fn delete_object(&self, key: &str, if_match: Option<&str>) -> Result<(), CloudError> {
+        if let Some(want) = if_match {
+            match self.objects().get(key) {
+                None => return Err(service(404, "NoSuchKey")),
+                Some(o) if o.etag != want => return Err(service(412, "PreconditionFailed")),
+                Some(_) => {}
+            }
+        }
+        let event = self.delete(key);
+        self.written
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(event);
+        Ok(())
+    }
+
+    fn copy_object(&self, from: &str, to: &str, if_match: &str) -> Result<PutResult, CloudError> {
+        let bytes = match self.objects().get(from) {
+            Some(o) if o.etag == if_match => o.bytes.clone(),
+            Some(_) => return Err(service(412, "PreconditionFailed")),
+            None => return Err(service(404, "NoSuchKey")),
+        };
+        let event = self.put(to, &bytes);
+        self.written
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(event);
+        Ok(PutResult {
+            etag: self.objects().get(to).map(|o| o.etag.clone()),
+        })
     }
 
     fn get(
@@ -322,6 +497,81 @@ fn injected() -> CloudError {
 }
 
 impl<S: ObjectStore> ObjectStore for Faulty<S> {
+    fn put_object(
+        &self,
+        key: &str,
+        body: &mut dyn Read,
+        size: u64,
+        crc64nvme: u64,
+        condition: &PutCondition,
+    ) -> Result<PutResult, CloudError> {
+        match self.next() {
+            Fault::None => self.inner.put_object(key, body, size, crc64nvme, condition),
+            _ => Err(injected()),
+        }
+    }
+
+    fn delete_object(&self, key: &str, if_match: Option<&str>) -> Result<(), CloudError> {
+        match self.next() {
+            Fault::None => self.inner.delete_object(key, if_match),
+            _ => Err(injected()),
+        }
+    }
+
+    fn copy_object(&self, from: &str, to: &str, if_match: &str) -> Result<PutResult, CloudError> {
+        match self.next() {
+            Fault::None => self.inner.copy_object(from, to, if_match),
+            _ => Err(injected()),
+        }
+    }
+
+    fn create_multipart(&self, key: &str) -> Result<String, CloudError> {
+        match self.next() {
+            Fault::None => self.inner.create_multipart(key),
+            _ => Err(injected()),
+        }
+    }
+
+    fn upload_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        number: u32,
+        body: &mut dyn Read,
+        size: u64,
+        crc64nvme: u64,
+    ) -> Result<String, CloudError> {
+        match self.next() {
+            Fault::None => self
+                .inner
+                .upload_part(key, upload_id, number, body, size, crc64nvme),
+            _ => Err(injected()),
+        }
+    }
+
+    fn complete_multipart(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: &[super::UploadedPart],
+        crc64nvme: u64,
+        condition: &PutCondition,
+    ) -> Result<PutResult, CloudError> {
+        match self.next() {
+            Fault::None => self
+                .inner
+                .complete_multipart(key, upload_id, parts, crc64nvme, condition),
+            _ => Err(injected()),
+        }
+    }
+
+    fn abort_multipart(&self, key: &str, upload_id: &str) -> Result<(), CloudError> {
+        match self.next() {
+            Fault::None => self.inner.abort_multipart(key, upload_id),
+            _ => Err(injected()),
+        }
+    }
+
     fn list_page(&self, prefix: &str, continuation: Option<&str>) -> Result<ListPage, CloudError> {
         match self.next() {
             Fault::Transport => Err(injected()),

@@ -112,6 +112,109 @@ pub trait ObjectStore: Send + Sync {
     /// if the object's ETag changed: a resumed download never mixes two versions.
     fn get(&self, key: &str, offset: u64, if_match: Option<&str>)
     -> Result<ObjectBody, CloudError>;
+
+    /// Upload exactly `size` bytes from `body` as `key`, declaring their CRC-64/NVME
+    /// (`x-amz-checksum-crc64nvme`: a verifying server refuses other bytes). One attempt, no
+    /// retry (the body cannot be rewound; the caller reads the file again). A failed
+    /// [`PutCondition`] is HTTP 412. Stores that cannot write (the default) say so.
+    fn put_object(
+        &self,
+        key: &str,
+        body: &mut dyn Read,
+        size: u64,
+        crc64nvme: u64,
+        condition: &PutCondition,
+    ) -> Result<PutResult, CloudError> {
+        let _ = (body, size, crc64nvme, condition);
+        Err(read_only(key))
+    }
+
+    /// Delete `key` (deleting a missing key succeeds, as on S3). With `if_match`, only if the
+    /// object still has that ETag (HTTP 412 otherwise; a missing key is 404): a version the
+    /// agent has not seen is never deleted.
+    fn delete_object(&self, key: &str, if_match: Option<&str>) -> Result<(), CloudError> {
+        let _ = if_match;
+        Err(read_only(key))
+    }
+
+    /// Start a multipart upload whose parts carry CRC-64/NVME checksums and whose object gets
+    /// a FULL_OBJECT CRC-64/NVME. Returns the upload id.
+    fn create_multipart(&self, key: &str) -> Result<String, CloudError> {
+        Err(read_only(key))
+    }
+
+    /// Upload part `number` (1-based) of exactly `size` bytes with its CRC-64/NVME. One
+    /// attempt (the caller re-reads the file to retry). Returns the part's ETag.
+    fn upload_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        number: u32,
+        body: &mut dyn Read,
+        size: u64,
+        crc64nvme: u64,
+    ) -> Result<String, CloudError> {
+        let _ = (upload_id, number, body, size, crc64nvme);
+        Err(read_only(key))
+    }
+
+    /// Complete the upload from `parts` (number, ETag, CRC), declaring the whole object's
+    /// CRC-64/NVME; `condition` as for [`ObjectStore::put_object`].
+    fn complete_multipart(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: &[UploadedPart],
+        crc64nvme: u64,
+        condition: &PutCondition,
+    ) -> Result<PutResult, CloudError> {
+        let _ = (upload_id, parts, crc64nvme, condition);
+        Err(read_only(key))
+    }
+
+    /// Abandon a multipart upload (its parts are discarded). A missing upload is not an error.
+    fn abort_multipart(&self, key: &str, upload_id: &str) -> Result<(), CloudError> {
+        let _ = upload_id;
+        Err(read_only(key))
+    }
+
+    /// Server-side copy of `from` (which must still have ETag `if_match`) to `to`, which must
+    /// not exist yet. A rename of a big file does not send its bytes again.
+    fn copy_object(&self, from: &str, to: &str, if_match: &str) -> Result<PutResult, CloudError> {
+        let _ = (to, if_match);
+        Err(read_only(from))
+    }
+}
+
+/// The condition an upload puts on the key's current object.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PutCondition {
+    /// `If-Match`: the object must still have this ETag (an update of the base).
+    IfMatch(String),
+    /// `If-None-Match: *`: the key must not exist (a new file).
+    IfAbsent,
+}
+
+/// One part of a multipart upload, as CompleteMultipartUpload lists it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct UploadedPart {
+    pub number: u32,
+    pub etag: String,
+    pub crc64nvme: u64,
+}
+
+/// What the store said about an object it just wrote.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PutResult {
+    pub etag: Option<String>,
+}
+
+fn read_only(key: &str) -> CloudError {
+    CloudError::Service {
+        status: 0,
+        code: "NotImplemented".into(),
+        message: format!("{key}: this store is read-only here"),
+    }
 }
 
 /// One received queue message.

@@ -138,6 +138,21 @@ pub struct ShareProgress {
     /// otherwise; older peers ignore it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub alert: Option<String>,
+    /// Two-way shares: the upload side's health (absent for a mirror, and from older agents).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uploads: Option<UploadHealth>,
+}
+
+/// A two-way share's uploads, as reported to the control endpoint.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct UploadHealth {
+    pub pending: u64,
+    pub in_flight: u64,
+    pub done: u64,
+    pub bytes: u64,
+    pub conflicts: u64,
+    pub last_error: Option<String>,
 }
 
 /// `POST /agent/v1/progress`.
@@ -166,6 +181,27 @@ pub struct AgentError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn upload_health_is_optional_both_ways() {
+        let old: ShareProgress = serde_json::from_str(
+            r#"{"share_name":"s","sync_progress":100,"express_sync_state":"MNSHealthy"}"#,
+        )
+        .expect("a report without uploads");
+        assert_eq!(old.uploads, None);
+        let text = serde_json::to_string(&old).expect("json");
+        assert!(!text.contains("uploads"), "{text}");
+        let two_way = ShareProgress {
+            uploads: Some(UploadHealth {
+                done: 3,
+                ..UploadHealth::default()
+            }),
+            ..old
+        };
+        let back: ShareProgress =
+            serde_json::from_str(&serde_json::to_string(&two_way).expect("json")).expect("parse");
+        assert_eq!(back, two_way);
+    }
 
     fn parse(json: &str) -> Result<RegisteredShare, serde_json::Error> {
         serde_json::from_str(json)

@@ -15,6 +15,8 @@
 //! - [`local`]: the sink side of a key: is the file at its path the agent's own (equal to its
 //!   base), and what may happen to it before a new version is published there.
 //! - [`progress`]: SyncProgress 0..100.
+//! - [`reconcile`]: two-way shares: bucket, local file and base of one key -> one action
+//!   (download, upload, delete either side, keep both). Property-tested.
 //!
 //! The I/O shell (`crate::shell`) executes the decisions and feeds results back.
 
@@ -26,6 +28,7 @@ pub mod guard;
 pub mod local;
 pub mod plan;
 pub mod progress;
+pub mod reconcile;
 
 pub use crate::model::FileFacts;
 use crate::model::{LocalRecord, ObjectMeta};

@@ -15,6 +15,7 @@ use crate::daemon::Shutdown;
 use crate::engine::download::{
     Download, GetResult, HeadResult, Outcome, PublishResult, Step, StreamResult,
 };
+use crate::engine::local::{LocalFile, classify};
 use crate::format::hex_lower;
 
 /// Stream one object into the share: staged, checked, published.
@@ -128,6 +129,23 @@ pub(super) fn download(
                     return JobOutcome::Failed(format!("{key:?}: nothing to publish (shell bug)"));
                 };
                 let expected = Expected { size, crc64nvme };
+                if let Some(suffix) = &job.aside_suffix
+                    && let Ok(Some(facts)) = dir.file_facts(&job.rel)
+                    && classify(job.old.as_ref(), Some(facts)) == LocalFile::Changed
+                {
+                    // Written while the download ran: kept, never overwritten.
+                    match dir.conflict_aside_as(&job.rel, suffix) {
+                        Ok(aside) => warn!(
+                            "share download: {key:?}: the local file changed during the download; kept as {}",
+                            aside.display()
+                        ),
+                        Err(e) => {
+                            return JobOutcome::Failed(format!(
+                                "{key:?}: the local file changed during the download and cannot be moved aside: {e}"
+                            ));
+                        }
+                    }
+                }
                 dl.published(
                     match s.publish_deferring_dir_sync(&expected, &job.rel, mtime) {
                         Ok(p) => {

@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 use log::{error, info, warn};
 
 use super::pool::{Job, Pool};
+use super::two_way::TwoWay;
+use super::watch::Watcher;
 use super::{LONG_POLL_SECS, SYNC_EVERY, SYNC_EVERY_RECORDS, ShareContext, ShareError, SyncReport};
 use crate::cache::publish::ShareDir;
 use crate::cache::state::StateStore;
@@ -50,6 +52,8 @@ pub struct Share {
     /// When "no space left" was last logged: while the disk stays full it is said again at
     /// most every [`super::DISK_FULL_REPEAT`], not once per object.
     pub(super) disk_full_reported: Option<Instant>,
+    /// Two-way shares only: the local side of each base, pending local changes, the watcher.
+    pub(super) two_way: Option<TwoWay>,
 }
 
 impl Share {
@@ -74,6 +78,11 @@ impl Share {
         status.bytes_downloaded = 0;
         status.objects_deleted = 0;
         status.events_applied = 0;
+        let two_way = if ctx.cfg.sync.two_way() {
+            Some(TwoWay::open(&ctx.state_dir)?)
+        } else {
+            None
+        };
         let pool = Pool::start(
             ctx.cfg.download_concurrency,
             Arc::clone(&ctx.store),
@@ -96,6 +105,7 @@ impl Share {
             pending_jobs: Vec::new(),
             dirs_to_sync: BTreeSet::new(),
             disk_full_reported: None,
+            two_way,
         })
         .and_then(|mut share| {
             share.recover_intents()?;
@@ -148,6 +158,9 @@ impl Share {
                 })?;
             }
             self.state.sync()?;
+            if let Some(tw) = self.two_way.as_mut() {
+                tw.seen.sync()?;
+            }
             self.unsynced_records = 0;
             self.last_state_sync = Instant::now();
         }
@@ -198,10 +211,20 @@ impl Share {
         let mut need_full_sync = true;
         let mut last_full = Instant::now();
         let mut queue_failing = false;
+        let mut last_poll = Instant::now();
         // Full-sync failures back off up to 5 minutes, queue failures up to 1 (the queue is
         // cheap to ask, and a reachable queue again means events are waiting).
         let mut sync_backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(300));
         let mut queue_backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
+        // Two-way: watch before the first full sync, so nothing written meanwhile is missed.
+        if let Some(tw) = self.two_way.as_mut() {
+            match Watcher::start(&self.ctx.cfg.path) {
+                Ok(w) => tw.watcher = Some(w),
+                Err(e) => warn!(
+                    "share {name}: cannot watch the share ({e}); local changes are found by the periodic full sync only"
+                ),
+            }
+        }
         while !self.ctx.shutdown.is_triggered() {
             self.heartbeat.beat();
             let interval = self.ctx.cfg.full_sync_interval_secs;
@@ -226,6 +249,22 @@ impl Share {
                 }
                 last_full = Instant::now();
             }
+            match self.two_way_tick() {
+                Ok(false) => {}
+                Ok(true) => {
+                    need_full_sync = true;
+                    continue;
+                }
+                Err(ShareError::Stopped) => break,
+                Err(e) => {
+                    error!("share {name}: local changes: {e}");
+                    self.status.uploads.last_error = Some(e.to_string());
+                    need_full_sync = true;
+                    self.ctx.shutdown.sleep(sync_backoff.next_delay());
+                    continue;
+                }
+            }
+            let two_way_wait = self.two_way_wait();
             let Some(queue) = self.ctx.queue.clone() else {
                 // No queue: sleep until the next periodic reconcile (or shutdown).
                 self.idle.store(true, Ordering::SeqCst);
@@ -234,7 +273,14 @@ impl Share {
                 } else {
                     Duration::from_secs(3600)
                 };
-                self.ctx.shutdown.sleep(wait.max(Duration::from_secs(1)));
+                let wait = two_way_wait.map_or(wait, |w| w.min(wait));
+                self.ctx
+                    .shutdown
+                    .sleep(wait.max(Duration::from_millis(if self.two_way() {
+                        100
+                    } else {
+                        1000
+                    })));
                 self.idle.store(false, Ordering::SeqCst);
                 continue;
             };
@@ -243,8 +289,22 @@ impl Share {
             if self.status_stale {
                 self.write_status(true);
             }
+            // A local change due in less than a second (SQS waits in whole seconds): wait
+            // for it instead of polling, unless the queue was not asked for 2 s.
+            if let Some(w) = two_way_wait
+                && w < Duration::from_secs(1)
+                && last_poll.elapsed() < Duration::from_secs(2)
+            {
+                self.ctx.shutdown.sleep(w.max(Duration::from_millis(10)));
+                continue;
+            }
+            last_poll = Instant::now();
             self.idle.store(true, Ordering::SeqCst);
-            let received = queue.receive(10, LONG_POLL_SECS);
+            // A two-way share polls no longer than its next local change is due.
+            let wait_secs = two_way_wait.map_or(LONG_POLL_SECS, |w| {
+                (w.as_millis().div_ceil(1000) as u32).clamp(1, LONG_POLL_SECS)
+            });
+            let received = queue.receive(10, wait_secs);
             self.idle.store(false, Ordering::SeqCst);
             self.heartbeat.beat();
             match received {

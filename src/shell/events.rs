@@ -77,8 +77,23 @@ impl Share {
                     continue;
                 }
             };
-            let file = self.facts_for_key(&key);
             self.status.events_applied += 1;
+            if self.two_way() {
+                // One reconciliation for every direction: our own upload's echo finds
+                // bucket == base == local and does nothing.
+                let before_failed = report.failed;
+                match self.reconcile_key(&key, Some(head), None, &mut report, &mut progress) {
+                    Ok(()) if report.failed == before_failed => {}
+                    Ok(()) => self.batch.fail_key(ki),
+                    Err(ShareError::Cloud(e)) => {
+                        warn!("share {name}: {key:?}: {e}; will retry on redelivery");
+                        self.batch.fail_key(ki);
+                    }
+                    Err(e) => return Err(e),
+                }
+                continue;
+            }
+            let file = self.facts_for_key(&key);
             match after_head(head.as_ref(), local.as_ref(), file, mode) {
                 HeadDecision::Nothing => {}
                 HeadDecision::Delete(rec) => {

@@ -16,7 +16,7 @@ use crate::engine::guard::is_mass_delete;
 use crate::engine::plan::{FullSyncMerge, MergeError};
 use crate::engine::progress::{Progress, ProgressMeter};
 use crate::format::{human_bytes, thousands};
-use crate::model::ConsistencyCheck;
+use crate::model::{ConsistencyCheck, ObjectMeta};
 use crate::status::ShareState;
 use crate::time::unix_now;
 
@@ -30,6 +30,7 @@ impl Share {
         self.status.failed_objects = 0;
         self.status.skipped_keys = 0;
         self.status.skipped_examples.clear();
+        let uploads_before = (self.status.uploads.done, self.status.uploads.remote_deletes);
         let mut meter = ProgressMeter::new();
         self.status.sync_progress = 0;
         self.write_status(true);
@@ -133,7 +134,16 @@ impl Share {
             return Err(e);
         }
         self.apply_deletes(deletes, files_before, &mut report)?;
-        self.report_unknown_files();
+        if self.two_way() {
+            // Files new since the last sync (no base, not in the listing): uploaded.
+            self.scan_new_local_files(&mut report, &mut progress)?;
+            while self.work_outstanding() {
+                self.finish_downloads(&mut report, &mut progress, Duration::from_millis(200))?;
+            }
+            self.sync_state(true)?;
+        } else {
+            self.report_unknown_files();
+        }
         let finished = report.converged();
         if finished {
             // Nothing is in flight and nothing failed: no staged download is worth keeping.
@@ -168,6 +178,14 @@ impl Share {
         }
         self.write_status(true);
         let secs = started.elapsed().as_secs_f64();
+        if self.two_way() {
+            info!(
+                "share {name}: two-way: {} uploaded, {} deleted in the bucket, {} upload(s) waiting",
+                self.status.uploads.done - uploads_before.0,
+                self.status.uploads.remote_deletes - uploads_before.1,
+                self.two_way.as_ref().map_or(0, |tw| tw.pending.len())
+            );
+        }
         info!(
             "share {name}: full sync {} in {secs:.1}s: {} listed, {} downloaded ({}), {} deleted, {} unchanged, {} adopted, {} skipped, {} failed",
             if finished { "done" } else { "incomplete" },
@@ -211,6 +229,26 @@ impl Share {
         progress: &mut Progress,
         deletes: &mut DeleteSpool,
     ) -> Result<(), ShareError> {
+        if self.two_way() {
+            let (key, bucket) = match action {
+                SyncAction::Keep(rec) => {
+                    let meta = ObjectMeta {
+                        key: rec.key.clone(),
+                        size: rec.size,
+                        etag: rec.etag.clone(),
+                        last_modified: rec.last_modified,
+                        crc64nvme: Some(rec.crc64nvme),
+                    };
+                    (rec.key, Some(Some(meta)))
+                }
+                SyncAction::Download(meta, _) => (meta.key.clone(), Some(Some(meta))),
+                SyncAction::Verify(meta, _) => (meta.key, None),
+                SyncAction::Delete(rec) => (rec.key, Some(None)),
+            };
+            report.listed += 1;
+            progress.done_objects += 1;
+            return self.reconcile_key(&key, bucket, Some(deletes), report, progress);
+        }
         match action {
             SyncAction::Keep(rec) => {
                 report.listed += 1;
@@ -297,6 +335,13 @@ impl Share {
         }
         for key in deletes.into_keys()? {
             let key = key?;
+            if self.two_way() {
+                // Decided again against the key's state now (HEAD): either side's delete.
+                let mut progress = Progress::default();
+                self.reconcile_key(&key, None, None, report, &mut progress)?;
+                self.heartbeat.beat();
+                continue;
+            }
             // The record is read again: it is the truth, not what the merge saw.
             if let Some(rec) = self.state.get(&key)? {
                 self.delete_local(&rec, report)?;

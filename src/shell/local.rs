@@ -199,12 +199,14 @@ impl Share {
             last_modified: meta.last_modified,
         })?;
         self.unsynced_records += 1;
+        let aside_suffix = self.two_way().then(|| self.conflict_suffix());
         self.pending_jobs.push(Job {
             ticket,
             meta,
             rel,
             sequencer,
             old,
+            aside_suffix,
         });
         // Group commit: flush a full batch, or at once while workers would otherwise idle.
         if self.pending_jobs.len() >= JOB_BATCH || self.pool.in_flight < self.pool.limit() {

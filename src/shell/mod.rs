@@ -18,6 +18,10 @@
 //! - [`deletes`]: the full sync's deletes, held back for the mass-delete guard.
 //! - [`recovery`]: publish intents left by a crash; files nobody knows.
 //! - [`listing`]: the full sync's one pass over the bucket, spooled to disk.
+//! - two-way shares: [`two_way`]: each key reconciled by the engine (remote deletes, records,
+//!   conflict copies); [`upload`]: one verified upload; [`multipart`]: big files in parts with
+//!   a FULL_OBJECT CRC-64, resumed after a restart; [`watch`]: local changes from inotify, the
+//!   settle window, renames, the scan for new files.
 
 mod deletes;
 mod download;
@@ -27,8 +31,12 @@ mod events;
 mod full_sync;
 pub mod listing;
 mod local;
+mod multipart;
 mod pool;
 mod recovery;
+mod two_way;
+mod upload;
+mod watch;
 
 use std::path::PathBuf;
 use std::sync::Arc;

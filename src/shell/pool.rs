@@ -31,6 +31,9 @@ pub(super) struct Job {
     pub(super) rel: PathBuf,
     pub(super) sequencer: Option<String>,
     pub(super) old: Option<LocalRecord>,
+    /// Two-way shares: a file found at the path at publish time that is not `old` (written
+    /// while the download ran) is moved to `<name><suffix>` first, never overwritten.
+    pub(super) aside_suffix: Option<String>,
 }
 
 pub(super) enum JobOutcome {

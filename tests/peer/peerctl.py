@@ -372,6 +372,25 @@ def cmd_wire_events(args):
     return {"topic_arn": topic_arn, "queue_url": queue_url}
 
 
+def cmd_subscribe_queue(args):
+    """A second queue on an existing topic (a second share of one express sync group)."""
+    sns = client(args.endpoint, "sns")
+    sqs = client(args.endpoint, "sqs")
+    queue_url = sqs.create_queue(
+        QueueName=args.name, Attributes={"VisibilityTimeout": str(args.visibility)}
+    )["QueueUrl"]
+    queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])[
+        "Attributes"
+    ]["QueueArn"]
+    sns.subscribe(
+        TopicArn=args.topic_arn,
+        Protocol="sqs",
+        Endpoint=queue_arn,
+        Attributes={"RawMessageDelivery": "true"},
+    )
+    return {"queue_url": queue_url}
+
+
 def cmd_queue_depth(args):
     sqs = client(args.endpoint, "sqs")
     attrs = sqs.get_queue_attributes(
@@ -483,6 +502,12 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--name", required=True, help="name of both the SNS topic and the SQS queue")
     s.add_argument("--visibility", type=int, default=30, help="queue VisibilityTimeout (s)")
     s.set_defaults(func=cmd_wire_events)
+
+    s = sub.add_parser("subscribe-queue")
+    s.add_argument("topic_arn")
+    s.add_argument("--name", required=True, help="name of the new SQS queue")
+    s.add_argument("--visibility", type=int, default=30, help="queue VisibilityTimeout (s)")
+    s.set_defaults(func=cmd_subscribe_queue)
 
     s = sub.add_parser("send")
     s.add_argument("queue_url")
