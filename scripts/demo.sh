@@ -6,8 +6,9 @@
 # `check-config --online` and started with `sgw-agent run`; an express sync group created and
 # the share added with the official Alibaba Cloud SDKs (alibabacloud-sgw20180511 and
 # aliyun-python-sdk-sgw, unmodified); the mirroring watched as SyncProgress through the SDK;
-# then live changes delivered as bucket events. Exits non-zero if the share does not end up
-# matching the bucket.
+# then live changes delivered as bucket events; then a second gateway and a second group of
+# two two-way shares, one at each gateway, exchanging a file both ways. Exits non-zero if a
+# share does not end up matching the bucket or the file does not cross.
 #
 # Gateways are set up by add_gateway NAME SHARE (section 4): a second gateway is one more
 # add_gateway, start_agent and add_share_to_group call, and a `compare DIR` of its share.
@@ -26,6 +27,7 @@ objects_wanted="${SGW_DEMO_OBJECTS:-2000}"
 [[ "$objects_wanted" =~ ^[0-9]+$ ]] && ((objects_wanted >= 20)) ||
     { echo "demo: SGW_DEMO_OBJECTS must be a number >= 20" >&2; exit 2; }
 bucket="demo-bucket"
+projects_bucket="demo-projects"
 event_wait_secs=10
 
 bold=""; dim=""; reset=""
@@ -189,6 +191,22 @@ TOML
     note "gateway $name: id $id, share $share_name at $dir/shares/$share_name"
 }
 
+# add_two_way_share NAME SHARE: another share of gateway NAME, two-way (LAN writes are
+# uploaded; the group's other gateways follow).
+add_two_way_share() {
+    local dir="$work/$1"
+    mkdir -p "$dir/shares/$2"
+    cat >>"$dir/agent.toml" <<TOML
+
+[[share]]
+name = "$2"
+path = "$dir/shares/$2"
+mode = "two_way"
+settle_ms = 1000
+TOML
+    note "gateway $1: two-way share $2 at $dir/shares/$2"
+}
+
 # start_agent NAME: `sgw-agent run` of that gateway in the background (log in its directory).
 declare -A agent_pid=()
 start_agent() {
@@ -200,21 +218,23 @@ start_agent() {
     kill -0 "${agent_pid[$1]}" 2>/dev/null || fail "sgw-agent run of $1 exited at once; see $dir/agent-run.log"
 }
 
-# add_share_to_group NAME SHARE: once the agent has registered SHARE, add it to the group.
+# add_share_to_group NAME SHARE [GROUP]: once the agent has registered SHARE, add it to the
+# group (default: $sync_id).
 add_share_to_group() {
-    local name="$1" share_name="$2" id="${gateway_id[$1]}"
+    local name="$1" share_name="$2" id="${gateway_id[$1]}" group="${3:-$sync_id}"
     for _ in $(seq 1 100); do
-        sdk tea DescribeExpressSyncShares "{\"ExpressSyncIds\": \"$sync_id\", \"IsExternal\": true}" |
+        sdk tea DescribeExpressSyncShares "{\"ExpressSyncIds\": \"$group\", \"IsExternal\": true}" |
             grep -q "\"ShareName\": \"$share_name\"" && break
         sleep 0.2
     done
     sdk rpc AddSharesToExpressSync \
-        "{\"ExpressSyncId\": \"$sync_id\", \"GatewayShares\": \"{\\\"$id\\\": \\\"$share_name\\\"}\"}" >/dev/null
-    note "share $share_name of gateway $name added to the group"
+        "{\"ExpressSyncId\": \"$group\", \"GatewayShares\": \"{\\\"$id\\\": \\\"$share_name\\\"}\"}" >/dev/null
+    note "share $share_name of gateway $name added to group $group"
 }
 
 step "Adding gateway edge-01 (sgw-control gateway add) and configuring its agent"
 add_gateway edge-01 photos
+add_two_way_share edge-01 projects
 note "config: $work/edge-01/agent.toml"
 step "sgw-agent check-config --online"
 "$agent" -c "$work/edge-01/agent.toml" check-config --online ||
@@ -290,9 +310,58 @@ fi
 step "sgw-agent status"
 "$agent" -c "$work/edge-01/agent.toml" status || note "(status exited with $?)"
 
+# --- 6. two gateways of one group exchange files -------------------------------------------
+step "Two sites, one bucket: a second gateway (edge-02) and a group of two two-way shares"
+peerctl make-bucket "$projects_bucket" >/dev/null
+add_gateway edge-02 projects
+# edge-02's only share is two-way as well.
+sed -i 's/^path = "\(.*\)\/shares\/projects"$/&\nmode = "two_way"\nsettle_ms = 1000/' "$work/edge-02/agent.toml"
+start_agent edge-02
+projects_sync=$(sdk tea CreateExpressSync \
+    "{\"Name\": \"demo-projects\", \"BucketRegion\": \"us-east-1\", \"BucketName\": \"$projects_bucket\"}" |
+    "$python" -c 'import json,sys; print(json.load(sys.stdin)["ExpressSyncId"])')
+add_share_to_group edge-01 projects "$projects_sync"
+add_share_to_group edge-02 projects "$projects_sync"
+for _ in $(seq 1 120); do
+    healthy=$(sdk tea DescribeExpressSyncShares "{\"ExpressSyncIds\": \"$projects_sync\"}" |
+        "$python" -c 'import json,sys
+print(sum(s["ExpressSyncState"] == "MNSHealthy" for s in json.load(sys.stdin)["Shares"]["Share"]))')
+    [[ "$healthy" == 2 ]] && break
+    sleep 0.5
+done
+[[ "$healthy" == 2 ]] || fail "the two projects shares did not both reach MNSHealthy"
+note "both projects shares are MNSHealthy in group $projects_sync"
+
+# wait_for_file PATH TEXT SECONDS: until PATH holds exactly TEXT; prints the seconds taken.
+wait_for_file() {
+    local start=$EPOCHREALTIME
+    for _ in $(seq 1 $(($3 * 10))); do
+        if [[ -f "$1" && "$(cat "$1")" == "$2" ]]; then since "$start"; return 0; fi
+        sleep 0.1
+    done
+    return 1
+}
+site_a="$work/edge-01/shares/projects"
+site_b="$work/edge-02/shares/projects"
+step "A LAN client at edge-01 saves plan.txt; edge-02 follows"
+printf 'saved at branch A' >"$site_a/plan.txt"
+a_to_b=$(wait_for_file "$site_b/plan.txt" "saved at branch A" 30) ||
+    fail "plan.txt did not reach edge-02 (see $work/edge-02/agent-run.log)"
+note "edge-02 has plan.txt after $a_to_b s (settle window 1 s, then upload, event, download)"
+step "A LAN client at edge-02 edits it; edge-01 follows"
+printf 'edited at branch B' >"$site_b/plan.txt"
+b_to_a=$(wait_for_file "$site_a/plan.txt" "edited at branch B" 30) ||
+    fail "the edit did not reach edge-01 (see $work/edge-01/agent-run.log)"
+peerctl get "$projects_bucket" plan.txt --out "$work/plan-in-bucket.txt" >/dev/null
+note "edge-01 has the edit after $b_to_a s; the bucket holds \"$(cat "$work/plan-in-bucket.txt")\""
+
 # --- 6. stop everything -------------------------------------------------------------------
-step "Stopping the agent (SIGTERM), sgw-control and the peer"
+step "Stopping the agents (SIGTERM), sgw-control and the peer"
 agent_exit=0
+if kill -0 "${agent_pid[edge-02]}" 2>/dev/null; then
+    kill -TERM "${agent_pid[edge-02]}"
+    wait "${agent_pid[edge-02]}" || agent_exit=$?
+fi
 pid="${agent_pid[edge-01]}"
 if kill -0 "$pid" 2>/dev/null; then
     kill -TERM "$pid"
@@ -302,7 +371,7 @@ if kill -0 "$pid" 2>/dev/null; then
         kill -KILL "$pid" 2>/dev/null || true
     fi
 fi
-wait "$pid" || agent_exit=$?
+wait "$pid" || { code=$?; ((agent_exit)) || agent_exit=$code; }
 agent_pids=()
 note "agent exited with $agent_exit; status now says:"
 "$agent" -c "$work/edge-01/agent.toml" status | head -2 | sed 's/^/      /' || true
@@ -319,7 +388,8 @@ note "objects in bucket : $(json_field objects <<<"$result")  (files in share: $
 note "initial put       : $put_total objects"
 note "full sync         : $sync_secs s"
 note "events applied in : $event_secs s ${dim}(limit $event_wait_secs s)${reset}"
-note "agent exit        : $agent_exit (after SIGTERM)"
+note "edge-01 -> edge-02 : $a_to_b s, edge-02 -> edge-01: $b_to_a s (two-way, one group)"
+note "agent exits       : $agent_exit (after SIGTERM)"
 note "total             : $(since "$demo_start") s"
 note "work dir          : $work  (edge-01/{shares,state,agent.toml,agent-run.log}, control.log, moto.log)"
 [[ -n "$converged" ]] || fail "the share did not match the bucket within $event_wait_secs s"

@@ -9,7 +9,8 @@
 
 use sgw_agent::cache::crc64;
 use sgw_agent::cache::paths::{KeyPath, key_to_relpath};
-use sgw_agent::cache::publish::{CHECKPOINT_BYTES, Expected, PublishError, ShareDir};
+use sgw_agent::cache::publish::{CHECKPOINT_BYTES, Expected, PublishError};
+use sgw_agent::cache::share_dir::ShareDir;
 use sgw_agent::cache::state::StateStore;
 use sgw_agent::model::LocalRecord;
 use std::collections::BTreeSet;

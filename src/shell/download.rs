@@ -8,7 +8,8 @@ use std::io::Read;
 use log::{info, warn};
 
 use super::pool::{Job, JobOutcome};
-use crate::cache::publish::{Expected, PublishError, Published, ShareDir, Staged, is_no_space};
+use crate::cache::publish::{Expected, PublishError, Published, Staged};
+use crate::cache::share_dir::{ShareDir, is_no_space};
 use crate::cloud::retry::default_delay;
 use crate::cloud::{CloudError, ObjectBody, ObjectStore};
 use crate::daemon::Shutdown;

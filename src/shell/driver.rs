@@ -14,7 +14,7 @@ use super::pool::{Job, Pool};
 use super::two_way::TwoWay;
 use super::watch::Watcher;
 use super::{LONG_POLL_SECS, SYNC_EVERY, SYNC_EVERY_RECORDS, ShareContext, ShareError, SyncReport};
-use crate::cache::publish::ShareDir;
+use crate::cache::share_dir::ShareDir;
 use crate::cache::state::StateStore;
 use crate::cloud::retry::Backoff;
 use crate::daemon::Heartbeat;

@@ -16,7 +16,7 @@ use super::listing::SpooledListing;
 use super::local::{PublishPlan, plan_publish, prove_adoption};
 use super::{ShareContext, ShareError};
 use crate::cache::paths::{KeyPath, key_to_relpath};
-use crate::cache::publish::ShareDir;
+use crate::cache::share_dir::ShareDir;
 use crate::cache::state::StateView;
 use crate::daemon::Heartbeat;
 use crate::engine::SyncAction;

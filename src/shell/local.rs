@@ -12,7 +12,7 @@ use super::recovery::digest_of_file;
 use super::{DISK_FULL_REPEAT, JOB_BATCH, Share, ShareError, SyncReport};
 use crate::cache::crc64::Crc64Nvme;
 use crate::cache::paths::{KeyPath, key_to_relpath};
-use crate::cache::publish::ShareDir;
+use crate::cache::share_dir::ShareDir;
 use crate::cache::state::PublishIntent;
 use crate::cloud::ObjectStore;
 use crate::daemon::Heartbeat;

@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use super::upload::{Uploaded, Verified, stat_of};
 use crate::cache::crc64::{Crc64Nvme, nvme};
-use crate::cache::publish::ShareDir;
+use crate::cache::share_dir::ShareDir;
 use crate::cloud::{CloudError, ObjectStore, PutCondition, UploadedPart};
 use crate::daemon::{Heartbeat, Shutdown};
 use crate::format::hex_lower;

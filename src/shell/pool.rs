@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use super::JOB_BATCH;
 use super::download::download;
-use crate::cache::publish::ShareDir;
+use crate::cache::share_dir::ShareDir;
 use crate::cloud::ObjectStore;
 use crate::daemon::Shutdown;
 use crate::engine::concurrency::Concurrency;

@@ -9,7 +9,7 @@ use log::info;
 use super::{Share, ShareError};
 use crate::cache::crc64::Crc64Nvme;
 use crate::cache::paths::{KeyPath, key_to_relpath};
-use crate::cache::publish::ShareDir;
+use crate::cache::share_dir::ShareDir;
 use crate::daemon::Heartbeat;
 use crate::engine::local::FileDigest;
 use crate::format::hex_lower;

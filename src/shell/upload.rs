@@ -16,7 +16,7 @@ use log::{info, warn};
 use super::multipart::{self, MULTIPART_THRESHOLD, upload_multipart};
 use super::{Share, ShareError};
 use crate::cache::crc64::Crc64Nvme;
-use crate::cache::publish::ShareDir;
+use crate::cache::share_dir::ShareDir;
 use crate::cloud::{CloudError, PutCondition};
 use crate::model::{LocalRecord, LocalStat, SeenFile};
 use crate::time::unix_now;
