@@ -11,7 +11,9 @@
 //! - Slow start: the limit doubles while a window beats the best one by [`GROWTH`]; after the
 //!   first window that does not, it grows by one per window that beats the best by
 //!   [`PROBE_GAIN`] (a plateau stops the growth: more workers than the link needs only cost
-//!   memory).
+//!   memory). An increase after which throughput *fell* below [`UNDO_BELOW`] of the best is
+//!   undone: on a fast local link more workers only contend for the CPU and the disk (fsync),
+//!   and measured 2× slower there than four.
 //! - A retry that the server or the transport asked for (throttling, 5xx, a reset) halves the
 //!   limit at once (at most once per window), never below one.
 //!
@@ -28,12 +30,16 @@ pub const MIN_WINDOW: Duration = Duration::from_millis(250);
 pub const GROWTH: f64 = 1.15;
 /// After slow start, one more worker per window this much better than the best.
 pub const PROBE_GAIN: f64 = 1.05;
+/// A window below this share of the best after an increase undoes the increase.
+pub const UNDO_BELOW: f64 = 0.9;
 /// Bytes that count as one unit of work beside the object itself.
 const UNIT_BYTES: f64 = 1024.0 * 1024.0;
 
 #[derive(Clone, Debug)]
 pub struct Concurrency {
     limit: usize,
+    /// The limit before the last increase (to undo it).
+    previous: usize,
     cap: usize,
     slow_start: bool,
     best_rate: f64,
@@ -52,6 +58,7 @@ impl Concurrency {
         let cap = cap.max(1);
         Concurrency {
             limit: START.min(cap),
+            previous: START.min(cap),
             cap,
             slow_start: true,
             best_rate: 0.0,
@@ -95,18 +102,24 @@ impl Concurrency {
     }
 
     fn judge(&mut self, rate: f64) {
-        if self.slow_start {
-            if rate >= self.best_rate * GROWTH {
-                self.best_rate = rate;
-                self.limit = (self.limit * 2).min(self.cap);
-            } else {
-                self.slow_start = false;
-                self.best_rate = self.best_rate.max(rate);
-            }
-        } else if rate >= self.best_rate * PROBE_GAIN {
+        let grow = if self.slow_start { GROWTH } else { PROBE_GAIN };
+        if rate >= self.best_rate * grow {
             self.best_rate = rate;
-            self.limit = (self.limit + 1).min(self.cap);
+            self.previous = self.limit;
+            self.limit = if self.slow_start {
+                self.limit * 2
+            } else {
+                self.limit + 1
+            }
+            .min(self.cap);
+            return;
         }
+        self.slow_start = false;
+        if rate < self.best_rate * UNDO_BELOW && self.limit > self.previous {
+            // The last increase made it worse: back to where it was, and stay there.
+            self.limit = self.previous;
+        }
+        self.best_rate = self.best_rate.max(rate);
     }
 
     /// The server throttled or the transport failed and a request is being retried.
@@ -117,6 +130,7 @@ impl Concurrency {
         self.window_backed_off = true;
         self.slow_start = false;
         self.limit = (self.limit / 2).max(1);
+        self.previous = self.limit;
         // The rate seen at the higher limit is not a target to beat at the lower one.
         self.best_rate = 0.0;
     }
@@ -151,6 +165,24 @@ mod tests {
         let limits = run(64, 40, Duration::from_millis(30), 20);
         let last = *limits.last().unwrap();
         assert!(last >= 32, "limit {last} after 20 s: {limits:?}");
+    }
+
+    #[test]
+    fn more_workers_than_a_contended_box_can_use_are_given_back() {
+        // Four workers saturate it; each one more costs 5 % (CPU and fsync contention).
+        let mut c = Concurrency::new(32);
+        let mut now = Duration::ZERO;
+        for _ in 0..4000 {
+            let l = c.limit() as f64;
+            let rate = 4.0_f64.min(l) / (1.0 + 0.05 * (l - 4.0).max(0.0)) * 1000.0;
+            now += Duration::from_secs_f64(1.0 / rate);
+            c.on_done(now, 4096, true);
+        }
+        assert!(
+            c.limit() <= 5,
+            "limit {} on a box where 4 is best",
+            c.limit()
+        );
     }
 
     #[test]
