@@ -39,7 +39,7 @@ impl Share {
             self.ctx.cfg.bucket, self.ctx.cfg.prefix
         );
 
-        // One listing, spooled (crate::listing): downloads start at once, and the totals for
+        // One listing, spooled (shell::listing): downloads start at once, and the totals for
         // SyncProgress arrive as soon as the listing is through (the meter never goes
         // backwards meanwhile).
         let spool_path = self.ctx.state_dir.join(LISTING_SPOOL);
