@@ -620,12 +620,15 @@ impl SignedClient {
                 .body(ureq::SendBody::from_reader(reader))
                 .map_err(|e| build_error(&what, &e))
                 .and_then(|req| self.run(req, read_timeout, &what))
-        } else if call.body.is_empty() {
+        } else if call.body.is_empty() && !matches!(call.method, "POST" | "PUT") {
             builder
                 .body(())
                 .map_err(|e| build_error(&what, &e))
                 .and_then(|req| self.run(req, read_timeout, &what))
         } else {
+            // A POST or PUT always says how long it is, `Content-Length: 0` included: S3
+            // servers answer a body-less CreateMultipartUpload without it with 411
+            // (s3s-fs does; moto lets it pass).
             builder
                 .body(call.body)
                 .map_err(|e| build_error(&what, &e))
@@ -1185,6 +1188,43 @@ mod tests {
                 "{requests} GETs took {elapsed:?}: delayed-ACK stall"
             );
         }
+    }
+
+    #[test]
+    fn a_bodyless_post_says_content_length_zero() {
+        // s3s-fs (and S3) answer 411 to a CreateMultipartUpload without Content-Length.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let server = std::thread::spawn(move || {
+            use std::io::{BufRead, BufReader, Write};
+            let (stream, _) = listener.accept().expect("accept");
+            let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+            let mut head = String::new();
+            loop {
+                let mut line = String::new();
+                reader.read_line(&mut line).expect("read");
+                if line == "\r\n" || line.is_empty() {
+                    break;
+                }
+                head.push_str(&line.to_ascii_lowercase());
+            }
+            let mut out = stream;
+            out.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                .expect("answer");
+            head
+        });
+        let client = test_client(port);
+        let call = Call {
+            method: "POST",
+            path: "/b/k",
+            query: &[("uploads", "")],
+            headers: &[],
+            body: &[],
+            read_timeout: None,
+        };
+        client.send(&call).expect("answered");
+        let head = server.join().expect("server");
+        assert!(head.contains("content-length: 0\r\n"), "{head}");
     }
 
     #[test]
