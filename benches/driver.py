@@ -410,6 +410,82 @@ def bench_wan(args, work, s3s_port, buckets, tool_names, results):
             proxy.stop()
 
 
+def make_local_set(work, name):
+    """A local tree with the shape of dataset `name` (the files a LAN client saved), made once."""
+    count, size = DATASETS[name]
+    root = work / f"local-{name}"
+    marker = work / f".local-ready-{name}-{count}-{size}"
+    if marker.exists():
+        return root
+    if root.exists():
+        shutil.rmtree(root)
+    rng = random.Random(f"sgw-bench-up-{name}")
+    for key in dataset_keys(name):
+        path = root / key
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if size > (1 << 20):
+            block = rng.randbytes(1 << 20)
+            with open(path, "wb") as f:
+                for i in range(size >> 20):
+                    f.write(bytes([i & 0xFF]) + block[1:])
+        else:
+            path.write_bytes(rng.randbytes(size))
+    marker.write_text("ok\n")
+    return root
+
+
+def bench_upload(args, work, s3root, tools, names, results):
+    """Upload of a local tree into an empty bucket: the agent's two-way share (one `sync`)
+    against `rclone copy` (both connection modes) and `aws s3 sync`, alternating."""
+    for ds in ("small", "large"):
+        count, size = DATASETS[ds]
+        src = make_local_set(work, ds)
+        key = f"upload-{ds}"
+        for rep in range(args.reps):
+            order = names[rep % len(names):] + names[: rep % len(names)]
+            for name in order:
+                bucket = f"up-{ds}-{name}-{rep}".lower()
+                fresh_dir(s3root / bucket)
+                logf = work / "logs" / f"{key}-{name}.log"
+                if name.startswith("sgw-agent"):
+                    # The share is a copy of the tree (the agent keeps .sgw/ in it).
+                    share = work / "up-share" / name
+                    state = work / "up-state" / name
+                    for d in (share, state):
+                        if d.exists():
+                            shutil.rmtree(d)
+                    shutil.copytree(src, share)
+                    cfg = tools.agent_config(bucket, share, state,
+                                             'mode = "two_way"\nsettle_ms = 100\n')
+                    cmd, env = [args.agent, "-c", str(cfg), "sync", "-q"], tools.env
+                elif name.startswith("rclone"):
+                    flags = ["--disable-http-keep-alives"] if name == "rclone-nokeepalive" else []
+                    cmd, env = [args.rclone, "copy", str(src), f"peer:{bucket}", *flags], tools.rclone_env
+                else:
+                    cmd = [args.aws, "s3", "sync", str(src), f"s3://{bucket}", "--endpoint-url",
+                           tools.endpoint, "--no-progress", "--only-show-errors"]
+                    env = tools.aws_env
+                os.sync()
+                secs, rc, rss = timed(cmd, env, logf)
+                uploaded = sum(1 for p in (s3root / bucket).rglob("*") if p.is_file())
+                ok = rc == 0 and uploaded >= count
+                entry = results.setdefault(key, {}).setdefault(
+                    name, {"full_s": [], "noop_s": [], "peak_rss_kib": [], "noop_rss_kib": [], "ok": True}
+                )
+                entry["full_s"].append(round(secs, 3))
+                entry["noop_s"].append(0.0)
+                entry["peak_rss_kib"].append(rss)
+                entry["ok"] &= ok
+                log(f"{key} rep {rep + 1}/{args.reps} {name:<20} upload {secs:7.2f} s  rss {rss // 1024} MiB"
+                    f"  {'ok' if ok else f'FAILED rc={rc} objects={uploaded}'}")
+                shutil.rmtree(s3root / bucket, ignore_errors=True)
+        for name, entry in results.get(key, {}).items():
+            entry["full_median_s"] = median(entry["full_s"])
+            entry["noop_median_s"] = 0.0
+            entry["mb_per_s"] = round(count * size / entry["full_median_s"] / 1e6, 1)
+            entry["objects_per_s"] = round(count / entry["full_median_s"], 1)
+
+
 def bench_curl(args, endpoint, bucket, dataset, reps, parallel, keepalive):
     """Raw parallel GETs of the dataset's objects to /dev/null: what the server can serve."""
     count, size = DATASETS[dataset]
@@ -748,6 +824,9 @@ def markdown(r):
     for ds, title, where in (
         ("small", "10,000 × 4 KiB", ""),
         ("large", "16 × 64 MiB", ""),
+        ("upload-small", "upload of 10,000 × 4 KiB into an empty bucket", "; the agent's two-way share "
+         "(`sync` uploads what the bucket lacks), `rclone copy` and `aws s3 sync`; the no-op column is unused"),
+        ("upload-large", "upload of 16 × 64 MiB into an empty bucket", "; as above"),
         *wan,
         ("small-ext4", "10,000 × 4 KiB onto a fresh journaled ext4",
          "; each run on a newly made ext4 with mkfs.ext4's defaults, journal included, on a loop "
@@ -946,8 +1025,8 @@ def main():
     p.add_argument("--events", type=int, default=500)
     p.add_argument("--memory-counts", type=lambda t: tuple(int(x) for x in t.split(",")),
                    default=(10_000, 100_000), help="two object counts for the RSS comparison")
-    p.add_argument("--only", default="small,large,ceiling,ext4,memory,events,wan",
-                   help="comma list of sections: small, large, ceiling, ext4, memory, events, wan")
+    p.add_argument("--only", default="small,large,ceiling,ext4,memory,events,wan,upload",
+                   help="comma list of sections: small, large, ceiling, ext4, memory, events, wan, upload")
     p.add_argument("--wan-rtts", type=lambda t: tuple(int(x) for x in t.split(",")),
                    default=(0, 30, 100), help="round trips (ms) of the wan section")
     p.add_argument("--wan-rate-mbit", type=float, default=0.0,
@@ -993,7 +1072,7 @@ def main():
 
     s3s = None
     try:
-        if buckets:
+        if buckets or "upload" in sections:
             port = free_port()
             endpoint = f"http://127.0.0.1:{port}"
             s3s = subprocess.Popen(
@@ -1005,6 +1084,9 @@ def main():
             tools = Tools(args, work, endpoint)
             if "wan" in sections:
                 bench_wan(args, work, port, buckets, tool_names, result["sync"])
+            if "upload" in sections:
+                names = [n for n in ("sgw-agent", "rclone", "rclone-nokeepalive", "aws") if n in tool_names]
+                bench_upload(args, work, root, tools, names, result["sync"])
             for ds in ("small", "large"):
                 if ds in sections:
                     bench_sync(tools, buckets[ds], ds, args.reps, tool_names, result["sync"], work)

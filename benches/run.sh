@@ -10,7 +10,8 @@
 # Takes 20-40 minutes on 2 cores; not part of the test suite. Sections (default: all):
 # crc, small, large, ceiling, ext4 (a fresh journaled ext4 per run; root and loop devices),
 # memory, events, wan (the small and large sets through a delay proxy at 0, 30 and 100 ms round
-# trip, TLS on; see tests/peer/delay_proxy.py). --quick: 1 repetition, 100 events.
+# trip, TLS on; see tests/peer/delay_proxy.py), upload (a local tree into an empty bucket:
+# the two-way share vs rclone copy and aws s3 sync). --quick: 1 repetition, 100 events.
 # --before: another sgw-agent binary (e.g. a build of an older commit) measured side by side
 # as "sgw-agent-before" in the sync tables. --variant "NAME:toml line;…": another agent
 # configuration, e.g. --variant "sgw-agent-16:download_concurrency = 16". --ablate-fsync: also
@@ -23,7 +24,7 @@ cd "$repo"
 
 reps=3
 events=500
-only="crc,small,large,ceiling,ext4,memory,events,wan"
+only="crc,small,large,ceiling,ext4,memory,events,wan,upload"
 variants=()
 ablate_fsync=0
 while (($#)); do
@@ -35,7 +36,7 @@ while (($#)); do
         --before) variants+=(--agent-variant "sgw-agent-before:bin=$(realpath "$2")"); shift 2 ;;
         --variant) variants+=(--agent-variant "$2"); shift 2 ;;
         --ablate-fsync) ablate_fsync=1; shift ;;
-        -h | --help) sed -n '2,18p' "$0"; exit 0 ;;
+        -h | --help) sed -n '2,19p' "$0"; exit 0 ;;
         *) echo "run.sh: unknown argument $1 (see --help)" >&2; exit 64 ;;
     esac
 done
